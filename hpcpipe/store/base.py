@@ -1,0 +1,123 @@
+"""The task-store interface: the task records Alyx holds, whoever holds them.
+
+Designed from Alyx's REST API (``shared/alyx/ALYX-API.md``), not from SQLite, so that the
+Alyx-backed store drops in beneath everything else unchanged:
+
+* a task record is a dict with Alyx's field names (``TASK_FIELDS``) and status strings;
+* ``(name, session, arguments)`` is unique: creating a duplicate raises ``Conflict``;
+* updates are partial (PATCH semantics): fields not given are untouched;
+* sessions are referred to by id (an Alyx eid); ``session_id(path)`` resolves a session folder.
+
+Job ids (SLURM or local pids) are *not* task fields in Alyx; they live in the local job ledger
+(``hpcpipe.ledger``), which every store shares.
+"""
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..status import check_status
+
+#: Alyx task fields, in Alyx's response order.
+TASK_FIELDS = ("id", "parents", "session", "data_repository", "status", "name", "priority",
+               "io_charge", "level", "gpu", "cpu", "ram", "time_out_secs", "time_elapsed_secs",
+               "executable", "graph", "log", "version", "datetime", "arguments")
+#: Fields a caller may write (``id`` and ``datetime`` are the store's).
+WRITABLE_FIELDS = frozenset(TASK_FIELDS) - {"id", "datetime"}
+#: Alyx stores these as SmallInteger (-32768..32767).
+SMALLINT_FIELDS = ("priority", "io_charge", "level", "gpu", "cpu", "ram", "time_out_secs")
+
+
+def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Validate a create/update body the way Alyx would, before it is sent anywhere.
+
+    Unknown keys are an error here (Alyx would silently drop them, losing data); a status
+    must be one of the exact strings; ``parents`` must be a list.
+    """
+    from ..errors import BadInput
+
+    unknown = set(fields) - WRITABLE_FIELDS
+    if unknown:
+        raise BadInput(f"unknown task field(s) {sorted(unknown)}; valid: {sorted(WRITABLE_FIELDS)}")
+    if "status" in fields:
+        if fields["status"] is None:
+            raise BadInput("task status may not be null")
+        check_status(fields["status"])
+    if "parents" in fields and not isinstance(fields["parents"], (list, tuple)):
+        raise BadInput(f"task parents must be a list of task ids, not {type(fields['parents']).__name__}")
+    if fields.get("name") is not None and len(fields["name"]) > 64:
+        raise BadInput(f"task name {fields['name']!r} is longer than 64 characters")
+    return fields
+
+
+class TaskStore(abc.ABC):
+    """Where task records live. Implementations: ``SQLiteStore`` (embedded) and ``AlyxStore``."""
+
+    #: short name shown in tables and used in config (``[store] backend = ...``)
+    kind: str = ""
+
+    # ------------------------------------------------------------------ sessions
+    @abc.abstractmethod
+    def session_id(self, session_path: Path | str, create: bool = False) -> str:
+        """The id (eid) of the session stored at ``session_path``.
+
+        ``create=True`` lets the embedded store register a new session; Alyx never creates
+        sessions from here (they come from the rig), so it raises ``NotFound`` instead.
+        """
+
+    @abc.abstractmethod
+    def session_path(self, session_id: str) -> Path | None:
+        """The local folder of a session id, when this store knows it."""
+
+    # ------------------------------------------------------------------ tasks
+    @abc.abstractmethod
+    def list_tasks(self, session: str | None = None, status: Iterable[str] | str | None = None,
+                   name: str | None = None, graph: str | None = None) -> list[dict]:
+        """Task records matching every filter given, ordered by level then priority (desc).
+
+        One round trip for the lot (Alyx: one paginated query), never one per task.
+        """
+
+    @abc.abstractmethod
+    def get_task(self, task_id: str) -> dict:
+        """One task record; ``NotFound`` if there is none."""
+
+    @abc.abstractmethod
+    def create_task(self, record: dict) -> dict:
+        """Create a task (``session`` key and ``status`` required); returns the stored record."""
+
+    @abc.abstractmethod
+    def update_task(self, task_id: str, **fields: Any) -> dict:
+        """Partial update (PATCH): only the given fields change. Returns the stored record."""
+
+    @abc.abstractmethod
+    def delete_task(self, task_id: str) -> None:
+        """Delete a task; it is also removed from its children's ``parents``."""
+
+    # ------------------------------------------------------------------ datasets
+    @abc.abstractmethod
+    def register_files(self, session_path: Path | str, filenames: list[str],
+                       hashes: list[str | None] | None = None,
+                       filesizes: list[int] | None = None,
+                       versions: list[str | None] | str | None = None,
+                       repository: str | None = None, server_only: bool = False) -> list[dict]:
+        """Register output files of a session (names relative to the session folder).
+
+        Returns one dataset record per file, in order. Lists must have equal lengths (Alyx
+        would silently truncate; stores refuse instead).
+        """
+
+    @abc.abstractmethod
+    def list_datasets(self, session: str) -> list[dict]:
+        """Dataset records of a session (``name``, ``collection``, ``file_size``, ``hash``...)."""
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Release connections; the store may not be used afterwards."""
+
+    def __enter__(self) -> "TaskStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
