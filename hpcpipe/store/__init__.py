@@ -1,0 +1,45 @@
+"""Task stores: one interface (``TaskStore``), an embedded SQLite store and an Alyx store.
+
+``open_store()`` is the one place that decides which store a command uses, so nothing above
+this package knows or cares which one it got.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import config
+from ..errors import BadInput
+from .base import TASK_FIELDS, TaskStore
+from .sqlite import SQLiteStore
+
+__all__ = ["TaskStore", "SQLiteStore", "TASK_FIELDS", "open_store", "STORE_KINDS"]
+
+STORE_KINDS = ("sqlite", "alyx")
+
+
+def open_store(one: Any = None) -> TaskStore:
+    """The task store to use.
+
+    ``one`` may be a ``TaskStore`` (used as is), a ONE instance or any object with ONE's
+    ``alyx.rest(url, action, **kwargs)`` (wrapped in an Alyx store), or None: then config
+    ``[store] backend`` decides (``sqlite`` by default, at ``[store] path`` or
+    ``<hpcpipe home>/tasks.sqlite``).
+    """
+    if isinstance(one, TaskStore):
+        return one
+    if one is not None:
+        rest_owner = getattr(one, "alyx", one)
+        if not callable(getattr(rest_owner, "rest", None)):
+            raise BadInput(f"{type(one).__name__} is neither a TaskStore nor a ONE-like object "
+                           "with alyx.rest(url, action, ...)")
+        from .alyx import AlyxStore
+
+        return AlyxStore(rest_owner)
+    kind = config.get("store", "backend", "sqlite")
+    if kind == "sqlite":
+        return SQLiteStore(config.get("store", "path", str(config.home() / "tasks.sqlite")))
+    if kind == "alyx":
+        from .alyx import AlyxStore
+
+        return AlyxStore.from_config()
+    raise BadInput(f"unknown store backend {kind!r} in config [store] backend; valid: {', '.join(STORE_KINDS)}")

@@ -1,0 +1,268 @@
+"""The ``hpcpipe`` command line.
+
+Thin: parses arguments, opens the store and ledger, calls ``submission``/backends, prints.
+Every expected failure (``HpcpipeError``) becomes one line on stderr and exit code 2; ``--verbose``
+shows logs (and tracebacks of unexpected errors).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__, config
+from .errors import BadInput, HpcpipeError, NotFound
+from .status import DONE, STATUSES, check_statuses
+
+_logger = logging.getLogger("hpcpipe")
+BACKENDS = ("local",)
+TABLE_KEYS = ("name", "status", "level", "cpu", "gpu", "ram", "time_elapsed_secs", "backend", "job_id")
+
+
+# ---------------------------------------------------------------------- helpers
+def _store():
+    from .store import open_store, outbox
+
+    store = open_store()
+    replayed = outbox.sync(store)
+    if replayed:
+        _logger.info("replayed %d queued report(s) from the outbox", replayed)
+    return store
+
+
+def _ledger():
+    from .ledger import Ledger
+
+    return Ledger()
+
+
+def _pipeline_name(args, store, session_path: Path | None) -> str:
+    """--pipeline, else ``[submit] pipeline`` in config, else the graph recorded for the session."""
+    if getattr(args, "pipeline", None):
+        return args.pipeline
+    configured = config.get("submit", "pipeline", None)
+    if configured:
+        return configured
+    if session_path is not None:
+        try:
+            graphs = {t["graph"] for t in store.list_tasks(session=store.session_id(session_path)) if t["graph"]}
+        except NotFound:
+            graphs = set()
+        if len(graphs) == 1:
+            return graphs.pop()
+    from .pipelines import registered
+
+    raise BadInput("no pipeline given: pass --pipeline NAME (registered: "
+                   f"{', '.join(sorted(registered())) or 'none'}) or set [submit] pipeline in the config")
+
+
+def _rows(store, ledger, session: str | None, statuses: list[str]) -> list[dict]:
+    tasks = store.list_tasks(session=session, status=statuses or None)
+    jobs = ledger.latest(t["id"] for t in tasks)
+    rows = []
+    for t in tasks:
+        job = jobs.get(t["id"])
+        rows.append({"session": t["session"], "name": t["name"], "status": t["status"], "level": t["level"],
+                     "cpu": t["cpu"], "gpu": t["gpu"], "ram": t["ram"],
+                     "time_elapsed_secs": t["time_elapsed_secs"], "backend": job.backend if job else None,
+                     "job_id": job.backend_id if job else None, "job_state": job.state if job else None,
+                     "reason": job.reason if job else None})
+    return rows
+
+
+def _print_table(rows: list[dict], store) -> None:
+    from tabulate import tabulate
+
+    paths: dict[str, str] = {}
+    table = []
+    for r in rows:
+        if r["session"] not in paths:
+            p = store.session_path(r["session"]) if r["session"] else None
+            paths[r["session"]] = "/".join(Path(p).parts[-3:]) if p else str(r["session"])
+        elapsed = "" if r["time_elapsed_secs"] is None else f"{r['time_elapsed_secs']:.1f}s"
+        table.append([paths[r["session"]], r["name"], r["status"], r["level"], r["cpu"], r["gpu"], r["ram"],
+                      elapsed, r["backend"] or "", r["job_id"] or "", r["job_state"] or ""])
+    print(tabulate(table, headers=["session", "task", "status", "level", "cpu", "gpu", "ram", "elapsed",
+                                   "backend", "job id", "job state"]))
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_demo_session(args) -> int:
+    from .demo.session import make_session
+
+    print(make_session(args.path, fail=tuple(args.fail or ())))
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from .session import parse_session_path
+    from .submission import Run, plan_sessions
+
+    sessions = [parse_session_path(s).path for s in args.session]
+    store, ledger = _store(), _ledger()
+    pipeline = _pipeline_name(args, store, sessions[0])
+    if args.backend not in BACKENDS:
+        raise BadInput(f"unknown backend {args.backend!r}; valid backends: {', '.join(BACKENDS)}")
+    plans = plan_sessions(sessions, pipeline, store, ledger, statuses=args.status or ["Waiting"],
+                          names=args.task, dry_run=args.dry_run, rerun_statuses=args.rerun,
+                          live_backend=args.backend)
+    return _execute(args, plans, store, ledger)
+
+
+def _execute(args, plans, store, ledger) -> int:
+    from .engines.local import LocalEngine
+    from .submission import Run
+
+    for plan in plans:
+        for task, reason in plan.skipped:
+            print(f"skip {task['name']}: {reason}")
+        for task, reason in plan.held:
+            print(f"held {task['name']}: {reason}")
+    if args.dry_run:
+        for plan in plans:
+            for item in plan.items:
+                deps = [next(i.task["name"] for i in plan.items if i.id == p) for p in item.parents_in_plan]
+                print(f"would run {item.task['name']} (cpu {item.task['cpu']}, gpu {item.task['gpu']}, "
+                      f"ram {item.task['ram']}G)" + (f" after {', '.join(deps)}" if deps else ""))
+        print("dry run: nothing recorded, nothing run")
+        return 0
+    if not any(plans):
+        print("nothing to run")
+        return 0
+    run = Run.new()
+    engine = LocalEngine(store, ledger)
+    print(f"run {run.id}: logs in {run.dir / 'logs'}")
+    final = engine.run(plans, run.id, run.dir)
+    session_ids = {p.session for p in plans}
+    rows = [r for s in session_ids for r in _rows(store, ledger, s, [])]
+    _print_table(rows, store)
+    return 0 if all(s in DONE for s in final.values()) else 1
+
+
+def cmd_rerun(args) -> int:
+    from .session import parse_session_path
+    from .submission import plan_sessions
+
+    session = parse_session_path(args.session).path
+    store, ledger = _store(), _ledger()
+    pipeline = _pipeline_name(args, store, session)
+    rerun = check_statuses(args.status or ["Errored"])
+    plans = plan_sessions([session], pipeline, store, ledger, statuses=["Waiting"] + rerun,
+                          names=args.task, dry_run=args.dry_run, rerun_statuses=rerun,
+                          live_backend=args.backend)
+    return _execute(args, plans, store, ledger)
+
+
+def cmd_status(args) -> int:
+    from .sweep import sweep
+
+    statuses = check_statuses(args.status)
+    store, ledger = _store(), _ledger()
+    session = None
+    if args.session:
+        from .session import parse_session_path
+
+        session = store.session_id(parse_session_path(args.session).path)
+    while True:
+        sweep(store, ledger)
+        rows = _rows(store, ledger, session, statuses)
+        if args.json:
+            print(json.dumps([{k: r[k] for k in TABLE_KEYS} | {"session": r["session"]} for r in rows], indent=1))
+        else:
+            _print_table(rows, store)
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+        print()
+
+
+def cmd_graph(args) -> int:
+    from .session import parse_session_path
+    from .submission import load_pipeline
+
+    store = _store()
+    session = parse_session_path(args.session).path
+    pipe = load_pipeline(session, _pipeline_name(args, store, session), store)
+    print(pipe.make_graph(out_dir=args.out or session))
+    return 0
+
+
+def cmd_sync(args) -> int:
+    from .store import open_store, outbox
+
+    print(f"replayed {outbox.sync(open_store())} report(s); {len(outbox.pending())} still queued")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpcpipe", description="Run session pipelines on this machine or SLURM.")
+    parser.add_argument("--version", action="version", version=f"hpcpipe {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show logs and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("submit", help="record a session's pipeline and run its Waiting tasks")
+    p.add_argument("--session", action="append", required=True, metavar="PATH", help="session folder (repeatable)")
+    p.add_argument("--pipeline", help="entry-point name or package.module.Class")
+    p.add_argument("--backend", default=config.get("submit", "backend", "local"), help="local (default)")
+    p.add_argument("--status", action="append", metavar="S", help=f"run tasks in this status (default Waiting)")
+    p.add_argument("--rerun", action="append", metavar="S", help="reset tasks in this status to Waiting first")
+    p.add_argument("--task", action="append", metavar="NAME", help="only these task names")
+    p.add_argument("--dry-run", action="store_true", help="say what would run; change nothing")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("rerun", help="run again a session's tasks in some statuses (default Errored)")
+    p.add_argument("--session", required=True, metavar="PATH")
+    p.add_argument("--pipeline")
+    p.add_argument("--status", action="append", metavar="S", help=f"one of {', '.join(STATUSES)}")
+    p.add_argument("--task", action="append", metavar="NAME")
+    p.add_argument("--backend", default=config.get("submit", "backend", "local"))
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(func=cmd_rerun)
+
+    p = sub.add_parser("status", help="table of task status, resources and jobs")
+    p.add_argument("--session", metavar="PATH")
+    p.add_argument("--status", action="append", metavar="S")
+    p.add_argument("--json", action="store_true", help="JSON list of task records, for scripts")
+    p.add_argument("--watch", type=float, metavar="SECS", help="refresh every SECS seconds")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("graph", help="write the pipeline picture (Graphviz)")
+    p.add_argument("--session", required=True, metavar="PATH")
+    p.add_argument("--pipeline")
+    p.add_argument("--out", metavar="DIR")
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("demo-session", help="generate a synthetic session for the demo pipeline")
+    p.add_argument("path", help="a session path, or a root to create one under")
+    p.add_argument("--fail", action="append", metavar="TASK", help="make this demo task fail in the session")
+    p.set_defaults(func=cmd_demo_session)
+
+    p = sub.add_parser("sync", help="replay reports queued while the store was unreachable")
+    p.set_defaults(func=cmd_sync)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except HpcpipeError as exc:
+        if args.verbose:
+            _logger.exception("failed")
+        print(f"hpcpipe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"hpcpipe: interrupted ({exc or 'Ctrl-C'}); running tasks stopped and set back to Waiting",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

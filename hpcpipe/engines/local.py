@@ -1,0 +1,238 @@
+"""The local engine: run planned tasks on this machine, each in its own process.
+
+Resource-aware: as many tasks at once as the CPU, RAM and GPU budget allows (from the machine,
+overridable with ``[local] cpus / ram / gpus``), highest priority first among ready tasks.
+``time_out_secs`` is enforced (process group killed, task recorded Errored with the reason).
+Ctrl-C or SIGTERM stops every child, leaves no orphan (children also get SIGTERM from the kernel
+if this process dies, via PR_SET_PDEATHSIG) and records no task as Started.
+
+Without a GPU on the machine, tasks that ask for one run on the CPU one at a time: they take the
+GPU lock anyway (see ``Task``), so running two together would only make one wait.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import config
+from ..errors import BadInput
+from ..ledger import Ledger
+from ..plan import Plan, PlanItem
+from ..status import DONE, ERRORED, HELD, STARTED, WAITING
+
+_logger = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
+KILL_GRACE_SECS = 5.0
+
+
+def machine_budget() -> dict[str, float]:
+    """CPU count, RAM in GB and GPU count of this machine, each overridable in ``[local]``."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = len([d for d in visible.split(",") if d.strip()]) if visible else _count_nvidia_gpus()
+    budget = {"cpu": float(config.get("local", "cpus", cpus)), "ram": float(config.get("local", "ram", ram)),
+              "gpu": float(config.get("local", "gpus", gpus))}
+    for key, value in budget.items():
+        if value < 0 or (key != "gpu" and value <= 0):
+            raise BadInput(f"[local] {key} = {value} must be positive")
+    return budget
+
+
+def _count_nvidia_gpus() -> int:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the engine dies, even by SIGKILL."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class _Running:
+    item: PlanItem
+    proc: subprocess.Popen
+    started: float
+    log_path: Path
+    need: dict[str, float]
+
+
+@dataclass
+class LocalEngine:
+    """Runs plans to completion in the foreground (the embedded default backend)."""
+
+    store: object
+    ledger: Ledger
+    budget: dict[str, float] = field(default_factory=machine_budget)
+    poll_secs: float = 0.1
+    backend: str = "local"
+
+    def needs(self, task: dict) -> dict[str, float]:
+        """What a task takes from the budget (a GPU task on a GPU-less machine: one CPU-GPU slot)."""
+        return {"cpu": float(task.get("cpu") or 1), "ram": float(task.get("ram") or 0),
+                "gpu": float(task.get("gpu") or 0)}
+
+    def check(self, plans: list[Plan]) -> None:
+        """Refuse, before anything runs, a task bigger than the whole machine."""
+        for plan in plans:
+            for item in plan.items:
+                for key, value in self.needs(item.task).items():
+                    limit = self.budget[key] if key != "gpu" or self.budget["gpu"] > 0 else 1
+                    if value > limit:
+                        raise BadInput(f"task {item.task['name']} asks {key}={value:g} but this machine's budget "
+                                       f"is {limit:g} (set [local] {key + 's' if key != 'ram' else key} in the config)")
+
+    def run(self, plans: list[Plan], run_id: str, run_dir: Path) -> dict[str, str]:
+        """Run every plan's items; returns ``{task id: final status}``."""
+        self.check(plans)
+        items = {it.id: it for plan in plans for it in plan.items}
+        paths = {it.id: plan.session_path for plan in plans for it in plan.items}
+        final: dict[str, str] = {}
+        running: dict[str, _Running] = {}
+        stop = {"signal": None}
+
+        def on_signal(signum, _frame):
+            stop["signal"] = signum
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            while items or running:
+                if stop["signal"] is not None:
+                    self._interrupt(running, run_id, stop["signal"])
+                    raise KeyboardInterrupt(f"stopped by signal {stop['signal']}")
+                self._reap(running, final, run_id)
+                self._hold_blocked(items, final)
+                self._start_ready(items, running, final, paths, run_id, run_dir)
+                if running:
+                    time.sleep(self.poll_secs)
+                elif items:  # nothing running and nothing could start: parents never finished
+                    for tid in list(items):
+                        self._hold(items.pop(tid).task, "its parents did not run", final)
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        return final
+
+    # ------------------------------------------------------------------ scheduling
+    def _free(self, running: dict[str, _Running]) -> dict[str, float]:
+        free = dict(self.budget)
+        if free["gpu"] == 0:
+            free["gpu"] = 1  # the CPU fallback slot for GPU tasks
+        for r in running.values():
+            for key, value in r.need.items():
+                free[key] -= value
+        return free
+
+    def _hold_blocked(self, items: dict[str, PlanItem], final: dict[str, str]) -> None:
+        changed = True
+        while changed:
+            changed = False
+            for tid, item in list(items.items()):
+                bad = [p for p in item.parents_in_plan if p in final and final[p] not in DONE]
+                if bad:
+                    self._hold(items.pop(tid).task, f"parent ended {final[bad[0]]}", final)
+                    changed = True
+
+    def _hold(self, task: dict, reason: str, final: dict[str, str]) -> None:
+        _logger.info("%s held: %s", task["name"], reason)
+        self.store.update_task(task["id"], status=HELD)
+        final[task["id"]] = HELD
+
+    def _start_ready(self, items, running, final, paths, run_id, run_dir) -> None:
+        ready = [it for it in items.values()
+                 if all(final.get(p) in DONE for p in it.parents_in_plan)
+                 and all(self._live_parent_done(j.task_id) for j in it.parents_live)]
+        ready.sort(key=lambda it: (-(it.task.get("priority") or 0), it.task.get("level") or 0))
+        for item in ready:
+            need = self.needs(item.task)
+            free = self._free(running)
+            if any(need[k] > free[k] + 1e-9 for k in need):
+                continue
+            items.pop(item.id)
+            running[item.id] = self._launch(item, paths[item.id], need, run_id, run_dir)
+
+    def _live_parent_done(self, task_id: str) -> bool:
+        return self.store.get_task(task_id)["status"] in DONE
+
+    def _launch(self, item: PlanItem, session_path: Path | None, need, run_id, run_dir) -> _Running:
+        task = item.task
+        log_path = run_dir / "logs" / f"{task['name']}.{task['id'][:8]}.log"
+        argv = [sys.executable, "-m", "hpcpipe.jobside", "--task-id", task["id"], "--location", "server"]
+        if session_path is not None:
+            argv += ["--session", str(session_path)]
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, preexec_fn=_die_with_parent)
+        self.ledger.record([{"task_id": task["id"], "session": task.get("session"), "task_name": task["name"],
+                             "run_id": run_id, "backend": self.backend, "job_id": proc.pid, "state": "RUNNING"}])
+        _logger.info("started %s (pid %d), log %s", task["name"], proc.pid, log_path)
+        return _Running(item, proc, time.monotonic(), log_path, need)
+
+    # ------------------------------------------------------------------ completion
+    def _reap(self, running: dict[str, _Running], final: dict[str, str], run_id: str) -> None:
+        for tid, r in list(running.items()):
+            timeout = r.item.task.get("time_out_secs") or 0
+            code = r.proc.poll()
+            if code is None and timeout and time.monotonic() - r.started > timeout:
+                self._kill(r)
+                reason = f"killed by the local engine after time_out_secs={timeout} s"
+                self._fail(r, reason, run_id, "TIMEOUT")
+                final[tid] = ERRORED
+                running.pop(tid)
+                continue
+            if code is None:
+                continue
+            running.pop(tid)
+            status = self.store.get_task(tid)["status"]
+            if status == STARTED or (status == WAITING and code not in (0, 75)):
+                self._fail(r, f"task process exited with code {code} without reporting", run_id, "FAILED")
+                status = ERRORED
+            self.ledger.set_state([(tid, run_id, "COMPLETED" if code == 0 else "FAILED", f"exit {code}")])
+            final[tid] = status
+            _logger.info("%s ended %s", r.item.task["name"], status)
+
+    def _fail(self, r: _Running, reason: str, run_id: str, state: str) -> None:
+        task = self.store.get_task(r.item.id)
+        self.store.update_task(r.item.id, status=ERRORED, log=(task.get("log") or "") + f"\n{reason}\n",
+                               time_elapsed_secs=time.monotonic() - r.started)
+        self.ledger.set_state([(r.item.id, run_id, state, reason)])
+
+    @staticmethod
+    def _kill(r: _Running) -> None:
+        """SIGTERM the task's process group, then SIGKILL what is left after a grace period."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(r.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                r.proc.wait(KILL_GRACE_SECS)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+        r.proc.wait()
+
+    def _interrupt(self, running: dict[str, _Running], run_id: str, signum: int) -> None:
+        """Stop every child; their tasks go back to Waiting (interrupted, not failed)."""
+        for r in running.values():
+            self._kill(r)
+        for tid, r in running.items():
+            task = self.store.get_task(tid)
+            if task["status"] == STARTED:
+                self.store.update_task(tid, status=WAITING, log=(task.get("log") or "") +
+                                       f"\ninterrupted by signal {signum}; back to Waiting\n")
+            self.ledger.set_state([(tid, run_id, "CANCELLED", f"interrupted by signal {signum}")])
+        running.clear()

@@ -1,0 +1,143 @@
+"""The job ledger: which backend job runs (or ran) which task, kept on the submitting machine.
+
+Alyx has no job-id field and the embedded store should not grow one, so job ids live here, in a
+small SQLite file next to the store, whatever the task store is. It answers "is this task
+already queued?" before a resubmission, gives ``status`` its backend and job-id columns, and
+lets the sweep find tasks whose job died without reporting.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from . import config
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    task_id TEXT NOT NULL, session TEXT, task_name TEXT, run_id TEXT NOT NULL,
+    backend TEXT NOT NULL, job_id TEXT NOT NULL, array_index INTEGER,
+    state TEXT NOT NULL DEFAULT 'SUBMITTED', reason TEXT, submitted TEXT, updated TEXT,
+    PRIMARY KEY (task_id, run_id));
+CREATE INDEX IF NOT EXISTS jobs_run ON jobs(run_id);
+CREATE INDEX IF NOT EXISTS jobs_job ON jobs(backend, job_id);
+"""
+#: Backend states after which a job will never run again.
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+                          "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED", "EXITED", "KILLED", "LOST"})
+
+
+@dataclass
+class JobRecord:
+    """One task's job in one run."""
+
+    task_id: str
+    session: str | None
+    task_name: str | None
+    run_id: str
+    backend: str
+    job_id: str
+    array_index: int | None
+    state: str
+    reason: str | None
+    submitted: str | None
+    updated: str | None
+
+    @property
+    def live(self) -> bool:
+        """Queued or running, as last seen."""
+        return self.state not in FINAL_STATES
+
+    @property
+    def backend_id(self) -> str:
+        """The id the backend knows: ``123`` or ``123_4`` for an array element."""
+        return self.job_id if self.array_index is None else f"{self.job_id}_{self.array_index}"
+
+
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+class Ledger:
+    """The jobs table (default ``<hpcpipe home>/jobs.sqlite``)."""
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path or config.get("store", "ledger", str(config.home() / "jobs.sqlite")))
+        self._local = threading.local()
+        self._db.executescript(_SCHEMA)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=60000")
+            self._local.db = db
+        return db
+
+    def record(self, jobs: Iterable[dict]) -> None:
+        """Insert or replace job rows (keys of ``JobRecord``; state defaults to SUBMITTED)."""
+        now = _now()
+        rows = [(j["task_id"], j.get("session"), j.get("task_name"), j["run_id"], j["backend"],
+                 str(j["job_id"]), j.get("array_index"), j.get("state", "SUBMITTED"), j.get("reason"),
+                 now, now) for j in jobs]
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def set_state(self, updates: Iterable[tuple[str, str, str, str | None]]) -> None:
+        """Update ``(task_id, run_id, state, reason)`` rows."""
+        now = _now()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany("UPDATE jobs SET state=?, reason=?, updated=? WHERE task_id=? AND run_id=?",
+                                 [(s, r, now, t, run) for t, run, s, r in updates])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _select(self, where: str = "", args: tuple = ()) -> list[JobRecord]:
+        sql = "SELECT * FROM jobs" + (f" WHERE {where}" if where else "") + " ORDER BY submitted, rowid"
+        return [JobRecord(**dict(r)) for r in self._db.execute(sql, args)]
+
+    def latest(self, task_ids: Iterable[str] | None = None) -> dict[str, JobRecord]:
+        """The most recent job of each task (all tasks when ``task_ids`` is None)."""
+        out: dict[str, JobRecord] = {}
+        rows = self._select() if task_ids is None else [
+            r for chunk in _chunks(list(task_ids), 500)
+            for r in self._select(f"task_id IN ({','.join('?' * len(chunk))})", tuple(chunk))]
+        for rec in rows:
+            out[rec.task_id] = rec  # ordered by submission time: the last one wins
+        return out
+
+    def live(self, backend: str | None = None) -> list[JobRecord]:
+        """Jobs not yet seen in a final state."""
+        finals = ",".join(f"'{s}'" for s in FINAL_STATES)
+        if backend:
+            return self._select(f"state NOT IN ({finals}) AND backend = ?", (backend,))
+        return self._select(f"state NOT IN ({finals})")
+
+    def run(self, run_id: str) -> list[JobRecord]:
+        """Every job of one run."""
+        return self._select("run_id = ?", (run_id,))
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

@@ -1,0 +1,297 @@
+"""Pipeline (a session's graph of Tasks) and ``run_alyx_task``, with ibllib's API.
+
+A pipeline's tasks are registered as task records in the store (Alyx or the embedded one);
+running a record goes through ``run_alyx_task``, which applies ibllib's rules: a task runs only
+when its parents are Complete or Incomplete, a child of a failed parent is Held, and Held
+children go back to Waiting once all their parents are done.
+"""
+from __future__ import annotations
+
+import abc
+import importlib
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import BadInput, PipelineError, Unreachable
+from .status import (ABANDONED, BLOCKING, CODE_TO_STATUS, DONE, EMPTY, ERRORED, HELD, STATUSES,
+                     WAITING, check_statuses)
+from .task import Task
+
+_logger = logging.getLogger(__name__)
+
+
+def executable_name(task: Task) -> str:
+    """The dotted path stored as a task's ``executable`` (ibllib: module + class name)."""
+    return f"{type(task).__module__}.{task.name}"
+
+
+def str2class(dotted: str) -> type:
+    """Import ``package.module.Class``; a clear error when it cannot be found."""
+    module_name, _, attr = dotted.rpartition(".")
+    if not module_name:
+        raise BadInput(f"{dotted!r} is not a dotted path package.module.Class")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise BadInput(f"cannot import {dotted!r}: {exc}") from None
+
+
+def check_graph(tasks: "OrderedDict[str, Task]") -> None:
+    """Refuse duplicate names, parents outside the pipeline and cycles, naming the tasks."""
+    by_name: dict[str, Task] = {}
+    for key, task in tasks.items():
+        if task.name in by_name:
+            raise PipelineError(f"two tasks are named {task.name!r} in the pipeline")
+        by_name[task.name] = task
+    members = {id(t) for t in tasks.values()}
+    for task in tasks.values():
+        for parent in task.parents:
+            if id(parent) not in members:
+                raise PipelineError(f"task {task.name!r} has parent {getattr(parent, 'name', parent)!r} "
+                                    "which is not in the pipeline")
+    state: dict[int, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(task: Task, path: list[str]) -> None:
+        if state.get(id(task)) == 2:
+            return
+        if state.get(id(task)) == 1:
+            cycle = path[path.index(task.name):] + [task.name]
+            raise PipelineError(f"cycle in task parents: {' -> '.join(cycle)}")
+        state[id(task)] = 1
+        for parent in task.parents:
+            visit(parent, path + [task.name])
+        state[id(task)] = 2
+
+    for task in tasks.values():
+        visit(task, [])
+
+
+class Pipeline(abc.ABC):
+    """A collection of related, interdependent tasks for one session."""
+
+    one = None
+    _name: str | None = None
+
+    def __init__(self, session_path=None, one=None, eid=None) -> None:
+        if session_path is None and eid is None:
+            raise BadInput("a pipeline needs a session_path or an eid")
+        self.one = one
+        self.eid = eid
+        self.session_path = Path(session_path) if session_path is not None else None
+        self.label = f"{type(self).__module__}.{type(self).__name__}"
+        self._tasks: OrderedDict[str, Task] = OrderedDict()
+
+    @property
+    def tasks(self) -> "OrderedDict[str, Task]":
+        """The tasks by name, parents before children. Checked whenever it is assigned."""
+        return self._tasks
+
+    @tasks.setter
+    def tasks(self, value: "OrderedDict[str, Task]") -> None:
+        value = OrderedDict(value)
+        check_graph(value)
+        self._tasks = value
+
+    @property
+    def name(self) -> str:
+        """The graph name recorded on every task (``graph`` field)."""
+        return self._name or type(self).__name__
+
+    @property
+    def store(self):
+        """The task store this pipeline records into (from ``one``, or the configured one)."""
+        from .store import open_store
+
+        if getattr(self, "_store", None) is None:
+            self._store = open_store(self.one)
+        return self._store
+
+    def _eid(self, create: bool = False) -> str:
+        if self.eid is None:
+            self.eid = self.store.session_id(self.session_path, create=create)
+        return self.eid
+
+    # ------------------------------------------------------------------ graph
+    def make_graph(self, out_dir=None, show: bool = False) -> Path:
+        """Write the pipeline as a Graphviz file, and render SVG/PNG where ``dot`` exists.
+
+        Returns the path of the rendered picture, or of the ``.gv`` file without ``dot``.
+        """
+        import shutil
+        import subprocess
+
+        out_dir = Path(out_dir or self.session_path or ".")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lines = [f'digraph "{self.name}" {{', "  rankdir=TB;", '  node [shape=box, style=rounded];']
+        for task in self.tasks.values():
+            label = f"{task.name}\\nlevel {task.level} | cpu {task.cpu} gpu {task.gpu} ram {task.ram}G"
+            lines.append(f'  "{task.name}" [label="{label}"];')
+            lines.extend(f'  "{p.name}" -> "{task.name}";' for p in task.parents)
+        lines.append("}")
+        gv = out_dir / f"{self.name}.gv"
+        gv.write_text("\n".join(lines) + "\n")
+        dot = shutil.which("dot")
+        if dot is None:
+            return gv
+        for fmt in ("svg", "png"):
+            subprocess.run([dot, f"-T{fmt}", str(gv), "-o", str(gv.with_suffix(f".{fmt}"))], check=True)
+        picture = gv.with_suffix(".png")
+        if show:
+            _logger.info("graph written to %s", picture)
+        return picture
+
+    # ------------------------------------------------------------------ records
+    def create_tasks_list_from_pipeline(self) -> list[dict]:
+        """Task descriptions (parents by name) that ``create_alyx_tasks(tasks_list=...)`` accepts."""
+        return [self._task_dict(t, parents=[p.name for p in t.parents]) for t in self.tasks.values()]
+
+    def _task_dict(self, task: Task, parents: list) -> dict:
+        return {"executable": executable_name(task), "priority": task.priority,
+                "io_charge": task.io_charge, "gpu": task.gpu, "cpu": task.cpu, "ram": task.ram,
+                "parents": parents, "level": task.level, "time_out_secs": task.time_out_secs,
+                "session": self.eid, "status": WAITING, "log": None, "name": task.name,
+                "graph": self.name, "arguments": task.kwargs}
+
+    def create_alyx_tasks(self, rerun__status__in=None, tasks_list=None) -> list[dict]:
+        """Record the pipeline's tasks in the store; idempotent.
+
+        A task is the triple (name, session, arguments). Existing tasks are left untouched unless
+        their status is in ``rerun__status__in`` (``'__all__'``: every status but Abandoned),
+        in which case they are reset to Waiting with an empty log.
+        """
+        rerun = check_statuses(rerun__status__in)
+        eid = self._eid(create=True)
+        existing = self.store.list_tasks(session=eid, graph=self.name)
+        if tasks_list is not None:
+            items = [dict(t, session=eid) for t in tasks_list]
+        else:
+            items = [self._task_dict(t, parents=[p.name for p in t.parents]) for t in self.tasks.values()]
+        records: list[dict] = []
+        for item in items:
+            item.pop("time_out_sec", None)
+            parent_names = item.get("parents") or []
+            try:
+                item["parents"] = [next(r["id"] for r in records if r["name"] == pn) for pn in parent_names]
+            except StopIteration:
+                raise PipelineError(f"task {item['name']!r}: a parent in {parent_names} is listed after it "
+                                    "or missing") from None
+            item.setdefault("arguments", {})
+            found = next((r for r in existing if r["name"] == item["name"]
+                          and (r["arguments"] or {}) == (item["arguments"] or {})), None)
+            if found is None:
+                found = self.store.create_task(item)
+            elif found["status"] in rerun:
+                patch = {k: v for k, v in item.items() if k != "session"}
+                found = self.store.update_task(found["id"], **patch)
+            records.append(found)
+        return records
+
+    # ------------------------------------------------------------------ running
+    def run(self, status__in=("Waiting",), machine=None, clobber=True, **kwargs):
+        """Run, in this process, the session's tasks whose status is in ``status__in``.
+
+        Returns ``(task_deck, all_datasets)`` like ibllib.
+        """
+        statuses = check_statuses(status__in)
+        eid = self._eid()
+        task_deck = self.store.list_tasks(session=eid)
+        all_datasets: list = []
+        for i, tdict in enumerate(task_deck):
+            if tdict["status"] not in statuses:
+                continue
+            task_deck[i], dsets = run_alyx_task(tdict=tdict, session_path=self.session_path, one=self.store,
+                                                job_deck=task_deck, machine=machine, clobber=clobber, **kwargs)
+            if dsets:
+                all_datasets.extend(dsets)
+        return task_deck, all_datasets
+
+    def rerun_failed(self, **kwargs):
+        """Run again every task that did not finish: Waiting, Held, Started, Errored, Empty."""
+        return self.run(status__in=[WAITING, HELD, "Started", ERRORED, EMPTY], **kwargs)
+
+    def rerun(self, **kwargs):
+        """Run again every task but the Abandoned ones."""
+        return self.run(status__in=[s for s in STATUSES if s != ABANDONED], **kwargs)
+
+
+def parents_state(tdict: dict, job_deck: Iterable[dict]) -> set[str]:
+    """The statuses of a task's parents, read from ``job_deck``."""
+    by_id = {t["id"]: t["status"] for t in job_deck}
+    return {by_id.get(p, "Missing") for p in tdict.get("parents") or []}
+
+
+def run_alyx_task(tdict=None, session_path=None, one=None, job_deck=None, max_md5_size=None,
+                  machine=None, clobber=True, location="server", mode="log"):
+    """Run one task record and register its outputs (ibllib semantics).
+
+    Returns ``(tdict, registered_datasets)``. ``one`` is a TaskStore or a ONE-like object (or
+    None for the configured store). With ``mode='raise'`` the task's error is re-raised after
+    its status has been saved.
+    """
+    from .store import open_store
+    from .store import outbox
+
+    store = open_store(one)
+    registered: list = []
+    if not job_deck:
+        job_deck = store.list_tasks(session=tdict["session"])
+    if tdict.get("parents"):
+        statuses = parents_state(tdict, job_deck)
+        if not statuses <= DONE:
+            _logger.warning("%s has unmet dependencies: parents are %s", tdict["name"], sorted(statuses))
+            if statuses & (BLOCKING | {"Missing"}):
+                tdict = store.update_task(tdict["id"], status=HELD)
+                if mode == "raise":
+                    raise RuntimeError(f"{tdict['name']} has unmet dependencies")
+            return tdict, registered
+    if session_path is None:
+        session_path = store.session_path(tdict["session"])
+    classe = str2class(tdict["executable"])
+    task = classe(session_path, one=store, taskid=tdict["id"], machine=machine, clobber=clobber,
+                  location=location, **(tdict.get("arguments") or {}))
+    status = task.run()
+    patch: dict[str, Any] = {"time_elapsed_secs": task.time_elapsed_secs, "log": task.log,
+                             "version": task.version}
+    if task.outputs is None:
+        patch["status"] = EMPTY
+    else:
+        try:
+            payload = task.dataset_payload(max_md5_size=max_md5_size)
+            if payload["filenames"]:
+                registered = outbox.deliver(store, "register_files", **payload) or []
+            patch["status"] = CODE_TO_STATUS[0]
+        except Exception as exc:
+            _logger.exception("registration of %s failed", tdict["name"])
+            patch["log"] = (patch["log"] or "") + f"\nregistration failed: {exc}\n"
+            status = -1
+    if status in CODE_TO_STATUS and status != 0:
+        patch["status"] = CODE_TO_STATUS[status]
+    # delivered now: the stored record; queued in the outbox (store unreachable): None
+    tdict = outbox.deliver(store, "update_task", task_id=tdict["id"], **patch) or dict(tdict, **patch)
+    release_held_children(store, tdict)
+    task.cleanUp()
+    if mode == "raise" and status != 0:
+        raise RuntimeError(f"task {tdict['name']} ended with status {patch['status']}:\n{task.log[-2000:]}")
+    return tdict, registered
+
+
+def release_held_children(store, tdict: dict) -> list[dict]:
+    """Held children of ``tdict`` whose parents are all done go back to Waiting.
+
+    Reads the session's tasks afresh (one query): a job deck read before the run may be stale
+    when other jobs of the session finished meanwhile.
+    """
+    if tdict.get("status") not in DONE:
+        return []
+    try:
+        deck = store.list_tasks(session=tdict["session"])
+    except Unreachable:
+        return []  # the outbox replay and the next sweep release them
+    released = []
+    for child in deck:
+        if child["status"] == HELD and tdict["id"] in (child["parents"] or []):
+            if parents_state(child, deck) <= DONE:
+                released.append(store.update_task(child["id"], status=WAITING))
+    return released

@@ -1,0 +1,35 @@
+"""Finding pipeline classes: by dotted path, or by name in the ``hpcpipe.pipelines`` entry points.
+
+Labs register their own pipelines in their package's metadata, without editing hpcpipe::
+
+    [project.entry-points."hpcpipe.pipelines"]
+    ephys = "mylab.pipelines:EphysPipeline"
+"""
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from .errors import BadInput
+from .pipeline import Pipeline, str2class
+
+GROUP = "hpcpipe.pipelines"
+
+
+def registered() -> dict[str, str]:
+    """Registered pipeline names and the object each points to."""
+    return {ep.name: ep.value for ep in entry_points(group=GROUP)}
+
+
+def find_pipeline(name: str) -> type[Pipeline]:
+    """The Pipeline class called ``name`` (entry-point name or ``package.module.Class``)."""
+    eps = {ep.name: ep for ep in entry_points(group=GROUP)}
+    if name in eps:
+        cls = eps[name].load()
+    elif "." in name:
+        cls = str2class(name)
+    else:
+        known = ", ".join(sorted(eps)) or "none"
+        raise BadInput(f"unknown pipeline {name!r}; registered pipelines: {known} (or give package.module.Class)")
+    if not (isinstance(cls, type) and issubclass(cls, Pipeline)):
+        raise BadInput(f"{name!r} is {cls!r}, not a hpcpipe Pipeline class")
+    return cls

@@ -1,0 +1,118 @@
+"""Planning: which task records of a session to run now, and on what each must wait.
+
+Backends (the local engine, SLURM) receive a ``Plan`` and never look at statuses themselves, so
+the rules below hold for every backend:
+
+* a task is planned when its status is one of the requested ones (Waiting by default) and no
+  live job already runs it (no double submission);
+* a parent planned in the same run is a dependency (SLURM: ``afterok``);
+* a parent already Complete or Incomplete is no dependency at all;
+* a parent with a live job from an earlier run is a dependency on that job;
+* any other parent (Errored, Held, Empty, Abandoned, Waiting but not planned) means the task
+  cannot run: it is recorded Held and not submitted, and so are its planned descendants.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .ledger import JobRecord
+from .status import DONE, WAITING, check_statuses
+
+
+@dataclass
+class PlanItem:
+    """One task to submit."""
+
+    task: dict
+    parents_in_plan: list[str] = field(default_factory=list)
+    parents_live: list[JobRecord] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.task["id"]
+
+
+@dataclass
+class Plan:
+    """What to run for one session, parents before children."""
+
+    session: str
+    session_path: Path | None
+    items: list[PlanItem] = field(default_factory=list)
+    held: list[tuple[dict, str]] = field(default_factory=list)
+    skipped: list[tuple[dict, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+
+def topological(deck: list[dict]) -> list[dict]:
+    """Task records ordered so that parents come first (level order is not trusted)."""
+    by_id = {t["id"]: t for t in deck}
+    done: set[str] = set()
+    out: list[dict] = []
+
+    def visit(task: dict, stack: frozenset) -> None:
+        if task["id"] in done:
+            return
+        if task["id"] in stack:
+            raise ValueError(f"cycle in stored task parents at {task['name']!r}")
+        for pid in task.get("parents") or []:
+            if pid in by_id:
+                visit(by_id[pid], stack | {task["id"]})
+        done.add(task["id"])
+        out.append(task)
+
+    for task in sorted(deck, key=lambda t: (t.get("level") or 0, -(t.get("priority") or 0))):
+        visit(task, frozenset())
+    return out
+
+
+def plan_session(deck: list[dict], session: str, session_path: Path | None = None,
+                 statuses: Iterable[str] | str = (WAITING,), names: Iterable[str] | None = None,
+                 live_jobs: dict[str, JobRecord] | None = None) -> Plan:
+    """Build the plan for one session's task records (``deck``: every task of the session).
+
+    ``names`` limits planning to some task names; ``live_jobs`` maps task id to its live job.
+    """
+    wanted = set(check_statuses(statuses))
+    only = set(names) if names else None
+    live_jobs = live_jobs or {}
+    by_id = {t["id"]: t for t in deck}
+    plan = Plan(session, session_path)
+    planned: set[str] = set()
+    blocked: set[str] = set()
+    for task in topological(deck):
+        if task["status"] not in wanted or (only is not None and task["name"] not in only):
+            continue
+        if task["id"] in live_jobs:
+            job = live_jobs[task["id"]]
+            plan.skipped.append((task, f"already queued as {job.backend} job {job.backend_id} ({job.state})"))
+            continue
+        item = PlanItem(task)
+        reason = None
+        for pid in task.get("parents") or []:
+            parent = by_id.get(pid)
+            if parent is None:
+                reason = f"parent {pid} is not a task of this session"
+            elif pid in blocked:
+                reason = f"parent {parent['name']} cannot run"
+            elif pid in planned:
+                item.parents_in_plan.append(pid)
+            elif pid in live_jobs:
+                item.parents_live.append(live_jobs[pid])
+            elif parent["status"] in DONE:
+                continue
+            else:
+                reason = f"parent {parent['name']} is {parent['status']}"
+            if reason:
+                break
+        if reason:
+            blocked.add(task["id"])
+            plan.held.append((task, reason))
+            continue
+        planned.add(task["id"])
+        plan.items.append(item)
+    return plan

@@ -1,0 +1,47 @@
+"""Session folders: ``<root>/[<lab>/Subjects/]<subject>/<YYYY-MM-DD>/<NNN>``.
+
+Parsing lives here once, for the stores (which need ``subject/date/number`` to find an Alyx
+session or to register files) and for the CLI (which must refuse a bad path before anything).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BadInput
+
+_SESSION_RE = re.compile(
+    r"(?:^|/)(?:(?P<lab>\w+)/Subjects/)?(?P<subject>[\w-]+)/(?P<date>\d{4}-\d{2}-\d{2})/(?P<number>\d{1,3})/?$")
+
+
+@dataclass(frozen=True)
+class SessionRef:
+    """The parts of a session path that identify it."""
+
+    path: Path
+    subject: str
+    date: str
+    number: int
+    lab: str | None = None
+
+    @property
+    def short(self) -> str:
+        """Alyx's ``subject/YYYY-MM-DD/NNN`` form (``register-file`` wants this)."""
+        return f"{self.subject}/{self.date}/{self.number:03d}"
+
+
+def parse_session_path(path: Path | str, must_exist: bool = True) -> SessionRef:
+    """Parse and check a session folder; raise ``BadInput`` saying what is wrong with it."""
+    raw = Path(path).expanduser()
+    if must_exist:
+        if not raw.exists():
+            raise BadInput(f"session path {raw} does not exist")
+        if not raw.is_dir():
+            raise BadInput(f"session path {raw} is not a folder")
+    resolved = raw.resolve() if raw.exists() else raw.absolute()
+    match = _SESSION_RE.search(resolved.as_posix())
+    if not match:
+        raise BadInput(f"{raw} is not a session path: expected "
+                       "<root>/[<lab>/Subjects/]<subject>/<YYYY-MM-DD>/<NNN>")
+    return SessionRef(resolved, match["subject"], match["date"], int(match["number"]), match["lab"])

@@ -1,0 +1,262 @@
+"""The embedded task store: one SQLite file on this machine, Alyx's rules without a server.
+
+Safe under concurrent writers on one machine (WAL journal, a busy timeout, every write in one
+transaction). Not meant for compute nodes over a network file system: jobs there report through
+result records in the run folder instead (see ``hpcpipe.jobside``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sqlite3
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import BadInput, Conflict, NotFound
+from ..session import parse_session_path
+from ..status import check_statuses
+from .base import TASK_FIELDS, TaskStore, check_fields
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, path TEXT UNIQUE NOT NULL,
+    subject TEXT, date TEXT, number INTEGER, lab TEXT);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, parents TEXT NOT NULL DEFAULT '[]',
+    session TEXT REFERENCES sessions(id) ON DELETE CASCADE,
+    data_repository TEXT, status TEXT NOT NULL, name TEXT, priority INTEGER, io_charge INTEGER,
+    level INTEGER, gpu INTEGER, cpu INTEGER, ram INTEGER, time_out_secs INTEGER,
+    time_elapsed_secs REAL, executable TEXT, graph TEXT, log TEXT, version TEXT,
+    datetime TEXT, arguments TEXT,
+    UNIQUE (name, session, arguments));
+CREATE INDEX IF NOT EXISTS tasks_session ON tasks(session);
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY, session TEXT REFERENCES sessions(id) ON DELETE CASCADE,
+    name TEXT NOT NULL, collection TEXT NOT NULL, revision TEXT NOT NULL,
+    file_size INTEGER, hash TEXT, version TEXT, repository TEXT, created_datetime TEXT,
+    UNIQUE (session, collection, revision, name));
+"""
+_JSON_FIELDS = ("parents", "arguments")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None).isoformat()
+
+
+def _canonical(value: Any) -> str | None:
+    """JSON with sorted keys, so equal argument dicts compare equal in the UNIQUE index."""
+    return None if value is None else json.dumps(value, sort_keys=True)
+
+
+def split_dataset_path(relative: str) -> tuple[str, str, str]:
+    """``alf/#rev#/x.npy`` -> (collection ``alf``, revision ``rev``, name ``x.npy``), as Alyx does."""
+    parts = Path(relative).parts
+    if not parts:
+        raise BadInput("empty dataset file name")
+    *folders, name = parts
+    revision = ""
+    if folders and folders[-1].startswith("#") and folders[-1].endswith("#"):
+        revision = folders.pop()[1:-1]
+    return "/".join(folders), revision, name
+
+
+class SQLiteStore(TaskStore):
+    """Task records in a SQLite file (default ``<hpcpipe home>/tasks.sqlite``)."""
+
+    kind = "sqlite"
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._db.executescript(_SCHEMA)
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=60000")
+            self._local.db = db
+        return db
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type, *rest) -> None:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _tx(self) -> "_Tx":
+        return self._Tx(self._db)
+
+    @staticmethod
+    def _row(row: sqlite3.Row) -> dict:
+        rec = {k: row[k] for k in TASK_FIELDS}
+        for key in _JSON_FIELDS:
+            rec[key] = json.loads(rec[key]) if rec[key] is not None else None
+        return rec
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    # ------------------------------------------------------------------ sessions
+    def session_id(self, session_path: Path | str, create: bool = False) -> str:
+        ref = parse_session_path(session_path, must_exist=create)
+        row = self._db.execute("SELECT id FROM sessions WHERE path = ?", (str(ref.path),)).fetchone()
+        if row:
+            return row["id"]
+        if not create:
+            raise NotFound(f"session {ref.path} is not in the task store (submit it first)")
+        with self._tx() as db:
+            row = db.execute("SELECT id FROM sessions WHERE path = ?", (str(ref.path),)).fetchone()
+            if row:
+                return row["id"]
+            eid = str(uuid.uuid4())
+            db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
+                       (eid, str(ref.path), ref.subject, ref.date, ref.number, ref.lab))
+            return eid
+
+    def session_path(self, session_id: str) -> Path | None:
+        row = self._db.execute("SELECT path FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        return Path(row["path"]) if row else None
+
+    # ------------------------------------------------------------------ tasks
+    def list_tasks(self, session: str | None = None, status: Iterable[str] | str | None = None,
+                   name: str | None = None, graph: str | None = None) -> list[dict]:
+        where, args = [], []
+        for col, val in (("session", session), ("name", name), ("graph", graph)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        statuses = check_statuses(status)
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args.extend(statuses)
+        sql = "SELECT * FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY level IS NULL, level ASC, priority IS NOT NULL, priority DESC, rowid"
+        return [self._row(r) for r in self._db.execute(sql, args)]
+
+    def get_task(self, task_id: str) -> dict:
+        row = self._db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no task with id {task_id}")
+        return self._row(row)
+
+    def create_task(self, record: dict) -> dict:
+        fields = check_fields(dict(record))
+        if "session" not in fields:
+            raise BadInput("a task needs a 'session' key (an id, or None)")
+        if "status" not in fields:
+            raise BadInput("a task needs a 'status' when it is created")
+        fields.setdefault("parents", [])
+        rec = {k: fields.get(k) for k in TASK_FIELDS}
+        rec["id"] = str(uuid.uuid4())
+        rec["datetime"] = _now()
+        with self._tx() as db:
+            self._check_refs(db, rec)
+            try:
+                db.execute(f"INSERT INTO tasks ({','.join(TASK_FIELDS)}) VALUES ({','.join('?' * len(TASK_FIELDS))})",
+                           [self._encode(k, rec[k]) for k in TASK_FIELDS])
+            except sqlite3.IntegrityError as exc:
+                if "UNIQUE" in str(exc):
+                    raise Conflict(f"a task named {rec['name']!r} with these arguments already exists "
+                                   f"for session {rec['session']}") from None
+                raise
+        return self.get_task(rec["id"])
+
+    def update_task(self, task_id: str, **fields: Any) -> dict:
+        check_fields(fields)
+        if not fields:
+            return self.get_task(task_id)
+        fields["datetime"] = _now()
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
+                raise NotFound(f"no task with id {task_id}")
+            self._check_refs(db, fields)
+            sets = ", ".join(f"{k} = ?" for k in fields)
+            try:
+                db.execute(f"UPDATE tasks SET {sets} WHERE id = ?",
+                           [self._encode(k, v) for k, v in fields.items()] + [task_id])
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"update of task {task_id} breaks uniqueness: {exc}") from None
+        return self.get_task(task_id)
+
+    def delete_task(self, task_id: str) -> None:
+        with self._tx() as db:
+            if db.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount == 0:
+                raise NotFound(f"no task with id {task_id}")
+            for row in db.execute("SELECT id, parents FROM tasks WHERE parents LIKE ?", (f'%{task_id}%',)).fetchall():
+                parents = [p for p in json.loads(row["parents"]) if p != task_id]
+                db.execute("UPDATE tasks SET parents = ? WHERE id = ?", (json.dumps(parents), row["id"]))
+
+    @staticmethod
+    def _encode(key: str, value: Any) -> Any:
+        if key == "parents":
+            return json.dumps(list(value or []))
+        if key == "arguments":
+            return _canonical(value)
+        return value
+
+    @staticmethod
+    def _check_refs(db: sqlite3.Connection, fields: dict) -> None:
+        if fields.get("session") is not None and db.execute(
+                "SELECT 1 FROM sessions WHERE id = ?", (fields["session"],)).fetchone() is None:
+            raise BadInput(f"session {fields['session']} does not exist")
+        for parent in fields.get("parents") or []:
+            if db.execute("SELECT 1 FROM tasks WHERE id = ?", (parent,)).fetchone() is None:
+                raise BadInput(f"parent task {parent} does not exist")
+
+    # ------------------------------------------------------------------ datasets
+    def register_files(self, session_path: Path | str, filenames: list[str],
+                       hashes: list[str | None] | None = None,
+                       filesizes: list[int] | None = None,
+                       versions: list[str | None] | str | None = None,
+                       repository: str | None = None, server_only: bool = False) -> list[dict]:
+        n = len(filenames)
+        if isinstance(versions, str) or versions is None:
+            versions = [versions] * n
+        hashes = hashes if hashes is not None else [None] * n
+        filesizes = filesizes if filesizes is not None else [None] * n
+        for label, values in (("hashes", hashes), ("filesizes", filesizes), ("versions", versions)):
+            if len(values) != n:
+                raise BadInput(f"register_files: {n} filenames but {len(values)} {label}")
+        eid = self.session_id(session_path)
+        out = []
+        with self._tx() as db:
+            for fname, md5, size, version in zip(filenames, hashes, filesizes, versions):
+                collection, revision, name = split_dataset_path(fname)
+                row = db.execute("SELECT id FROM datasets WHERE session=? AND collection=? AND revision=? AND name=?",
+                                 (eid, collection, revision, name)).fetchone()
+                did = row["id"] if row else str(uuid.uuid4())
+                db.execute("INSERT INTO datasets VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                           "file_size=excluded.file_size, hash=excluded.hash, "
+                           "version=COALESCE(excluded.version, datasets.version), "
+                           "repository=excluded.repository",
+                           (did, eid, name, collection, revision, size, md5, version, repository, _now()))
+                out.append(self._dataset(db.execute("SELECT * FROM datasets WHERE id=?", (did,)).fetchone()))
+        return out
+
+    def list_datasets(self, session: str) -> list[dict]:
+        rows = self._db.execute("SELECT * FROM datasets WHERE session = ? ORDER BY collection, name", (session,))
+        return [self._dataset(r) for r in rows]
+
+    @staticmethod
+    def _dataset(row: sqlite3.Row) -> dict:
+        return {"id": row["id"], "name": row["name"], "collection": row["collection"],
+                "revision": row["revision"], "file_size": row["file_size"], "hash": row["hash"],
+                "version": row["version"], "session": row["session"],
+                "data_repository": row["repository"], "created_datetime": row["created_datetime"]}
