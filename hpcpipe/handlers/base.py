@@ -17,7 +17,6 @@ Alyx modules): the Task passes what they need (session path, signature, ``one``,
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import logging
 import os
 import re
@@ -102,13 +101,11 @@ def spec_matches(spec: FileSpec, relative: str) -> bool:
     return len(want) == len(have) and all(fnmatch.fnmatchcase(h, w) for h, w in zip(have, want))
 
 
-def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """The md5 hex digest of a file (Alyx's dataset ``hash``), read in chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def md5sum(path: str | os.PathLike) -> str:
+    """The md5 hex digest of a file (Alyx's dataset ``hash``); the same helper registration uses."""
+    from ..files import md5
+
+    return md5(Path(path))  # type: ignore[return-value]  # no max_size: always a digest
 
 
 def link_or_copy(src: Path, dst: Path) -> str:
@@ -160,6 +157,8 @@ class DataHandler:
         self.one = one
         self.options = options
         self._session_path = Path(session_path)
+        #: the session as given (as the store knows it), even when the task works elsewhere
+        self.original_session_path = Path(session_path)
 
     @property
     def session_path(self) -> Path:
