@@ -232,8 +232,11 @@ class SSHTransport(Transport):
             if self._jump is not None:
                 self._jump.close()
             juser, jhost, jport = _split_user_host_port(last)
+            # the jump host's own ssh config entry decides its key; else try ours
+            jcfg = self._ssh_config(jhost, self._ssh_config_path)
+            jkeys = None if jcfg.get("identityfile") else self.key_filename
             self._jump = SSHTransport(
-                jhost, user=juser, port=jport, known_hosts=self.known_hosts,
+                jhost, user=juser, port=jport, key_filename=jkeys, known_hosts=self.known_hosts,
                 accept_new_host_key=self.accept_new_host_key,
                 proxy_jump=",".join(hops[:-1]) or "none", connect_timeout=self.connect_timeout,
                 allow_agent=self.allow_agent, user_known_hosts=self.user_known_hosts,
@@ -347,7 +350,7 @@ class SSHTransport(Transport):
             self._after_exec(chan)
             return self._collect(chan, argv, input, timeout)
         finally:
-            chan.close()
+            _close_quietly(chan)
 
     def _after_exec(self, chan: paramiko.Channel) -> None:
         """Hook called once the command was sent (tests cut the connection here)."""
