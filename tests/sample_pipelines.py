@@ -1,0 +1,109 @@
+"""Small pipelines for engine and CLI tests (imported by dotted path in task processes)."""
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from hpcpipe.pipeline import Pipeline
+from hpcpipe.task import Task
+
+
+class Sleep(Task):
+    """Sleeps ``seconds`` (argument), appends its name to ``order.txt`` when it starts."""
+
+    cpu = 1
+    ram = 1
+    time_out_secs = 600
+
+    def _run(self, overwrite=False):
+        with open(Path(self.session_path) / "order.txt", "a") as fh:
+            fh.write(f"{self.kwargs.get('label', self.name)} {os.getpid()}\n")
+        time.sleep(float(self.kwargs.get("seconds", 0)))
+        if self.kwargs.get("fail"):
+            raise RuntimeError("failing on purpose")
+        return []
+
+
+def _sleep_class(name: str, **attrs) -> type:
+    return type(name, (Sleep,), dict(attrs, __module__=__name__))
+
+
+A = _sleep_class("A", priority=10)
+B = _sleep_class("B", priority=90)
+C = _sleep_class("C", priority=50)
+Slow = _sleep_class("Slow", time_out_secs=2)
+Child = _sleep_class("Child")
+
+
+class ThreeIndependent(Pipeline):
+    """A, B, C with no parents: with one CPU they run one by one, by priority (B, C, A)."""
+
+    _name = "three"
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        self.tasks = OrderedDict((t.name, t) for t in (A(self.session_path, seconds=0.2),
+                                                        B(self.session_path, seconds=0.2),
+                                                        C(self.session_path, seconds=0.2)))
+
+
+class TimeoutPipeline(Pipeline):
+    """Slow (times out after 2 s) -> Child, which must end Held, never run."""
+
+    _name = "timeout"
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        slow = Slow(self.session_path, seconds=120)
+        self.tasks = OrderedDict([("Slow", slow), ("Child", Child(self.session_path, parents=[slow]))])
+
+
+class LongPipeline(Pipeline):
+    """Two long tasks side by side and a child: for interruption tests."""
+
+    _name = "long"
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        a = A(self.session_path, seconds=120)
+        b = B(self.session_path, seconds=120)
+        self.tasks = OrderedDict([("A", a), ("B", b), ("Child", Child(self.session_path, parents=[a, b]))])
+
+
+class FailingParent(Pipeline):
+    """A fails; C depends on A; B is independent."""
+
+    _name = "failing"
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        a = A(self.session_path, fail=True)
+        self.tasks = OrderedDict([("A", a), ("B", B(self.session_path)), ("C", C(self.session_path, parents=[a]))])
+
+
+class Cyclic(Pipeline):
+    """A -> B -> A: refused at construction."""
+
+    _name = "cyclic"
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        a = A(self.session_path)
+        b = B(self.session_path, parents=[a])
+        a.parents = [b]
+        self.tasks = OrderedDict([("A", a), ("B", b)])
+
+
+BadRam = _sleep_class("BadRam", ram=0)
+
+
+class NonPositiveResource(Pipeline):
+    """A task asking ram=0: refused at construction."""
+
+    _name = "badram"
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        self.tasks = OrderedDict([("BadRam", BadRam(self.session_path))])

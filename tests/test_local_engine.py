@@ -1,0 +1,179 @@
+"""The local engine, driven through the real CLI in subprocesses (as a user runs it)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcpipe.demo.session import make_session
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def env(tmp_path):
+    e = dict(os.environ, HPCPIPE_HOME=str(tmp_path / "home"), HPCPIPE_GPU_LOCK_DIR=str(tmp_path / "locks"),
+             PYTHONPATH=str(REPO))
+    e.pop("HPCPIPE_CONFIG", None)
+    return e
+
+
+@pytest.fixture
+def session(tmp_path):
+    return make_session(tmp_path / "data" / "lab" / "Subjects" / "S1" / "2026-11-20" / "001")
+
+
+def hp(env, *args, timeout=120, check=False):
+    proc = subprocess.run([sys.executable, "-m", "hpcpipe.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"hpcpipe {args} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def status(env, session) -> dict[str, dict]:
+    out = hp(env, "status", "--session", str(session), "--json", check=True).stdout
+    return {r["name"]: r for r in json.loads(out)}
+
+
+def task_processes(marker: str) -> list[int]:
+    """Pids of live processes whose command line mentions ``marker``."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if marker.encode() in (d / "cmdline").read_bytes() and "hpcpipe.jobside" in (d / "cmdline").read_text():
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_demo_pipeline_completes_with_outputs(env, session):
+    proc = hp(env, "submit", "--session", str(session), "--pipeline", "demo", check=True)
+    rows = status(env, session)
+    assert {r["status"] for r in rows.values()} == {"Complete"}, proc.stdout
+    assert len(rows) == 5 and all(r["backend"] == "local" and r["job_id"] for r in rows.values())
+    for name in ("_demo_sync.times.npy", "spikes.times.npy", "trials.intervals.npy", "_demo_qc.metrics.json",
+                 "_demo_summary.table.csv"):
+        assert (session / "alf" / name).stat().st_size > 0
+    # submitting again runs nothing: every task is Complete
+    again = hp(env, "submit", "--session", str(session), "--pipeline", "demo", check=True)
+    assert "nothing to run" in again.stdout
+
+
+def test_priority_order_under_a_one_cpu_budget(env, session):
+    env["HPCPIPE_LOCAL_CPUS"] = "1"
+    hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.ThreeIndependent", check=True)
+    order = [line.split()[0] for line in (session / "order.txt").read_text().splitlines()]
+    assert order == ["B", "C", "A"]
+
+
+def test_parallel_when_the_budget_allows(env, session):
+    env["HPCPIPE_LOCAL_CPUS"] = "3"
+    env["HPCPIPE_LOCAL_RAM"] = "8"
+    t0 = time.monotonic()
+    hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.ThreeIndependent", check=True)
+    pids = {line.split()[1] for line in (session / "order.txt").read_text().splitlines()}
+    assert len(pids) == 3  # one process per task
+    assert time.monotonic() - t0 < 10
+
+
+def test_task_bigger_than_the_machine_is_refused_before_running(env, session):
+    env["HPCPIPE_LOCAL_RAM"] = "0.5"
+    proc = hp(env, "submit", "--session", str(session), "--pipeline", "demo")
+    assert proc.returncode == 2
+    assert "ram=1" in proc.stderr and "budget" in proc.stderr
+    assert not (session / "alf").exists()
+
+
+def test_timeout_kills_the_task_and_holds_its_child(env, session):
+    t0 = time.monotonic()
+    proc = hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.TimeoutPipeline")
+    assert proc.returncode == 1
+    assert time.monotonic() - t0 < 30
+    rows = status(env, session)
+    assert rows["Slow"]["status"] == "Errored"
+    assert rows["Child"]["status"] == "Held"
+    from hpcpipe.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(Path(env["HPCPIPE_HOME"]) / "tasks.sqlite")
+    slow = store.list_tasks(name="Slow")[0]
+    assert "time_out_secs=2" in slow["log"]
+    assert not task_processes(slow["id"])
+    assert len((session / "order.txt").read_text().splitlines()) == 1  # Child never ran
+
+
+def test_failed_parent_holds_children_only(env, session):
+    proc = hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.FailingParent")
+    assert proc.returncode == 1
+    rows = status(env, session)
+    assert (rows["A"]["status"], rows["B"]["status"], rows["C"]["status"]) == ("Errored", "Complete", "Held")
+
+
+def _wait_started(env, session, n, deadline=30):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        order = session / "order.txt"
+        if order.exists() and len(order.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.1)
+    raise AssertionError("tasks did not start")
+
+
+def _spawn_submit(env, session, pipeline):
+    return subprocess.Popen([sys.executable, "-m", "hpcpipe.cli", "submit", "--session", str(session),
+                             "--pipeline", pipeline], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _task_ids(env) -> list[str]:
+    from hpcpipe.store.sqlite import SQLiteStore
+
+    return [t["id"] for t in SQLiteStore(Path(env["HPCPIPE_HOME"]) / "tasks.sqlite").list_tasks()]
+
+
+def test_sigint_stops_children_and_leaves_nothing_started(env, session):
+    proc = _spawn_submit(env, session, "tests.sample_pipelines.LongPipeline")
+    _wait_started(env, session, 2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert not any(task_processes(t) for t in _task_ids(env))
+    rows = status(env, session)
+    assert "Started" not in {r["status"] for r in rows.values()}
+    assert rows["A"]["status"] == rows["B"]["status"] == "Waiting"
+
+
+def test_sigkill_of_a_task_process_is_recorded_errored(env, session):
+    proc = _spawn_submit(env, session, "tests.sample_pipelines.LongPipeline")
+    _wait_started(env, session, 2)
+    victim = int((session / "order.txt").read_text().splitlines()[0].split()[1])
+    os.kill(victim, signal.SIGKILL)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    rows = status(env, session)
+    statuses = {r["status"] for r in rows.values()}
+    assert "Started" not in statuses and "Errored" in statuses
+    assert not any(task_processes(t) for t in _task_ids(env))
+
+
+def test_sigkill_of_the_engine_leaves_no_orphan_and_status_sweeps(env, session):
+    proc = _spawn_submit(env, session, "tests.sample_pipelines.LongPipeline")
+    _wait_started(env, session, 2)
+    proc.kill()
+    proc.communicate(timeout=30)
+    ids = _task_ids(env)
+    end = time.monotonic() + 15
+    while any(task_processes(t) for t in ids) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert not any(task_processes(t) for t in ids)  # PR_SET_PDEATHSIG took them down
+    rows = status(env, session)  # status sweeps the dead local jobs
+    assert "Started" not in {r["status"] for r in rows.values()}
