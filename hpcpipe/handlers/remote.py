@@ -20,9 +20,10 @@ Local names never carry the dataset UUID that Flatiron puts in its URLs
 
 Options (constructor keyword, else ``[remote]`` in the config file): ``cache_dir``,
 ``http_user``, ``http_password`` (else ONE's ``HTTP_DATA_SERVER_LOGIN/PWD`` when ``one`` is
-given), ``timeout`` (seconds, default 60), ``retries`` (default 3), ``backoff`` (seconds, default
-1), ``use_cache`` (default true), ``data_repository`` (prefer file records of that repository).
-Passwords are never logged, and URLs are logged without user info or query string.
+given), ``data_server`` (base URL for records without a ``data_url``; else ONE's
+``HTTP_DATA_SERVER``), ``timeout`` (seconds, default 60), ``retries`` (default 3), ``backoff``
+(seconds, default 1), ``use_cache`` (default true), ``data_repository`` (prefer file records of
+that repository). Passwords are never logged, and URLs are logged without user info or query string.
 """
 from __future__ import annotations
 
@@ -32,13 +33,13 @@ import stat
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 import urllib3
 
 from .base import DataHandler, DataHandlerError, DownloadError, MissingInputs, link_or_copy, log, md5sum, \
-    spec_matches, strip_uuid
+    session_parts, spec_matches, strip_uuid
 
 _RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
               urllib3.exceptions.HTTPError)  # raised by the raw reads of the body
@@ -137,16 +138,36 @@ class RemoteHttpDataHandler(DataHandler):
                 chosen[rel] = record
         return chosen
 
+    def data_server(self) -> str | None:
+        """Base URL for records without a ``data_url`` (``[remote] data_server``, else ONE's
+        ``HTTP_DATA_SERVER``)."""
+        base = self.option("remote", "data_server", None)
+        par = getattr(getattr(self.one, "alyx", None), "_par", None)
+        if not base and par is not None:
+            base = getattr(par, "HTTP_DATA_SERVER", None)
+        return str(base).rstrip("/") if base else None
+
     def _url(self, record: dict) -> str:
-        records = [fr for fr in record.get("file_records") or []
-                   if fr.get("data_url") and fr.get("exists", True)]
+        """The record's ``data_url`` (an existing file record, of ``data_repository`` if set), else
+        ``<data_server>/<relative_path>`` built from the file record or from the session's
+        ``[lab/Subjects/]subject/date/number`` and the dataset's collection and name (records
+        of the embedded store have no file records)."""
+        candidates = [fr for fr in record.get("file_records") or [] if fr.get("exists", True)]
         prefer = self.option("remote", "data_repository", None)
-        records.sort(key=lambda fr: (prefer is not None and fr.get("data_repository") != prefer,
-                                     not str(fr["data_url"]).startswith(("http://", "https://"))))
-        if not records:
-            raise DownloadError(f"dataset {record.get('collection') or ''}/{record.get('name')} has no existing "
-                                "file record with a data URL: it cannot be downloaded")
-        return records[0]["data_url"]
+        candidates.sort(key=lambda fr: prefer is not None and fr.get("data_repository") != prefer)
+        urls = [fr["data_url"] for fr in candidates if fr.get("data_url")]
+        urls.sort(key=lambda u: not str(u).startswith(("http://", "https://")))
+        if urls:
+            return urls[0]
+        base = self.data_server()
+        if base:
+            rel = next((fr["relative_path"] for fr in candidates if fr.get("relative_path")), None)
+            if rel is None:
+                rel = f"{session_parts(self.original_session_path).relative}/{dataset_relative_path(record)}"
+            return f"{base}/{quote(rel.lstrip('/'))}"
+        raise DownloadError(f"dataset {record.get('collection') or ''}/{record.get('name')} has no existing "
+                            "file record with a data URL, and no [remote] data_server is set: "
+                            "it cannot be downloaded")
 
     # -------------------------------------------------------------- interface
     def setUp(self, **kwargs: Any) -> bool:
