@@ -3,7 +3,6 @@ an S3-compatible server process (moto in server mode), and ALF session layouts."
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import socket
 import subprocess
@@ -43,6 +42,7 @@ class FileServer(ThreadingHTTPServer):
         self.ranges = True
         self.auth: tuple[str, str] | None = None
         self.cut: dict[str, int] = {}
+        self.fail: dict[str, list[int]] = {}  # path -> status codes to answer first, in order
         self.lock = threading.Lock()
 
     @property
@@ -73,6 +73,8 @@ class _Handler(BaseHTTPRequestHandler):
             want = "Basic " + base64.b64encode(":".join(srv.auth).encode()).decode()
             if self.headers.get("Authorization") != want:
                 return self._reply(401, b"auth", {"WWW-Authenticate": 'Basic realm="data"'})
+        if srv.fail.get(rel):
+            return self._reply(srv.fail[rel].pop(0), b"try later")
         path = srv.root / rel
         if not path.is_file():
             return self._reply(404, b"not found")

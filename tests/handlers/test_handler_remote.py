@@ -139,6 +139,20 @@ def test_cut_connection_is_retried_and_resumed(tmp_path, http_server, datasets):
     assert [rng for _, rng in http_server.requests] == [None, "bytes=150000-"]
 
 
+def test_server_errors_are_retried_then_given_up(tmp_path, http_server, datasets):
+    path = f"mainenlab/Subjects/ZM_1/2020-01-01/001/alf/probe00/spikes.times.{UUID}.npy"
+    http_server.fail[path] = [503, 502]
+    s = _session(tmp_path)
+    get_data_handler("remote", s, SPIKES_ONLY, datasets=datasets[:1], backoff=0).setUp()
+    assert (s / "alf/probe00/spikes.times.npy").read_bytes() == SPIKES
+    assert len(http_server.requests) == 3
+    http_server.fail[path] = [503] * 5
+    with pytest.raises(DownloadError, match="giving up after 2 retries"):
+        get_data_handler("remote", _session(tmp_path, "002"), SPIKES_ONLY, datasets=datasets[:1], backoff=0,
+                         retries=2, use_cache=False).setUp()
+    assert len(http_server.requests) == 6
+
+
 def test_wrong_md5_is_refused_and_file_removed(tmp_path, http_server, datasets):
     bad = dict(datasets[0], hash="0" * 32)
     s = _session(tmp_path)
