@@ -1,0 +1,239 @@
+"""Parsing SLURM's output, from text recorded on the test cluster (SLURM 22.05; no cluster needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpcpipe.errors import BackendError, BadInput
+from hpcpipe.slurm.cancel import scancel_argv
+from hpcpipe.slurm.limits import (
+    ClusterLimits, parse_assoc_limits, parse_config, parse_gres_gpus, parse_licenses, parse_nodes,
+    parse_oneliner, parse_partitions, parse_time_minutes,
+)
+from hpcpipe.slurm.render import JobSpec
+from hpcpipe.slurm.status import JobWatcher, normalise_state, parse_sacct, parse_squeue, sacct_argv
+from hpcpipe.slurm.submit import format_command, parse_job_id, sbatch_argv
+from hpcpipe.slurm.transport import Result, Transport
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+def fixture(name: str) -> str:
+    return (FIX / name).read_text()
+
+
+# ------------------------------------------------------------------ sacct / squeue
+def by_id(states):
+    return {s.job_id: s for s in states}
+
+
+def test_parse_sacct():
+    s = by_id(parse_sacct(fixture("sacct.txt")))
+    assert s["17"].state == "COMPLETED" and s["17"].exit_code == 0 and s["17"].name == "fx_ok"
+    assert (s["18"].state, s["18"].exit_code, s["18"].signal) == ("FAILED", 3, 0)
+    assert s["20"].state == "CANCELLED"  # "CANCELLED by 0"
+    assert (s["21"].state, s["21"].reason) == ("PENDING", "DependencyNeverSatisfied")
+    assert s["22"].reason == "Dependency" and s["22"].nodes == ""
+    assert (s["23"].exit_code, s["23"].signal) == (0, 9)
+    # array: two running elements, the pending row 19_[2-5,9%2] expanded per element
+    assert s["19_0"].state == "RUNNING" and s["19_0"].array_job_id == "19" and s["19_0"].array_index == 0
+    assert s["19_0"].name == "fx|arr"  # a '|' in the name does not shift columns
+    pending = sorted(k for k, v in s.items() if v.array_job_id == "19" and v.state == "PENDING")
+    assert pending == ["19_2", "19_3", "19_4", "19_5", "19_9"]
+    assert s["19_9"].reason == "JobArrayTaskLimit"
+    assert s["18"].display() == "FAILED 3:0" and s["21"].display() == "PENDING (DependencyNeverSatisfied)"
+    assert s["17"].display() == "COMPLETED" and s["20"].display() == "CANCELLED"
+
+
+def test_parse_squeue():
+    s = by_id(parse_squeue(fixture("squeue.txt")))
+    assert (s["18"].state, s["18"].exit_code, s["18"].signal) == ("FAILED", 3, 0)  # raw status 768
+    assert (s["23"].exit_code, s["23"].signal) == (0, 9)
+    assert s["20"].state == "CANCELLED"
+    assert s["19_9"].state == "PENDING" and s["19_9"].reason == "JobArrayTaskLimit"
+    assert s["19_1"].state == "RUNNING" and s["19_1"].name == "fx|arr" and s["19_1"].nodes == "vm"
+    assert s["17"].reason == ""  # reasons kept for PENDING only
+
+
+@pytest.mark.parametrize("raw,state", [("CANCELLED by 0", "CANCELLED"), ("RUNNING", "RUNNING"),
+                                       ("CANCELLED+", "CANCELLED"), ("OUT_OF_MEMORY", "OUT_OF_MEMORY"),
+                                       ("", "UNKNOWN")])
+def test_normalise_state(raw, state):
+    assert normalise_state(raw) == state
+
+
+def test_sacct_argv_never_json():
+    argv = sacct_argv(["1", "2"])
+    assert "--parsable2" in argv and "-X" in argv and "--jobs=1,2" in argv
+    assert not any("json" in a for a in argv)
+
+
+class Recorded(Transport):
+    """Answers commands with recorded text (to test the watcher's bookkeeping, not SLURM)."""
+
+    def __init__(self, answers):
+        self.answers = answers  # list of (prefix, Result-ish tuple)
+        self.calls: list[list[str]] = []
+
+    def run(self, argv, input=None, timeout=120.0):
+        self.calls.append(argv)
+        for prog, (rc, out, err) in self.answers:
+            if argv[0] == prog:
+                return Result(argv, rc, out, err)
+        raise AssertionError(argv)
+
+    def write_file(self, path, content, mode=0o644):
+        raise AssertionError
+
+    def read_file(self, path):
+        raise AssertionError
+
+    def makedirs(self, path):
+        raise AssertionError
+
+
+def test_watcher_caches_final_jobs_and_falls_back_to_squeue():
+    final_only = "\n".join(l for l in fixture("sacct.txt").splitlines() if l.split("|")[0] in ("17", "18", "20"))
+    t = Recorded([("sacct", (0, final_only + "\n" + "21|21|PENDING|0:0|Dependency|00:00:00|None assigned|x\n", ""))])
+    w = JobWatcher(t)
+    w.watch(["17", "18", "20", "21"])
+    w.poll()
+    assert w.live == ["21"] and w.last_poll_queries == 1
+    w.poll()
+    assert t.calls[-1][-1] == "--jobs=21"  # finished ids are never asked again
+    # no accounting: sacct's error switches the watcher to squeue for good
+    t2 = Recorded([("sacct", (1, "", "sacct: error: Slurm accounting storage is disabled")),
+                   ("squeue", (0, fixture("squeue.txt"), ""))])
+    w2 = JobWatcher(t2)
+    w2.watch(["18", "19"])
+    states = w2.poll()
+    assert w2.use_sacct is False and states["18"].exit_code == 3 and w2.last_poll_queries == 2
+    w2.poll()
+    assert [c[0] for c in t2.calls] == ["sacct", "squeue", "squeue"]
+    # a job squeue no longer lists (MinJobAge passed) is UNKNOWN and final
+    t3 = Recorded([("squeue", (1, "", "slurm_load_jobs error: Invalid job id specified"))])
+    w3 = JobWatcher(t3, use_sacct=False)
+    w3.watch("5")
+    assert w3.poll()["5"].state == "UNKNOWN" and w3.done()
+
+
+def test_watcher_expected_indices_filter():
+    t = Recorded([("sacct", (0, fixture("sacct.txt"), ""))])
+    w = JobWatcher(t)
+    w.watch("19", indices=[0, 9])
+    states = w.poll()
+    assert sorted(k for k in states) == ["19_0", "19_9"]
+
+
+def test_watcher_splits_huge_id_lists():
+    t = Recorded([("sacct", (0, "", ""))])
+    w = JobWatcher(t, max_ids_per_query=1000)
+    w.watch([str(i) for i in range(1, 2501)])
+    w.poll()
+    assert w.last_poll_queries == 3
+
+
+# ------------------------------------------------------------------ scontrol / sacctmgr
+def test_parse_oneliner_values_with_spaces_and_equals():
+    kv = parse_oneliner(fixture("scontrol_show_node.txt"))
+    assert kv["NodeName"] == "vm" and kv["Gres"] == "gpu:2" and kv["RealMemory"] == "8000"
+    assert kv["OS"].startswith("Linux ") and kv["CfgTRES"] == "cpu=8,mem=8000M,billing=8,gres/gpu=2"
+    assert kv["Partitions"] == "cpu,gpu,small"
+
+
+def test_parse_config():
+    conf = parse_config(fixture("scontrol_show_config.txt"))
+    assert conf["MaxArraySize"] == "100001" and conf["MaxJobCount"] == "300000"
+    assert conf["EnforcePartLimits"] == "NO"
+
+
+def test_parse_partitions_and_nodes():
+    parts = parse_partitions(fixture("scontrol_show_partition.txt"))
+    assert set(parts) == {"cpu", "gpu", "small"}
+    assert parts["cpu"].default and parts["cpu"].max_time_min is None and parts["cpu"].max_mem_per_node_mb is None
+    assert parts["small"].max_time_min == 30 and parts["small"].max_mem_per_node_mb == 2000
+    assert parts["small"].total_cpus == 8
+    nodes = parse_nodes(fixture("scontrol_show_node.txt"))
+    assert (nodes["vm"].cpus, nodes["vm"].real_memory_mb, nodes["vm"].gpus) == (8, 8000, 2)
+
+
+@pytest.mark.parametrize("text,minutes", [("UNLIMITED", None), ("INFINITE", None), ("30", 30),
+                                          ("00:30:00", 30), ("30:00", 30), ("1:00:00", 60),
+                                          ("2-12", 3600), ("1-00:00:00", 1440), ("1-02:03:04", 1564)])
+def test_parse_time(text, minutes):
+    assert parse_time_minutes(text) == minutes
+
+
+@pytest.mark.parametrize("gres,n", [("gpu:2", 2), ("gpu:a100:4(S:0-1)", 4), ("gpu:a100:2,gpu:v100:2", 4),
+                                    ("(null)", 0), ("", 0), ("shard:8,gpu:1", 1)])
+def test_parse_gres(gres, n):
+    assert parse_gres_gpus(gres) == n
+
+
+def test_parse_assoc_and_licenses():
+    assert parse_assoc_limits("|\n") == (None, None)
+    assert parse_assoc_limits("") == (None, None)
+    assert parse_assoc_limits("500|100\n200|\n") == (200, 100)
+    assert parse_licenses(fixture("scontrol_show_license.txt")) == {"io": 100}
+
+
+def limits_from_fixtures(**kw) -> ClusterLimits:
+    parts = parse_partitions(fixture("scontrol_show_partition.txt"))
+    nodes = parse_nodes(fixture("scontrol_show_node.txt"))
+    for n in nodes.values():
+        for p in n.partitions:
+            parts[p].nodes.append(n.name)
+    return ClusterLimits(partitions=parts, nodes=nodes, licenses={"io": 100}, **kw)
+
+
+@pytest.mark.parametrize("res,partition,words", [
+    ({"ram": 3}, "small", ["ram", "3072 MB", "small", "MaxMemPerNode 2000 MB"]),
+    ({"time_out_secs": 1801}, "small", ["time_out_secs", "31 min", "MaxTime 30 min"]),
+    ({"cpu": 9}, None, ["cpu 9", "8 CPUs", "cpu"]),
+    ({"gpu": 3}, "gpu", ["gpu 3", "2 GPUs"]),
+    ({"ram": 9}, "cpu", ["ram", "8000 MB RealMemory"]),
+])
+def test_limits_check_names_resource_value_and_limit(res, partition, words):
+    limits = limits_from_fixtures()
+    with pytest.raises(BadInput) as err:
+        limits.check(res, partition)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_limits_check_accepts_and_arrays():
+    limits = limits_from_fixtures(max_array_size=1001, max_submit_jobs=50)
+    limits.check({"ram": 1.9, "time_out_secs": 1800, "cpu": 8, "gpu": 2}, "small")
+    with pytest.raises(BadInput, match="MaxArraySize 1001"):
+        limits.check(JobSpec(name="j", command=["true"], array=[0, 1001]))
+    with pytest.raises(BadInput, match="MaxSubmitJobs 50"):
+        limits.check(JobSpec(name="j", command=["true"], array=list(range(51))))
+    with pytest.raises(BadInput, match="unknown partition 'nope'; partitions: cpu, gpu, small"):
+        limits.check({}, "nope")
+    with pytest.raises(BadInput, match="io_charge 101"):
+        limits.check({"io_charge": 101}, None, io_license="io")
+    assert limits.max_array_elements() == 50
+
+
+# ------------------------------------------------------------------ submit / cancel commands
+@pytest.mark.parametrize("out,jid", [("123\n", "123"), ("123;hpcpipe\n", "123"),
+                                     ("sbatch: warning: x\n456\n", "456")])
+def test_parse_job_id(out, jid):
+    assert parse_job_id(out) == jid
+
+
+def test_parse_job_id_refuses_garbage():
+    with pytest.raises(BackendError):
+        parse_job_id("Submitted batch job 12")
+
+
+def test_dry_run_command_line():
+    argv = sbatch_argv("/runs/r 1/scripts/job.sh")
+    assert argv == ["sbatch", "--parsable", "/runs/r 1/scripts/job.sh"]
+    assert format_command(argv) == "sbatch --parsable '/runs/r 1/scripts/job.sh'"
+
+
+def test_scancel_argv():
+    assert scancel_argv(["1", "2_3"]) == ["scancel", "1", "2_3"]
+    assert scancel_argv(name="tag", user="me") == ["scancel", "--name=tag", "--user=me"]
