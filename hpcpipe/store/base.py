@@ -48,6 +48,11 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
         raise BadInput(f"task parents must be a list of task ids, not {type(fields['parents']).__name__}")
     if fields.get("name") is not None and len(fields["name"]) > 64:
         raise BadInput(f"task name {fields['name']!r} is longer than 64 characters")
+    for key in SMALLINT_FIELDS:
+        value = fields.get(key)
+        if value is not None and not -32768 <= value <= 32767:
+            raise BadInput(f"task {key}={value!r} is out of range: Alyx stores it as a SmallInteger "
+                           "(-32768..32767)")
     return fields
 
 

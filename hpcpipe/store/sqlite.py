@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -74,9 +75,21 @@ class SQLiteStore(TaskStore):
         self._db.executescript(_SCHEMA)
 
     # ------------------------------------------------------------------ plumbing
+    def __getstate__(self) -> dict:
+        # connections are per process and per thread: a copy sent to another process reconnects
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.path = state["path"]
+        self._local = threading.local()
+
     @property
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
+        if db is not None and getattr(self._local, "pid", None) != os.getpid():
+            # inherited through fork(): SQLite forbids using a parent's connection in the child
+            # (its POSIX locks belong to the parent), so leave it alone and open a new one
+            db = None
         if db is None:
             db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             db.row_factory = sqlite3.Row
@@ -84,6 +97,7 @@ class SQLiteStore(TaskStore):
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=60000")
             self._local.db = db
+            self._local.pid = os.getpid()
         return db
 
     class _Tx:
@@ -110,7 +124,8 @@ class SQLiteStore(TaskStore):
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
-            db.close()
+            if getattr(self._local, "pid", None) == os.getpid():
+                db.close()
             self._local.db = None
 
     # ------------------------------------------------------------------ sessions

@@ -1,0 +1,55 @@
+"""The ``store`` fixture: one TaskStore per backend, each with a registered session.
+
+Every contract test runs once per entry of ``STORE_FACTORIES``. To add a backend (e.g. ``alyx``,
+a store talking to the test HTTP server), write a factory with the same shape as
+``_sqlite_factory`` and add it to the dict: nothing else changes.
+
+A factory is a generator taking ``(tmp_path, request)`` that yields a ``StoreCase`` and cleans up
+after the ``yield``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from hpcpipe.demo.session import make_session
+from hpcpipe.store import SQLiteStore, TaskStore
+
+
+@dataclass
+class StoreCase:
+    """What a contract test gets: the store, one registered session, and a way to make more."""
+
+    kind: str
+    store: TaskStore
+    session_path: Path
+    eid: str
+    #: ``new_session(subject)`` -> ``(session_path, eid)``: another session known to the store
+    new_session: Callable[[str], tuple[Path, str]] = field(repr=False)
+
+
+def _sqlite_factory(tmp_path: Path, request) -> Iterator[StoreCase]:
+    store = SQLiteStore(tmp_path / "store" / "tasks.sqlite")
+
+    def new_session(subject: str) -> tuple[Path, str]:
+        path = make_session(tmp_path / "data" / "lab" / "Subjects" / subject / "2024-05-01" / "001")
+        return path, store.session_id(path, create=True)
+
+    session_path, eid = new_session("SW001")
+    yield StoreCase("sqlite", store, session_path, eid, new_session)
+    store.close()
+
+
+#: backend name -> factory; add ``"alyx": _alyx_factory`` here to run the contract on Alyx too.
+STORE_FACTORIES: dict[str, Callable[[Path, object], Iterator[StoreCase]]] = {
+    "sqlite": _sqlite_factory,
+}
+
+
+@pytest.fixture(params=sorted(STORE_FACTORIES))
+def store(request, tmp_path) -> Iterator[StoreCase]:
+    """A ``StoreCase`` for each backend in ``STORE_FACTORIES``."""
+    yield from STORE_FACTORIES[request.param](tmp_path, request)
