@@ -347,12 +347,12 @@ class SSHTransport(Transport):
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise ConnectionLost(f"connection to {self.name} lost starting {argv[0]}: {exc}",
                                      sent=True) from None
-            self._after_exec(chan)
+            self._after_exec(chan, argv)
             return self._collect(chan, argv, input, timeout)
         finally:
             _close_quietly(chan)
 
-    def _after_exec(self, chan: paramiko.Channel) -> None:
+    def _after_exec(self, chan: paramiko.Channel, argv: list[str]) -> None:
         """Hook called once the command was sent (tests cut the connection here)."""
 
     def _open_channel(self) -> paramiko.Channel:
@@ -397,6 +397,9 @@ class SSHTransport(Transport):
                 raise BackendError(f"{argv[0]} on {self.name} did not finish within {timeout:.0f} s")
             select.select([fd], [], [], 0.1)
         rc = chan.recv_exit_status()
+        if rc == -1:  # paramiko's value when the channel closed without an exit-status
+            raise ConnectionLost(f"connection to {self.name} lost: {argv[0]} ended without an exit "
+                                 f"status (the session was closed)", sent=True)
         return Result(list(argv), rc, b"".join(out).decode("utf-8", "replace"),
                       b"".join(err).decode("utf-8", "replace"))
 

@@ -115,3 +115,37 @@ def slurm_remote(sshd):
 @pytest.fixture
 def token() -> str:
     return "t" + uuid.uuid4().hex[:16]
+
+
+def _free_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture
+def private_sshd(sshd):
+    """A second sshd of our own (own base dir and port), for tests that stop sshd: the shared
+    one stays up for everybody else. Yields its env lines plus the env to restart it with."""
+    import shutil
+    import tempfile
+
+    base = tempfile.mkdtemp(prefix="hpcpipe-sshd-", dir="/tmp")
+    env = dict(os.environ, HPCPIPE_SSHD_BASE=base, HPCPIPE_SSHD_PORT=str(_free_port()))
+    env.update({k: v for k, v in _slurm_env().items() if k == "SLURM_CONF"})
+    proc = subprocess.run(["bash", str(SSHD_UP)], capture_output=True, text=True, env=env, timeout=120)
+    if proc.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(f"a second sshd could not start: {proc.stderr.strip()[-300:]}")
+    info = _parse_exports(proc.stdout)
+    info["_env"] = env
+    try:
+        yield info
+    finally:
+        subprocess.run(["bash", str(ROOT / "scripts" / "sshd-down"), "--sessions", base],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)

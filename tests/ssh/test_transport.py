@@ -97,7 +97,7 @@ class _CutAfterExec(SSHTransport):
     cuts = 1
     delay = 0.3
 
-    def _after_exec(self, chan):
+    def _after_exec(self, chan, argv):
         if self.cuts:
             self.cuts -= 1
             time.sleep(self.delay)
