@@ -9,11 +9,14 @@ after the ``yield``.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: tests.alyx_server
 
 from hpcpipe.demo.session import make_session
 from hpcpipe.store import SQLiteStore, TaskStore
@@ -43,13 +46,40 @@ def _sqlite_factory(tmp_path: Path, request) -> Iterator[StoreCase]:
     store.close()
 
 
-#: backend name -> factory; add ``"alyx": _alyx_factory`` here to run the contract on Alyx too.
+def _alyx_factory(tmp_path: Path, request) -> Iterator[StoreCase]:
+    """An AlyxStore over HTTP on the Alyx test server (tests/alyx_server), reset for each test."""
+    from hpcpipe.store.alyx import AlyxStore
+    from tests.alyx_server.fixtures import admin_client, make_session as make_alyx_session
+
+    server = request.getfixturevalue("alyx_server")
+    client = admin_client(server)
+    store = AlyxStore(client)
+
+    def new_session(subject: str) -> tuple[Path, str]:
+        path, eid = make_alyx_session(client, tmp_path / "data", subject, "2024-05-01", 1,
+                                      create_folder=False)
+        make_session(path)
+        assert store.session_id(path) == eid
+        return path, eid
+
+    session_path, eid = new_session("SW001")
+    yield StoreCase("alyx", store, session_path, eid, new_session)
+    store.close()
+
+
+#: backend name -> factory
 STORE_FACTORIES: dict[str, Callable[[Path, object], Iterator[StoreCase]]] = {
     "sqlite": _sqlite_factory,
+    "alyx": _alyx_factory,
 }
+#: marks per backend (the Alyx one runs against the HTTP test server: ``-m "not alyx"`` skips it)
+_MARKS = {"alyx": [pytest.mark.alyx]}
 
 
-@pytest.fixture(params=sorted(STORE_FACTORIES))
+@pytest.fixture(params=[pytest.param(name, marks=_MARKS.get(name, [])) for name in sorted(STORE_FACTORIES)])
 def store(request, tmp_path) -> Iterator[StoreCase]:
     """A ``StoreCase`` for each backend in ``STORE_FACTORIES``."""
     yield from STORE_FACTORIES[request.param](tmp_path, request)
+
+
+from tests.alyx_server.fixtures import _alyx_server_session, alyx_server  # noqa: E402,F401
