@@ -148,7 +148,7 @@ def _sync_locked(store) -> int:
             _move_failed(path, {"raw": path.read_text(errors="replace")}, f"unreadable report: {exc}")
             continue
         try:
-            _call(store, report["op"], report["payload"])
+            result = _call(store, report["op"], report["payload"])
         except Unreachable:
             break
         except Exception as exc:  # noqa: BLE001 - keep the report and say why
@@ -156,7 +156,25 @@ def _sync_locked(store) -> int:
             continue
         path.unlink(missing_ok=True)
         done += 1
+        if report["op"] == "update_task":
+            _release_children(store, result)
     return done
+
+
+def _release_children(store, tdict: Any) -> None:
+    """A replayed final status releases the task's Held children, as the undisturbed run did.
+
+    ``run_alyx_task`` could not release them when the store was unreachable (it saw no fresh
+    task list); without this they would stay Held for ever after the replay.
+    """
+    from ..pipeline import release_held_children  # the rule lives with run_alyx_task
+
+    if not isinstance(tdict, dict):
+        return
+    try:
+        release_held_children(store, tdict)
+    except Exception as exc:  # noqa: BLE001 - the report itself was delivered; retry is the sweep's
+        _logger.warning("after replaying %s: Held children not released: %s", tdict.get("name"), exc)
 
 
 def _move_failed(path: Path, report: dict, error: str) -> None:
