@@ -18,7 +18,7 @@ from .errors import BadInput, HpcpipeError, NotFound
 from .status import DONE, STATUSES, check_statuses
 
 _logger = logging.getLogger("hpcpipe")
-BACKENDS = ("local",)
+BACKENDS = ("local", "slurm")
 TABLE_KEYS = ("name", "status", "level", "cpu", "gpu", "ram", "time_elapsed_secs", "backend", "job_id")
 
 
@@ -59,16 +59,40 @@ def _pipeline_name(args, store, session_path: Path | None) -> str:
                    f"{', '.join(sorted(registered())) or 'none'}) or set [submit] pipeline in the config")
 
 
-def _rows(store, ledger, session: str | None, statuses: list[str]) -> list[dict]:
+def _backend(args, store, ledger):
+    """The backend named by --backend (checked before anything is recorded)."""
+    name = getattr(args, "backend", None) or "local"
+    if name not in BACKENDS:
+        raise BadInput(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
+    if name == "local":
+        return None
+    from .slurm.backend import SlurmBackend
+
+    return SlurmBackend(store, ledger, profile=getattr(args, "profile", None))
+
+
+def _slurm_refresh(store, ledger, backend=None) -> dict:
+    """Fold SLURM job results and sweep dead jobs, when this machine has submitted any."""
+    if not any(j.backend == "slurm" for j in ledger.unfolded()) and not ledger.live("slurm"):
+        return {}
+    from .slurm.backend import SlurmBackend
+
+    backend = backend or SlurmBackend(store, ledger)
+    return backend.refresh()["states"]
+
+
+def _rows(store, ledger, session: str | None, statuses: list[str], live: dict | None = None) -> list[dict]:
     tasks = store.list_tasks(session=session, status=statuses or None)
     jobs = ledger.latest(t["id"] for t in tasks)
+    live = live or {}
     rows = []
     for t in tasks:
         job = jobs.get(t["id"])
         rows.append({"session": t["session"], "name": t["name"], "status": t["status"], "level": t["level"],
                      "cpu": t["cpu"], "gpu": t["gpu"], "ram": t["ram"],
                      "time_elapsed_secs": t["time_elapsed_secs"], "backend": job.backend if job else None,
-                     "job_id": job.backend_id if job else None, "job_state": job.state if job else None,
+                     "job_id": job.backend_id if job else None,
+                     "job_state": live[t["id"]].display() if t["id"] in live else (job.state if job else None),
                      "reason": job.reason if job else None})
     return rows
 
@@ -104,15 +128,16 @@ def cmd_submit(args) -> int:
     sessions = [parse_session_path(s).path for s in args.session]
     store, ledger = _store(), _ledger()
     pipeline = _pipeline_name(args, store, sessions[0])
-    if args.backend not in BACKENDS:
-        raise BadInput(f"unknown backend {args.backend!r}; valid backends: {', '.join(BACKENDS)}")
+    backend = _backend(args, store, ledger)
+    if backend is not None:
+        _slurm_refresh(store, ledger, backend)  # live jobs checked against SLURM before planning
     plans = plan_sessions(sessions, pipeline, store, ledger, statuses=args.status or ["Waiting"],
                           names=args.task, dry_run=args.dry_run, rerun_statuses=args.rerun,
                           live_backend=args.backend)
-    return _execute(args, plans, store, ledger)
+    return _execute(args, plans, store, ledger, backend)
 
 
-def _execute(args, plans, store, ledger) -> int:
+def _execute(args, plans, store, ledger, backend=None) -> int:
     from .engines.local import LocalEngine
     from .submission import Run
 
@@ -121,6 +146,18 @@ def _execute(args, plans, store, ledger) -> int:
             print(f"skip {task['name']}: {reason}")
         for task, reason in plan.held:
             print(f"held {task['name']}: {reason}")
+    if backend is not None:
+        if not any(plans):
+            print("nothing to submit")
+            return 0
+        run = Run.new(prefix="hp")
+        report = backend.submit(plans, run.id, dry_run=args.dry_run)
+        if args.dry_run:
+            print("\n".join(report.commands))
+            print(f"dry run: scripts written to {report.run_dir}/scripts; nothing submitted")
+        else:
+            print(report.summary())
+        return 0
     if args.dry_run:
         for plan in plans:
             for item in plan.items:
@@ -150,10 +187,13 @@ def cmd_rerun(args) -> int:
     store, ledger = _store(), _ledger()
     pipeline = _pipeline_name(args, store, session)
     rerun = check_statuses(args.status or ["Errored"])
+    backend = _backend(args, store, ledger)
+    if backend is not None:
+        _slurm_refresh(store, ledger, backend)
     plans = plan_sessions([session], pipeline, store, ledger, statuses=["Waiting"] + rerun,
                           names=args.task, dry_run=args.dry_run, rerun_statuses=rerun,
                           live_backend=args.backend)
-    return _execute(args, plans, store, ledger)
+    return _execute(args, plans, store, ledger, backend)
 
 
 def cmd_status(args) -> int:
@@ -168,7 +208,8 @@ def cmd_status(args) -> int:
         session = store.session_id(parse_session_path(args.session).path)
     while True:
         sweep(store, ledger)
-        rows = _rows(store, ledger, session, statuses)
+        live = _slurm_refresh(store, ledger)
+        rows = _rows(store, ledger, session, statuses, live)
         if args.json:
             print(json.dumps([{k: r[k] for k in TABLE_KEYS} | {"session": r["session"]} for r in rows], indent=1))
         else:
@@ -193,7 +234,94 @@ def cmd_graph(args) -> int:
 def cmd_sync(args) -> int:
     from .store import open_store, outbox
 
-    print(f"replayed {outbox.sync(open_store())} report(s); {len(outbox.pending())} still queued")
+    store, ledger = open_store(), _ledger()
+    replayed = outbox.sync(store)
+    _slurm_refresh(store, ledger)
+    print(f"replayed {replayed} report(s); {len(outbox.pending(store))} still queued")
+    return 0
+
+
+def _read_sessions_file(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise BadInput(f"cannot read sessions file {path}: {exc.strerror}") from None
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def cmd_backfill(args) -> int:
+    from .session import parse_session_path
+    from .slurm.backend import SlurmBackend
+    from .submission import Run, plan_sessions
+
+    store, ledger = _store(), _ledger()
+    sessions = list(args.session or [])
+    if args.sessions_file:
+        sessions += _read_sessions_file(args.sessions_file)
+    if args.query:
+        for s in check_statuses(args.query):
+            for eid in {t["session"] for t in store.list_tasks(status=s, name=None)}:
+                path = store.session_path(eid)
+                if path is not None:
+                    sessions.append(str(path))
+    if not sessions:
+        raise BadInput("no sessions: give --session, --sessions-file or --query STATUS")
+    paths = list(dict.fromkeys(parse_session_path(s).path for s in sessions))  # all checked first
+    if args.throttle is not None and args.throttle < 1:
+        raise BadInput(f"--throttle {args.throttle} must be at least 1")
+    pipeline = _pipeline_name(args, store, paths[0])
+    backend = SlurmBackend(store, ledger, profile=args.profile)
+    _slurm_refresh(store, ledger, backend)
+    statuses = ["Waiting"] + check_statuses(args.rerun)
+    plans = plan_sessions(paths, pipeline, store, ledger, statuses=statuses, names=args.task,
+                          dry_run=args.dry_run, rerun_statuses=args.rerun, live_backend="slurm")
+    if not any(plans):
+        print("nothing to submit")
+        return 0
+    run = Run.new(prefix="bf")
+
+    def progress(done: int, total: int) -> None:
+        bar = "#" * (30 * done // total)
+        print(f"\rsubmitting [{bar:<30}] chunk {done}/{total}", end="\n" if done == total else "",
+              file=sys.stderr, flush=True)
+
+    report = backend.backfill(plans, run.id, throttle=args.throttle, dry_run=args.dry_run, progress=progress)
+    if args.dry_run:
+        print("\n".join(report.commands))
+        print(f"dry run: scripts written to {report.run_dir}/scripts; nothing submitted")
+    print(f"{len(paths)} session(s): " + report.summary())
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from .session import parse_session_path
+    from .slurm.cancel import cancel
+    from .slurm.transport import LocalTransport
+
+    if not (args.session or args.run or args.task):
+        raise BadInput("say what to cancel: --session PATH, --run ID or --task NAME")
+    store, ledger = _store(), _ledger()
+    _slurm_refresh(store, ledger)
+    jobs = ledger.live("slurm")
+    if args.session:
+        eid = store.session_id(parse_session_path(args.session).path)
+        jobs = [j for j in jobs if j.session == eid]
+    if args.run:
+        jobs = [j for j in jobs if j.run_id == args.run]
+    if args.task:
+        jobs = [j for j in jobs if j.task_name in set(args.task)]
+    if not jobs:
+        print("no live job matches")
+        return 0
+    cancel(LocalTransport(), sorted({j.backend_id for j in jobs}))
+    for j in jobs:
+        task = store.get_task(j.task_id)
+        if task["status"] in ("Waiting", "Started"):
+            store.update_task(j.task_id, status="Errored",
+                              log=(task.get("log") or "") + f"\ncancelled by hpcpipe cancel (SLURM job {j.backend_id})\n")
+    ledger.set_state([(j.task_id, j.run_id, "CANCELLED", "hpcpipe cancel") for j in jobs])
+    ledger.set_folded([(j.task_id, j.run_id, j.folded_ops, True) for j in jobs])
+    print(f"cancelled {len(jobs)} job(s)")
     return 0
 
 
@@ -207,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="record a session's pipeline and run its Waiting tasks")
     p.add_argument("--session", action="append", required=True, metavar="PATH", help="session folder (repeatable)")
     p.add_argument("--pipeline", help="entry-point name or package.module.Class")
-    p.add_argument("--backend", default=config.get("submit", "backend", "local"), help="local (default)")
+    p.add_argument("--backend", default=config.get("submit", "backend", "local"), help="local (default) or slurm")
+    p.add_argument("--profile", help="SLURM site profile (default: [slurm] profile, or generic)")
     p.add_argument("--status", action="append", metavar="S", help=f"run tasks in this status (default Waiting)")
     p.add_argument("--rerun", action="append", metavar="S", help="reset tasks in this status to Waiting first")
     p.add_argument("--task", action="append", metavar="NAME", help="only these task names")
@@ -220,8 +349,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="append", metavar="S", help=f"one of {', '.join(STATUSES)}")
     p.add_argument("--task", action="append", metavar="NAME")
     p.add_argument("--backend", default=config.get("submit", "backend", "local"))
+    p.add_argument("--profile")
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=cmd_rerun)
+
+    p = sub.add_parser("backfill", help="submit many sessions to SLURM as job arrays")
+    p.add_argument("--session", action="append", metavar="PATH")
+    p.add_argument("--sessions-file", metavar="FILE", help="one session path a line")
+    p.add_argument("--query", action="append", metavar="STATUS",
+                   help="sessions with a task in this status in the store")
+    p.add_argument("--pipeline")
+    p.add_argument("--task", action="append", metavar="NAME", help="only these task names")
+    p.add_argument("--rerun", action="append", metavar="S", help="reset tasks in this status to Waiting first")
+    p.add_argument("--throttle", type=int, metavar="N", help="at most N elements of an array at once (%%N)")
+    p.add_argument("--profile")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("cancel", help="scancel the live SLURM jobs of a session, run or task")
+    p.add_argument("--session", metavar="PATH")
+    p.add_argument("--run", metavar="ID")
+    p.add_argument("--task", action="append", metavar="NAME")
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("status", help="table of task status, resources and jobs")
     p.add_argument("--session", metavar="PATH")

@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     task_id TEXT NOT NULL, session TEXT, task_name TEXT, run_id TEXT NOT NULL,
     backend TEXT NOT NULL, job_id TEXT NOT NULL, array_index INTEGER,
     state TEXT NOT NULL DEFAULT 'SUBMITTED', reason TEXT, submitted TEXT, updated TEXT,
+    run_dir TEXT, folded_ops INTEGER NOT NULL DEFAULT 0, folded INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (task_id, run_id));
 CREATE INDEX IF NOT EXISTS jobs_run ON jobs(run_id);
 CREATE INDEX IF NOT EXISTS jobs_job ON jobs(backend, job_id);
@@ -45,6 +46,11 @@ class JobRecord:
     reason: str | None
     submitted: str | None
     updated: str | None
+    #: where the job's result file is (runs through a run folder), ops of it already folded
+    run_dir: str | None = None
+    folded_ops: int = 0
+    #: 1 once nothing more will come from this job (result final, or the sweep closed it)
+    folded: int = 0
 
     @property
     def live(self) -> bool:
@@ -85,10 +91,10 @@ class Ledger:
         now = _now()
         rows = [(j["task_id"], j.get("session"), j.get("task_name"), j["run_id"], j["backend"],
                  str(j["job_id"]), j.get("array_index"), j.get("state", "SUBMITTED"), j.get("reason"),
-                 now, now) for j in jobs]
+                 now, now, j.get("run_dir"), 0, 0) for j in jobs]
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._db.executemany("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -105,6 +111,21 @@ class Ledger:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    def set_folded(self, updates: Iterable[tuple[str, str, int, bool]]) -> None:
+        """Record ``(task_id, run_id, ops folded, final)`` after folding result files."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany("UPDATE jobs SET folded_ops=?, folded=? WHERE task_id=? AND run_id=?",
+                                 [(n, int(final), t, run) for t, run, n, final in updates])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def unfolded(self) -> list[JobRecord]:
+        """Jobs with a run folder whose result may still bring news."""
+        return self._select("run_dir IS NOT NULL AND folded = 0")
 
     def _select(self, where: str = "", args: tuple = ()) -> list[JobRecord]:
         sql = "SELECT * FROM jobs" + (f" WHERE {where}" if where else "") + " ORDER BY submitted, rowid"

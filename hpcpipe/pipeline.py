@@ -234,6 +234,8 @@ def run_alyx_task(tdict=None, session_path=None, one=None, job_deck=None, max_md
     from .store import outbox
 
     store = open_store(one)
+    # reports go through the outbox: kept on disk when the store cannot be reached
+    report = outbox.deliver
     registered: list = []
     if not job_deck:
         job_deck = store.list_tasks(session=tdict["session"])
@@ -260,7 +262,7 @@ def run_alyx_task(tdict=None, session_path=None, one=None, job_deck=None, max_md
         try:
             payload = task.dataset_payload(max_md5_size=max_md5_size)
             if payload["filenames"]:
-                registered = outbox.deliver(store, "register_files", **payload) or []
+                registered = report(store, "register_files", **payload) or []
             patch["status"] = CODE_TO_STATUS[0]
         except Exception as exc:
             _logger.exception("registration of %s failed", tdict["name"])
@@ -269,7 +271,7 @@ def run_alyx_task(tdict=None, session_path=None, one=None, job_deck=None, max_md
     if status in CODE_TO_STATUS and status != 0:
         patch["status"] = CODE_TO_STATUS[status]
     # delivered now: the stored record; queued in the outbox (store unreachable): None
-    tdict = outbox.deliver(store, "update_task", task_id=tdict["id"], **patch) or dict(tdict, **patch)
+    tdict = report(store, "update_task", task_id=tdict["id"], **patch) or dict(tdict, **patch)
     release_held_children(store, tdict)
     task.cleanUp()
     if mode == "raise" and status != 0:

@@ -1,0 +1,213 @@
+"""The run folder: how the submitting side and the job side talk without a database.
+
+A run folder lives on a file system the login node and the compute nodes share::
+
+    <run>/run.json                 run id, store settings, data location
+    <run>/sessions/<chunk>.json    {index: {eid, path, tasks: [records of that session]}}
+    <run>/scripts/<job>.sh         the exact scripts submitted
+    <run>/logs/                    SLURM stdout/stderr
+    <run>/results/<task id>.json   what the job did: the store operations it made, in order
+
+The job side reads its session's entry (no database query before the task starts), and
+records every store operation (Started, the final patch, the registration) in its result file,
+written atomically. With the embedded SQLite store, compute nodes never open the database (SQLite
+over a network file system is unsafe): the login node *folds* result files into the store when
+``status``/``sync`` run. With Alyx, the job reports directly and the result file is the fallback
+for reports Alyx did not take.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import NotFound, StoreError, Unreachable
+from ..status import DONE, STARTED
+from ..store.base import TaskStore, check_fields
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def session_entry(eid: str, path: str, deck: list[dict]) -> dict:
+    """What a job needs to know of its session: id, path on the cluster, every task record."""
+    keep = ("id", "name", "status", "parents", "session", "executable", "arguments", "level",
+            "priority", "cpu", "gpu", "ram", "io_charge", "time_out_secs", "graph", "version")
+    return {"eid": eid, "path": path, "tasks": [{k: t.get(k) for k in keep} for t in deck]}
+
+
+def run_json(run_id: str, store_kind: str, location: str, extra: dict | None = None) -> str:
+    """The text of ``run.json``."""
+    return json.dumps({"run_id": run_id, "store": store_kind, "location": location, **(extra or {})})
+
+
+def sessions_json(entries: dict[int, dict]) -> str:
+    """The text of one ``sessions/<chunk>.json`` file."""
+    return json.dumps({str(i): e for i, e in entries.items()})
+
+
+def load_session_entry(run_dir: Path, chunk: str, index: int) -> dict:
+    """The job side's view of its session (chunk file, element index)."""
+    data = json.loads((Path(run_dir) / "sessions" / f"{chunk}.json").read_text())
+    try:
+        return data[str(index)]
+    except KeyError:
+        raise NotFound(f"no session with index {index} in {run_dir}/sessions/{chunk}.json") from None
+
+
+def result_path(run_dir: Path | str, task_id: str) -> Path:
+    return Path(run_dir) / "results" / f"{task_id}.json"
+
+
+def read_result(text: str | None) -> dict | None:
+    """A result file's content, or None when it is absent or half-written elsewhere."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+class RunFolderStore(TaskStore):
+    """The job side's task store: the session entry, with every write recorded in a result file.
+
+    ``upstream`` (an Alyx store) is written to directly when given; an operation it cannot take
+    (``Unreachable``) is kept in the result file for the login node to replay. Without upstream
+    (the embedded store) every operation is kept for folding.
+    """
+
+    kind = "runfolder"
+
+    def __init__(self, run_dir: Path | str, entry: dict, task_id: str, upstream: TaskStore | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.entry = entry
+        self.task_id = task_id
+        self.upstream = upstream
+        self.tasks = {t["id"]: dict(t) for t in entry["tasks"]}
+        self.result = {"task_id": task_id, "ops": [], "final": False, "upstream": upstream is not None}
+
+    def _save(self) -> None:
+        _atomic_write(result_path(self.run_dir, self.task_id), json.dumps(self.result))
+
+    def _record(self, op: str, payload: dict, delivered: bool) -> None:
+        self.result["ops"].append({"op": op, "payload": payload, "delivered": delivered})
+        self._save()
+
+    def finish(self, status: str, exit_code: int) -> None:
+        """Mark the result final (the job ended by itself and said so)."""
+        self.result.update(final=True, status=status, exit_code=exit_code)
+        self._save()
+
+    # -- sessions
+    def session_id(self, session_path, create: bool = False) -> str:
+        return self.entry["eid"]
+
+    def session_path(self, session_id: str) -> Path | None:
+        return Path(self.entry["path"]) if session_id == self.entry["eid"] else None
+
+    # -- tasks
+    def _overlay(self) -> None:
+        """Parents that ran in this run: their outcome is in their own result files."""
+        for tid, task in self.tasks.items():
+            if tid == self.task_id or task["status"] in DONE:
+                continue
+            res = read_result(_read(result_path(self.run_dir, tid)))
+            for op in (res or {}).get("ops", []):
+                if op["op"] == "update_task" and op["payload"]["task_id"] == tid and "status" in op["payload"]:
+                    task["status"] = op["payload"]["status"]
+
+    def list_tasks(self, session=None, status=None, name=None, graph=None) -> list[dict]:
+        self._overlay()
+        out = [dict(t) for t in self.tasks.values()
+               if (name is None or t["name"] == name) and (graph is None or t["graph"] == graph)]
+        if status is not None:
+            wanted = {status} if isinstance(status, str) else set(status)
+            out = [t for t in out if t["status"] in wanted]
+        return out
+
+    def get_task(self, task_id: str) -> dict:
+        if task_id not in self.tasks:
+            raise NotFound(f"task {task_id} is not in this run's session entry")
+        return dict(self.tasks[task_id])
+
+    def create_task(self, record: dict) -> dict:
+        raise StoreError("a job cannot create tasks")
+
+    def delete_task(self, task_id: str) -> None:
+        raise StoreError("a job cannot delete tasks")
+
+    def update_task(self, task_id: str, **fields: Any) -> dict:
+        check_fields(fields)
+        self.get_task(task_id)
+        self.tasks[task_id].update(fields)
+        payload = dict(fields, task_id=task_id)
+        result = self._upstream("update_task", payload)
+        return dict(self.tasks[task_id], **(result or {}))
+
+    def register_files(self, session_path, filenames, hashes=None, filesizes=None, versions=None,
+                       repository=None, server_only=False) -> list[dict]:
+        payload = {"session_path": str(session_path), "filenames": list(filenames), "hashes": hashes,
+                   "filesizes": filesizes, "versions": versions, "repository": repository,
+                   "server_only": server_only, "session": self.entry["eid"]}
+        result = self._upstream("register_files", payload)
+        return result if isinstance(result, list) else [{"name": f} for f in filenames]
+
+    def _upstream(self, op: str, payload: dict):
+        if self.upstream is not None:
+            try:
+                result = _apply(self.upstream, op, payload)
+                self._record(op, payload, delivered=True)
+                return result
+            except Unreachable:
+                pass
+        self._record(op, payload, delivered=False)
+        return None
+
+    def list_datasets(self, session: str) -> list[dict]:
+        if self.upstream is not None:
+            return self.upstream.list_datasets(session)
+        return []
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def _apply(store: TaskStore, op: str, payload: dict):
+    payload = dict(payload)
+    if op == "update_task":
+        return store.update_task(payload.pop("task_id"), **payload)
+    eid = payload.pop("session", None)
+    local = store.session_path(eid) if eid else None
+    if local is not None:
+        payload["session_path"] = str(local)
+    return store.register_files(**payload)
+
+
+def fold(store: TaskStore, results: Iterable[tuple[str, str | None, int]]) -> dict[str, tuple[int, bool]]:
+    """Apply result files to the store: ``(task_id, text, ops already applied)`` each.
+
+    Only operations beyond those already applied are replayed, and those the job delivered
+    upstream itself are skipped, so folding twice changes nothing. Returns, per task id with a
+    readable result, ``(ops applied in total, final)``.
+    """
+    out: dict[str, tuple[int, bool]] = {}
+    for task_id, text, applied in results:
+        res = read_result(text)
+        if res is None:
+            continue
+        ops = res["ops"]
+        for op in ops[applied:]:
+            if not op.get("delivered"):
+                _apply(store, op["op"], op["payload"])
+        out[task_id] = (len(ops), bool(res.get("final")))
+    return out

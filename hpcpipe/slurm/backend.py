@@ -1,0 +1,350 @@
+"""The SLURM backend: plans become sbatch submissions; SLURM holds the graph from then on.
+
+No controller process stays alive: parents are expressed as dependency flags, so the user can
+log out after submitting. Two shapes:
+
+* ``submit``: one job per task, ``--dependency=afterok:<parent ids>`` with
+  ``--kill-on-invalid-dep=yes`` (a session or a few);
+* ``backfill``: one job array per task type per chunk of sessions. Session i of a chunk keeps
+  index i in every array of that chunk; indices are sparse (a task already Complete has no
+  element) and a child array waits with ``aftercorr`` on the parent arrays that hold its
+  sessions' parents, so element i waits only for its own session. Elements whose parents are
+  all done go into an array with no dependency: SLURM makes an index that the parent array
+  lacks wait for the *whole* parent array (see docs/SLURM.md).
+
+Every job of a run carries the run id as its job name, so one ``sacct --name`` (or one query
+by ids) covers the run. What each job must know sits in the run folder (``jobside.runfolder``),
+written before the first sbatch.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .. import config
+from ..errors import BackendError, BadInput
+from ..jobside import runfolder
+from ..ledger import Ledger
+from ..plan import Plan, PlanItem
+from ..status import ERRORED, HELD, STARTED, WAITING
+from .limits import ClusterLimits
+from .profiles import Profile, load_profile
+from .render import JobSpec, Resources, job_script
+from .status import JobWatcher
+from .submit import format_command, sbatch_argv, submit
+from .transport import LocalTransport, Transport
+
+_logger = logging.getLogger(__name__)
+BACKEND = "slurm"
+
+
+@dataclass
+class SubmitReport:
+    """What a submission did (printed as the end-of-run summary)."""
+
+    run_id: str
+    run_dir: str
+    jobs: int = 0          # sbatch calls
+    arrays: int = 0
+    elements: int = 0      # tasks submitted (array elements or single jobs)
+    chunks: int = 0
+    seconds: float = 0.0
+    sbatch_seconds: float = 0.0
+    commands: list[str] = field(default_factory=list)
+    not_submitted: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        client = self.seconds - self.sbatch_seconds
+        text = (f"run {self.run_id}: {self.elements} task(s) in {self.jobs} sbatch call(s)"
+                + (f", {self.arrays} array(s) over {self.chunks} chunk(s)" if self.arrays else "")
+                + f" in {self.seconds:.2f} s (sbatch {self.sbatch_seconds:.2f} s, client {client:.2f} s)")
+        if self.not_submitted:
+            text += f"\n{len(self.not_submitted)} session(s) not submitted: {self.not_submitted[0]}..."
+        return text
+
+
+def _resources(task: dict) -> Resources:
+    return Resources(cpu=int(task.get("cpu") or 1), gpu=int(task.get("gpu") or 0),
+                     ram=task.get("ram") or None, time_out_secs=task.get("time_out_secs") or None,
+                     priority=task.get("priority"), io_charge=int(task.get("io_charge") or 0),
+                     job_size=task.get("job_size"))
+
+
+class _DryIds:
+    """Placeholder job ids for a dry run (printed with their meaning)."""
+
+    def __init__(self) -> None:
+        self.next = 900000001
+        self.names: dict[str, str] = {}
+
+    def new(self, label: str) -> str:
+        jid = str(self.next)
+        self.next += 1
+        self.names[jid] = label
+        return jid
+
+
+class SlurmBackend:
+    """sbatch through a transport (this machine, or a login node over SSH)."""
+
+    name = BACKEND
+
+    def __init__(self, store, ledger: Ledger, transport: Transport | None = None,
+                 profile: Profile | str | None = None, run_root: str | None = None,
+                 python: str | None = None, map_path: Callable[[str], str] | None = None) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.transport = transport or LocalTransport()
+        self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
+        #: run folders must be on a file system the compute nodes see
+        self.run_root = run_root or config.get("slurm", "run_root", str(config.home() / "runs"))
+        #: the Python that runs the job side on the cluster
+        self.python = python or config.get("slurm", "python", sys.executable)
+        #: workstation path -> cluster path (identity unless submitting over SSH)
+        self.map_path = map_path or (lambda p: p)
+        self._limits: ClusterLimits | None = None
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def limits(self) -> ClusterLimits:
+        """The cluster's limits, read once per backend (5 commands)."""
+        if self._limits is None:
+            self._limits = ClusterLimits.read(self.transport)
+        return self._limits
+
+    def _spec(self, run_id: str, run_dir: str, task: dict, command: list[str], log_name: str,
+              dependencies=(), aftercorr=(), array=None, throttle=None) -> JobSpec:
+        return JobSpec(name=run_id, command=command, resources=_resources(task),
+                       output=f"{run_dir}/logs/{log_name}", dependencies=list(dependencies),
+                       aftercorr=list(aftercorr), array=array, array_throttle=throttle,
+                       env={"HPCPIPE_RUN_ID": run_id})
+
+    def _command(self, run_dir: str, chunk: str, task_name: str, index: int | None) -> list[str]:
+        cmd = [self.python, "-m", "hpcpipe.jobside", "--run-dir", run_dir, "--chunk", chunk,
+               "--task-name", task_name]
+        return cmd + (["--array"] if index is None else ["--index", str(index)])
+
+    def check_limits(self, specs: Iterable[JobSpec]) -> None:
+        """Refuse, before the first sbatch, a job its partition cannot run."""
+        from .render import resolve_partition
+
+        for spec in specs:
+            self.limits.check(spec, resolve_partition(spec, self.profile), self.profile.io_license or None)
+
+    def _write_run(self, run_id: str, run_dir: str, chunks: dict[str, dict[int, dict]]) -> None:
+        self.transport.makedirs(f"{run_dir}/logs")
+        self.transport.makedirs(f"{run_dir}/results")
+        self.transport.write_file(f"{run_dir}/run.json",
+                                  runfolder.run_json(run_id, getattr(self.store, "kind", "sqlite"),
+                                                     self.profile.location))
+        for chunk, entries in chunks.items():
+            self.transport.write_file(f"{run_dir}/sessions/{chunk}.json", runfolder.sessions_json(entries))
+
+    def _entry(self, plan: Plan) -> dict:
+        deck = self.store.list_tasks(session=plan.session)
+        return runfolder.session_entry(plan.session, self.map_path(str(plan.session_path)), deck)
+
+    def _sbatch(self, report: SubmitReport, spec: JobSpec, script_name: str, dry: _DryIds | None,
+                label: str) -> str:
+        script = job_script(spec, self.profile)
+        path = f"{report.run_dir}/scripts/{script_name}.sh"
+        report.jobs += 1
+        if dry is not None:
+            self.transport.write_file(path, script, mode=0o755)
+            report.commands.append(format_command(sbatch_argv(path)))
+            return dry.new(label)
+        t0 = time.perf_counter()
+        job_id = submit(self.transport, script, path)
+        report.sbatch_seconds += time.perf_counter() - t0
+        return job_id
+
+    # ------------------------------------------------------------------ one job per task
+    def submit(self, plans: list[Plan], run_id: str, dry_run: bool = False) -> SubmitReport:
+        """One sbatch per task, afterok on parents submitted in this run or still live."""
+        t0 = time.perf_counter()
+        run_dir = f"{self.run_root}/{run_id}"
+        report = SubmitReport(run_id, run_dir)
+        plans = [p for p in plans if p.items]
+        entries = {i: self._entry(p) for i, p in enumerate(plans)}
+        specs: list[tuple[int, PlanItem, JobSpec]] = []
+        for i, plan in enumerate(plans):
+            for item in plan.items:
+                cmd = self._command(run_dir, "c0", item.task["name"], i)
+                specs.append((i, item, self._spec(run_id, run_dir, item.task, cmd,
+                                                  f"{item.task['name']}.{i}.%j.out")))
+        self._check_or_warn([s for _, _, s in specs], dry_run)
+        self._write_run(run_id, run_dir, {"c0": entries})
+        dry = _DryIds() if dry_run else None
+        job_of: dict[str, str] = {}
+        records = []
+        for i, item, spec in specs:
+            spec.dependencies = [job_of[p] for p in item.parents_in_plan] + [j.backend_id for j in item.parents_live]
+            job_id = self._sbatch(report, spec, f"{item.task['name']}.{i}", dry,
+                                  f"{item.task['name']} of session {i}")
+            job_of[item.id] = job_id
+            report.elements += 1
+            records.append({"task_id": item.id, "session": item.task.get("session"),
+                            "task_name": item.task["name"], "run_id": run_id, "backend": BACKEND,
+                            "job_id": job_id, "run_dir": run_dir, "state": "PENDING"})
+            if dry is None:
+                self.ledger.record(records[-1:])  # at once: a crash later must not forget this job
+        if dry is not None:
+            report.commands.extend(f"# {jid} = {label}" for jid, label in dry.names.items())
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _check_or_warn(self, specs: list[JobSpec], dry_run: bool) -> None:
+        try:
+            self.check_limits(specs)
+        except BackendError as exc:
+            if not dry_run:
+                raise
+            _logger.warning("dry run: cluster limits not checked (%s)", exc)
+
+    # ------------------------------------------------------------------ arrays
+    def backfill(self, plans: list[Plan], run_id: str, throttle: int | None = None, dry_run: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> SubmitReport:
+        """One array per task type per chunk; aftercorr between arrays of a chunk."""
+        t0 = time.perf_counter()
+        run_dir = f"{self.run_root}/{run_id}"
+        report = SubmitReport(run_id, run_dir)
+        plans = [p for p in plans if p.items]
+        try:
+            limits = self.limits
+            size = max(1, min(limits.max_array_size, limits.max_job_count))
+            budget = self._submit_budget(limits)
+        except BackendError as exc:
+            if not dry_run:
+                raise
+            _logger.warning("dry run: cluster limits not read (%s); chunks of 1000", exc)
+            size, budget = 1000, None
+        chunks = self._chunks(plans, size, budget, report)
+        report.chunks = len(chunks)
+        # every script is checked before the first sbatch
+        self._check_or_warn([self._spec(run_id, run_dir, item.task, ["true"], "x")
+                             for chunk in chunks for plan in chunk for item in plan.items], dry_run)
+        self._write_run(run_id, run_dir, {f"c{k}": {i: self._entry(p) for i, p in enumerate(chunk)}
+                                          for k, chunk in enumerate(chunks)})
+        dry = _DryIds() if dry_run else None
+        for k, chunk in enumerate(chunks):
+            self._submit_chunk(report, run_id, run_dir, f"c{k}", chunk, throttle, dry)
+            if progress:
+                progress(k + 1, len(chunks))
+        if dry is not None:
+            report.commands.extend(f"# {jid} = {label}" for jid, label in dry.names.items())
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _submit_budget(self, limits: ClusterLimits) -> int | None:
+        """How many more jobs (array elements count one each) the user may queue now."""
+        if limits.max_submit_jobs is None:
+            return None
+        res = self.transport.run(["squeue", "--noheader", "--array", "--me", "--format=%i"])
+        queued = len(res.stdout.splitlines()) if res.returncode == 0 else 0
+        return max(0, limits.max_submit_jobs - queued)
+
+    @staticmethod
+    def _chunks(plans: list[Plan], size: int, budget: int | None, report: SubmitReport) -> list[list[Plan]]:
+        chunks: list[list[Plan]] = []
+        used = 0
+        for plan in plans:
+            n = len(plan.items)
+            if budget is not None and used + n > budget:
+                report.not_submitted.append(f"{plan.session_path} (MaxSubmitJobs reached; run backfill again later)")
+                continue
+            used += n
+            if not chunks or len(chunks[-1]) >= size:
+                chunks.append([])
+            chunks[-1].append(plan)
+        return chunks
+
+    def _submit_chunk(self, report: SubmitReport, run_id: str, run_dir: str, chunk: str,
+                      plans: list[Plan], throttle: int | None, dry: _DryIds | None) -> None:
+        # task types in dependency order (every session shares the pipeline)
+        order: list[str] = []
+        for plan in plans:
+            for item in plan.items:
+                if item.task["name"] not in order:
+                    order.append(item.task["name"])
+        array_of: dict[str, str] = {}  # task id -> array job id holding it
+        records = []
+        for name in order:
+            groups: dict[tuple, list[tuple[int, PlanItem]]] = defaultdict(list)
+            for i, plan in enumerate(plans):
+                for item in plan.items:
+                    if item.task["name"] == name:
+                        corr = tuple(sorted({array_of[p] for p in item.parents_in_plan}))
+                        live = tuple(sorted(j.backend_id for j in item.parents_live))
+                        groups[(corr, live)].append((i, item))
+            for g, ((corr, live), members) in enumerate(groups.items()):
+                indices = [i for i, _ in members]
+                spec = self._spec(run_id, run_dir, members[0][1].task, self._command(run_dir, chunk, name, None),
+                                  f"{name}.{chunk}.%A_%a.out", dependencies=live, aftercorr=corr,
+                                  array=indices, throttle=throttle)
+                job_id = self._sbatch(report, spec, f"{name}.{chunk}.{g}", dry, f"{name} array of chunk {chunk}")
+                report.arrays += 1
+                report.elements += len(members)
+                for i, item in members:
+                    array_of[item.id] = job_id
+                    records.append({"task_id": item.id, "session": item.task.get("session"), "task_name": name,
+                                    "run_id": run_id, "backend": BACKEND, "job_id": job_id, "array_index": i,
+                                    "run_dir": run_dir, "state": "PENDING"})
+                if dry is None:
+                    self.ledger.record(records)
+                    records = []
+
+    # ------------------------------------------------------------------ after submission
+    def watcher(self) -> JobWatcher:
+        return JobWatcher(self.transport)
+
+    def refresh(self) -> dict:
+        """Fold job results into the store, ask SLURM about live jobs (one batched query),
+        and close out jobs SLURM ended without a result: the sweep.
+
+        Returns counts, and the SLURM state of each live task id (for the status table).
+        """
+        jobs = [j for j in self.ledger.unfolded() if j.backend == BACKEND]
+        texts = [(j, self.transport.read_file(str(runfolder.result_path(j.run_dir, j.task_id)))) for j in jobs]
+        folded = runfolder.fold(self.store, [(j.task_id, t, j.folded_ops) for j, t in texts])
+        self.ledger.set_folded([(j.task_id, j.run_id, *folded[j.task_id]) for j in jobs if j.task_id in folded])
+        live = [j for j in self.ledger.live(BACKEND)]
+        watcher = self.watcher()
+        for j in live:
+            watcher.watch(j.job_id)
+        states = watcher.poll() if live else {}
+        updates, swept = [], 0
+        for j in live:
+            st = states.get(j.backend_id)
+            if st is None:
+                continue
+            updates.append((j.task_id, j.run_id, st.state, st.reason or None))
+            if st.final and not folded.get(j.task_id, (0, False))[1]:
+                swept += self._sweep_one(j, st)
+        self.ledger.set_state(updates)
+        return {"folded": len(folded), "queries": watcher.queries, "swept": swept,
+                "states": {j.task_id: states[j.backend_id] for j in live if j.backend_id in states}}
+
+    def _sweep_one(self, job, st) -> int:
+        """A job SLURM ended without a final result: record why, so nothing stays Started."""
+        # the job may have written its result between the fold and the query: fold once more
+        text = self.transport.read_file(str(runfolder.result_path(job.run_dir, job.task_id)))
+        done = runfolder.fold(self.store, [(job.task_id, text, job.folded_ops)]).get(job.task_id)
+        if done and done[1]:
+            self.ledger.set_folded([(job.task_id, job.run_id, done[0], True)])
+            return 0
+        task = self.store.get_task(job.task_id)
+        never_ran = st.state == "CANCELLED" and task["status"] == WAITING
+        if never_ran or (st.reason and "Depend" in st.reason):
+            status, why = HELD, f"SLURM job {st.job_id} {st.state} before it ran ({st.reason or 'dependency'})"
+        else:
+            status = ERRORED
+            why = f"SLURM job {st.job_id} ended {st.state} (exit code {st.exit_code}:{st.signal or 0}) without reporting"
+        if task["status"] in (STARTED, WAITING):
+            self.store.update_task(job.task_id, status=status, log=(task.get("log") or "") + f"\n{why}\n")
+        self.ledger.set_folded([(job.task_id, job.run_id, done[0] if done else job.folded_ops, True)])
+        return 1
