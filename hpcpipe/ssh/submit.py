@@ -49,7 +49,7 @@ trap '' HUP PIPE
 d=$1 t=$2 w=$3 n=$4; shift 4
 [ -n "$d" ] || d="${HOME:-/tmp}/.cache/hpcpipe/submissions"
 case "$t" in ''|*/*|.*) echo "bad token" >&2; echo "@@hpcpipe-submit error 96" >&2; exit 96 ;; esac
-mkdir -p "$d" || { echo "@@hpcpipe-submit error 97" >&2; exit 97; }
+mkdir -p "$d" || { echo "cannot create the marker folder $d" >&2; echo "@@hpcpipe-submit error 97" >&2; exit 97; }
 m="$d/$t" h=$(hostname 2>/dev/null || echo '?')
 inp=/dev/null
 if [ "$n" -ge 0 ]; then
@@ -130,6 +130,9 @@ def submit_once(transport: Transport, argv: list[str], *, input: str | None = No
             if attempt < attempts:
                 time.sleep(min(0.5 * 2 ** (attempt - 1), 4.0))
             continue
+        except BackendError as exc:  # e.g. timed out: the outcome is unknown, do not guess
+            raise BackendError(f"{exc} (submission token {token}: see {where} on the cluster; "
+                               f"submitting again with the same token cannot duplicate it)") from None
         m = _TRAILER.search(res.stderr)
         if not m:
             raise BackendError(f"sbatch wrapper on {transport.name} failed (exit {res.returncode}): "

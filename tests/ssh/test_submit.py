@@ -105,11 +105,15 @@ class _CutMidSbatch(SSHTransport):
     (sbatch running or done), before its output is read."""
 
     action = "socket"
+    wait_for_lock = True
 
     def _after_exec(self, chan, argv):
         if "hpcpipe-submit" not in argv or getattr(self, "_done", False):
             return
         self._done = True
+        if not self.wait_for_lock:  # cut at once: the remote wrapper has barely started
+            self._client.get_transport().sock.close()
+            return
         marker_dir = argv[4] or os.path.expanduser("~/.cache/hpcpipe/submissions")
         lock = Path(marker_dir) / f"{argv[5]}.lock"
         end = time.monotonic() + 20
@@ -131,17 +135,34 @@ class _CutMidSbatch(SSHTransport):
             threading.Thread(target=restart, daemon=True).start()
 
 
-def test_cut_mid_submission_socket_closed(make_transport, slurm_remote, tmp_path, token, caplog):
+def test_cut_right_after_sending_sbatch(make_transport, slurm_remote, tmp_path, token):
+    """The plain path the SLURM backend takes: transport.run(["sbatch", ...])."""
+    t = make_transport(cls=_CutMidSbatch)
+    t.wait_for_lock = False
+    script = tmp_path / "job.sh"
+    t.write_file(str(script), SCRIPT, 0o755)
+    name = f"hp-{token}"
+    r = t.run(["sbatch", "--parsable", "-J", name, "-o", "/dev/null", str(script)])
+    job_id = r.check().stdout.strip()
+    assert job_id.isdigit()
+    assert t.connect_count == 2  # the cut happened and a new connection was made
+    assert _jobs_named(t, name) == {job_id}  # exactly one job
+
+
+def test_cut_while_sbatch_runs_socket_closed(make_transport, slurm_remote, tmp_path, token, caplog):
     t = make_transport(cls=_CutMidSbatch)
     script = tmp_path / "job.sh"
     t.write_file(str(script), SCRIPT, 0o755)
     name = f"hp-{token}"
+    # a slow sbatch (1 s), so the connection is cut while it runs, before its output is read
+    argv = ["sh", "-c", 'sleep 1; exec sbatch "$@"', "sbatch", "--parsable", "-J", name, "-o", "/dev/null",
+            str(script)]
     with caplog.at_level(logging.WARNING, logger="hpcpipe.ssh"):
-        r = t.run(["sbatch", "--parsable", "-J", name, "-o", "/dev/null", str(script)])
+        r = submit_once(t, argv, marker_dir=str(tmp_path / "markers"))
     job_id = r.check().stdout.strip()
     assert job_id.isdigit()
-    assert t.connect_count == 2  # the cut happened and a new connection was made
-    assert "already run" in caplog.text  # the retry found the first submission
+    assert t.connect_count == 2
+    assert "already run" in caplog.text  # the retry found the first submission and waited for it
     assert _jobs_named(t, name) == {job_id}  # exactly one job
 
 
