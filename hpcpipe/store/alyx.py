@@ -102,6 +102,7 @@ class AlyxStore(TaskStore):
         self.url_key = url_key(self.base_url)
         self._eids: dict[str, str] = {}   # short session path → eid
         self._paths: dict[str, str] = {}  # eid → local session folder
+        self._catalog_fetches = 0
 
     @classmethod
     def from_config(cls) -> "AlyxStore":
@@ -324,15 +325,12 @@ class AlyxStore(TaskStore):
         types = [{k: t.get(k) for k in keep if k in t} for t in self._rest("dataset-types", "list")]
         formats = [{k: f.get(k) for k in keep if k in f} for f in self._rest("data-formats", "list")]
         _CATALOGS[self.url_key] = (now, types, formats)
+        self._catalog_fetches += 1
         try:
             self._save_json("catalog.json", {"time": now, "types": types, "formats": formats})
         except OSError as exc:  # a read-only home must not stop a registration
             _logger.debug("could not cache the Alyx catalogue: %s", exc)
         return types, formats
-
-    def _catalog_fetched_now(self) -> bool:
-        cached = _CATALOGS.get(self.url_key)
-        return bool(cached) and time.time() - cached[0] < 1.0
 
     def check_files(self, filenames: list[str]) -> dict[str, str]:
         """``{filename: reason}`` for files Alyx would not know the dataset type or format of."""
@@ -347,8 +345,9 @@ class AlyxStore(TaskStore):
                     out[fname] = why
             return out
 
+        fetches = self._catalog_fetches
         failed = unknown(*self._catalog())
-        if failed and not self._catalog_fetched_now():  # maybe created since cached: look again
+        if failed and self._catalog_fetches == fetches:  # maybe created since it was cached: look again
             failed = unknown(*self._catalog(refresh=True))
         return failed
 
