@@ -1,0 +1,101 @@
+"""Alyx down in the middle of a task: reports wait in the outbox and a sync brings Alyx to the
+state of an undisturbed run -- nothing lost, nothing doubled."""
+from __future__ import annotations
+
+import json
+
+from hpcpipe.alyx.register import describe_files
+from hpcpipe.store import outbox
+from hpcpipe.store.alyx import AlyxStore
+from hpcpipe.store.sqlite import SQLiteStore
+from tests.alyx_server.fixtures import admin_client, make_session
+
+OUTPUTS = {"T1": ["alf/spikes.times.npy", "alf/spikes.clusters.npy"], "T2": ["alf/trials.intervals.npy"]}
+
+
+def lifecycle(store, path, eid, outage=None):
+    """What run_alyx_task does per task: Started, run, register outputs, final patch."""
+    t1 = store.create_task({"name": "T1", "session": eid, "status": "Waiting", "arguments": {}, "level": 0})
+    t2 = store.create_task({"name": "T2", "session": eid, "status": "Waiting", "arguments": {}, "level": 1,
+                            "parents": [t1["id"]]})
+    delivered = []
+    for rec in (t1, t2):
+        store.update_task(rec["id"], status="Started")
+        if outage and rec["name"] == "T2":
+            outage()  # Alyx goes down while T2 runs
+        for rel in OUTPUTS[rec["name"]]:
+            (path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (path / rel).write_bytes(f"{rec['name']}:{rel}".encode())
+        payload = describe_files(path, OUTPUTS[rec["name"]])
+        delivered.append(outbox.deliver(store, "register_files", session_path=str(path), versions="1.0",
+                                        **payload))
+        delivered.append(outbox.deliver(store, "update_task", task_id=rec["id"], status="Complete",
+                                        log=f"{rec['name']} ran", time_elapsed_secs=1.5, version="1.0"))
+    return delivered
+
+
+def snapshot(store, eid):
+    tasks = store.list_tasks(session=eid)
+    names = {t["id"]: t["name"] for t in tasks}
+    return ([(t["name"], t["status"], t["log"], t["time_elapsed_secs"], t["version"],
+              sorted(names[p] for p in t["parents"])) for t in tasks],
+            sorted((d["collection"], d["name"], d["hash"], d["file_size"], d["version"], d["data_repository"])
+                   for d in store.list_datasets(eid)))
+
+
+def test_outage_mid_task_then_sync_equals_an_undisturbed_run(alyx_fresh_server, tmp_path):
+    server = alyx_fresh_server
+    client = admin_client(server, retries=2, retry_budget=2.0, backoff=0.05)
+    store = AlyxStore(client, repository="hpc_server")
+    calm_path, calm_eid = make_session(client, tmp_path / "data", "CALM01", "2026-11-20")
+    storm_path, storm_eid = make_session(client, tmp_path / "data", "STORM01", "2026-11-20")
+
+    assert all(x is not None for x in lifecycle(store, calm_path, calm_eid))
+    assert outbox.pending(store) == []
+
+    out = lifecycle(store, storm_path, storm_eid, outage=server.stop)
+    assert out[:2] != [None, None] and out[2:] == [None, None]  # T1 delivered, T2's reports queued
+    queued = outbox.pending(store)
+    assert len(queued) == 2
+    assert [json.loads(p.read_text())["op"] for p in queued] == ["register_files", "update_task"]
+
+    # another store (the embedded one) never replays Alyx's reports
+    assert outbox.sync(SQLiteStore(tmp_path / "other.sqlite")) == 0
+    assert outbox.sync(store) == 0  # still down: nothing delivered, nothing dropped
+    assert len(outbox.pending(store)) == 2
+
+    server.start()  # same port, same database
+    assert outbox.sync(store) == 2
+    assert outbox.pending(store) == [] and not (outbox.outbox_dir() / "failed").exists()
+    assert outbox.sync(store) == 0
+
+    calm, storm = snapshot(store, calm_eid), snapshot(store, storm_eid)
+    assert storm == calm
+    assert [t[1] for t in storm[0]] == ["Complete", "Complete"]
+    assert len(storm[1]) == 3
+
+    # replaying the same reports again changes nothing (idempotent): same datasets, no doubles
+    before = {d["id"] for d in store.list_datasets(storm_eid)}
+    payload = describe_files(storm_path, OUTPUTS["T2"])
+    outbox.queue("register_files", {"session_path": str(storm_path), "versions": "1.0", **payload},
+                 outbox.store_key(store))
+    assert outbox.sync(store) == 1
+    assert {d["id"] for d in store.list_datasets(storm_eid)} == before
+    assert snapshot(store, storm_eid) == calm
+    assert len(server.sql("SELECT id FROM tasks")) == 4
+
+
+def test_a_report_made_while_older_ones_wait_goes_behind_them(alyx_fresh_server, tmp_path):
+    server = alyx_fresh_server
+    client = admin_client(server, retries=1, retry_budget=1.0, backoff=0.05)
+    store = AlyxStore(client)
+    _, eid = make_session(client, tmp_path / "data", "ORDER01")
+    rec = store.create_task({"name": "T", "session": eid, "status": "Waiting", "arguments": {}})
+    server.stop()
+    assert outbox.deliver(store, "update_task", task_id=rec["id"], status="Started") is None
+    server.start()
+    # Alyx is back: the new report must not overtake the queued one
+    out = outbox.deliver(store, "update_task", task_id=rec["id"], status="Complete")
+    assert out["status"] == "Complete"
+    assert store.get_task(rec["id"])["status"] == "Complete"
+    assert outbox.pending(store) == []
