@@ -336,8 +336,6 @@ class AlyxTestServer:
             if delay:
                 time.sleep(delay)
             if fault:
-                if fault.get("drop"):
-                    raise SystemExit  # werkzeug closes the connection without an answer
                 return Response(fault.get("body", "<h1>Bad Gateway</h1>"),
                                 status=fault["status"], mimetype="text/html")
             if path == "":
@@ -381,8 +379,7 @@ class AlyxTestServer:
                 if re.search(fault.get("path", ".*"), path) and \
                         fault.get("method", request.method) == request.method and fault["times"] > 0:
                     fault["times"] -= 1
-                    return float(fault.get("delay", 0)), (fault if fault.get("status") or
-                                                          fault.get("drop") else None)
+                    return float(fault.get("delay", 0)), (fault if fault.get("status") else None)
         return 0.0, None
 
     def authenticate(self, required: bool) -> str | None:
@@ -431,7 +428,7 @@ class AlyxTestServer:
         return stats
 
     def hook_fault(self) -> dict:
-        """{path: regex, method, status, times, delay, drop}; POST [] via {"clear": true}."""
+        """{path: regex, method, status, times, delay}; {"clear": true} removes all faults."""
         data = request.get_json(force=True)
         if data.get("clear"):
             self.faults.clear()
