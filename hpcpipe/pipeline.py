@@ -168,9 +168,19 @@ class Pipeline(abc.ABC):
             items = [dict(t, session=eid) for t in tasks_list]
         else:
             items = [self._task_dict(t, parents=[p.name for p in t.parents]) for t in self.tasks.values()]
-        records: list[dict] = []
+        # refuse a bad list before anything is written, so no half-recorded pipeline is left
+        from .store.base import check_fields
+
+        seen: set[str] = set()
         for item in items:
             item.pop("time_out_sec", None)
+            check_fields(item)
+            missing = [pn for pn in item.get("parents") or [] if pn not in seen]
+            if missing:
+                raise PipelineError(f"task {item.get('name')!r}: parent(s) {missing} listed after it or missing")
+            seen.add(item.get("name"))
+        records: list[dict] = []
+        for item in items:
             parent_names = item.get("parents") or []
             try:
                 item["parents"] = [next(r["id"] for r in records if r["name"] == pn) for pn in parent_names]

@@ -476,3 +476,18 @@ def test_reports_made_while_the_outbox_is_not_empty_keep_their_order(session, tm
     outbox.deliver(store, "update_task", task_id=a["id"], status="Complete")
     assert outbox.pending() == []
     assert store.get_task(a["id"])["status"] == "Complete"
+
+
+@pytest.mark.parametrize("breakage", ["unknown parent", "parent after child", "bad field"])
+def test_bad_tasks_list_records_nothing(session, store, breakage):
+    pipe = Small(session, one=store)
+    tasks_list = pipe.create_tasks_list_from_pipeline()
+    if breakage == "unknown parent":
+        tasks_list[2]["parents"] = ["Nope"]
+    elif breakage == "parent after child":
+        tasks_list = tasks_list[:2] + [tasks_list[3], tasks_list[2]]
+    else:
+        tasks_list[3]["time_out_secs"] = 86400  # beyond Alyx's SmallInteger
+    with pytest.raises(BadInput, match="Nope|StepD|time_out_secs"):
+        pipe.create_alyx_tasks(tasks_list=tasks_list)
+    assert store.list_tasks() == []
