@@ -42,11 +42,14 @@ def parse(entries: Iterable[Sequence] | None) -> list[FileSpec]:
             entry = (entry, "", True)
         if not 2 <= len(entry) <= 3:
             raise BadInput(f"signature entry {entry!r} must be (pattern, collection, required)")
-        pattern, collection = entry[0], entry[1] or ""
+        collection = entry[1] or ""
         required = bool(entry[2]) if len(entry) == 3 else True
-        if not isinstance(pattern, str) or not pattern:
-            raise BadInput(f"signature entry {entry!r} has no file pattern")
-        specs.append(FileSpec(pattern, collection.strip("/"), required))
+        # ibllib allows a list of patterns sharing one collection: one spec per pattern
+        patterns = list(entry[0]) if isinstance(entry[0], (list, tuple)) else [entry[0]]
+        for pattern in patterns:
+            if not isinstance(pattern, str) or not pattern:
+                raise BadInput(f"signature entry {entry!r} has no file pattern")
+            specs.append(FileSpec(pattern, collection.strip("/"), required))
     return specs
 
 

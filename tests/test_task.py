@@ -314,3 +314,25 @@ def test_errored_gpu_task_releases_its_lock(session):
 
     assert GpuError(session).run() == -1
     assert not gpu_lock_path().exists()
+
+
+class WildcardInputs(CompleteTask):
+    signature = {"input_files": [(["*.ap.meta", "*.ap.cbin"], "raw_ephys_data/probe*", True)],
+                 "output_files": [("out.result.npy", "alf", True)]}
+
+
+def test_signature_pattern_lists_and_wildcard_collections(session):
+    probe = session / "raw_ephys_data" / "probe00"
+    probe.mkdir(parents=True)
+    (probe / "_spikeglx_ephysData_g0_t0.imec0.ap.meta").write_text("meta")
+    task = WildcardInputs(session)
+    assert task.run() == -1  # the .ap.cbin of the pattern list is missing
+    error = next(line for line in task.log.splitlines() if "missing required input" in line)
+    assert "*.ap.cbin" in error and "*.ap.meta" not in error
+    assert "_run" not in task.calls
+    (probe / "_spikeglx_ephysData_g0_t0.imec0.ap.cbin").write_bytes(b"\0")
+    task = WildcardInputs(session)
+    assert task.run() == 0
+    ok, found = task.assert_expected_inputs(raise_error=False)
+    assert ok and sorted(p.name for p in found) == ["_spikeglx_ephysData_g0_t0.imec0.ap.cbin",
+                                                    "_spikeglx_ephysData_g0_t0.imec0.ap.meta"]
