@@ -117,7 +117,7 @@ def _print_table(rows: list[dict], store) -> None:
 def cmd_demo_session(args) -> int:
     from .demo.session import make_session
 
-    print(make_session(args.path, fail=tuple(args.fail or ())))
+    print(make_session(args.path, fail=tuple(args.fail or ()), duration=args.duration))
     return 0
 
 
@@ -388,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-session", help="generate a synthetic session for the demo pipeline")
     p.add_argument("path", help="a session path, or a root to create one under")
     p.add_argument("--fail", action="append", metavar="TASK", help="make this demo task fail in the session")
+    p.add_argument("--duration", type=float, default=120.0, metavar="SECS", help="recording length (size)")
     p.set_defaults(func=cmd_demo_session)
 
     p = sub.add_parser("sync", help="replay reports queued while the store was unreachable")

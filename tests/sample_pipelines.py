@@ -107,3 +107,16 @@ class NonPositiveResource(Pipeline):
     def __init__(self, session_path=None, **kwargs):
         super().__init__(session_path, **kwargs)
         self.tasks = OrderedDict([("BadRam", BadRam(self.session_path))])
+
+
+BigRamTask = _sleep_class("BigRamTask", ram=3)
+
+
+class BigRam(Pipeline):
+    """One task asking 3 GB: above the test cluster's `small` partition (MaxMemPerNode 2000 MB)."""
+
+    _name = "bigram"
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        self.tasks = OrderedDict([("BigRamTask", BigRamTask(self.session_path))])

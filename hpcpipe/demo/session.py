@@ -16,9 +16,8 @@ from ..errors import BadInput
 from ..session import parse_session_path
 
 FS = 3000  # Hz
-DURATION = 120  # s
+DURATION = 120  # s (a trial every ~3 s)
 N_CHANNELS = 8
-N_TRIALS = 40
 
 
 def default_session_path(root: Path | str) -> Path:
@@ -31,21 +30,25 @@ def default_session_path(root: Path | str) -> Path:
         return root / "demolab" / "Subjects" / "DEMO001" / _dt.date.today().isoformat() / "001"
 
 
-def make_session(root: Path | str, fail: tuple[str, ...] = ()) -> Path:
+def make_session(root: Path | str, fail: tuple[str, ...] = (), duration: float = DURATION) -> Path:
     """Write a demo session under ``root`` and return its path.
 
     ``fail`` names demo tasks that must error in this session (a marker file each), so tests and
-    backfills can show a failure that blocks only that session's children.
+    backfills can show a failure that blocks only that session's children. ``duration`` (s)
+    sets the size: 120 s is about 11 MB; tests backfilling hundreds of sessions use 15 s.
     """
+    if duration < 12:
+        raise BadInput(f"demo session duration {duration} s is too short (12 s at least)")
+    n_trials = int(duration // 3) - 1
     path = default_session_path(root)
     raw = path / "raw_demo_data"
     raw.mkdir(parents=True, exist_ok=True)
     seed = int(hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8], 16)
     rng = np.random.default_rng(seed)
-    n = FS * DURATION
+    n = int(FS * duration)
     t = np.arange(n) / FS
     # trial starts every ~3 s; the sync channel pulses at each
-    starts = np.cumsum(rng.uniform(2.5, 3.0, N_TRIALS))
+    starts = np.cumsum(rng.uniform(2.5, 3.0, n_trials))
     sync = np.zeros(n, dtype=np.int8)
     for s in starts:
         sync[int(s * FS):int(s * FS) + FS // 20] = 1
@@ -56,8 +59,8 @@ def make_session(root: Path | str, fail: tuple[str, ...] = ()) -> Path:
         ephys[ch, spikes] -= 8.0
     # behaviour clock is offset and drifts relative to the ephys clock
     behaviour = {"trial_start": (starts * 1.0001 + 0.25).tolist(),
-                 "response": (starts + rng.uniform(0.3, 1.5, N_TRIALS)).tolist(),
-                 "choice": rng.choice([-1, 1], N_TRIALS).tolist()}
+                 "response": (starts + rng.uniform(0.3, 1.5, n_trials)).tolist(),
+                 "choice": rng.choice([-1, 1], n_trials).tolist()}
     np.save(raw / "_demo_raw.ephys.npy", ephys)
     np.save(raw / "_demo_raw.sync.npy", sync)
     np.save(raw / "_demo_raw.timestamps.npy", t[:: FS])

@@ -1,0 +1,176 @@
+"""The SLURM backend end to end on the real test cluster, driven through the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcpipe.demo.session import make_session
+from hpcpipe.store.sqlite import SQLiteStore
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def env(tmp_path, slurm_cluster):
+    e = dict(os.environ, HPCPIPE_HOME=str(tmp_path / "home"), HPCPIPE_GPU_LOCK_DIR=str(tmp_path / "locks"),
+             PYTHONPATH=str(REPO), HPCPIPE_CONFIG=str(tmp_path / "config.toml"))
+    for key in list(e):
+        if key.startswith("HPCPIPE_SLURM_") and key not in ("HPCPIPE_SLURM_BASE", "HPCPIPE_SLURM_SACCT"):
+            e.pop(key)
+    yield e
+    # cancel whatever a failing test left queued
+    store_jobs = Path(e["HPCPIPE_HOME"]) / "jobs.sqlite"
+    if store_jobs.exists():
+        from hpcpipe.ledger import Ledger
+
+        ids = sorted({j.job_id for j in Ledger(store_jobs).live()})
+        if ids:
+            subprocess.run(["scancel", *ids], capture_output=True)
+
+
+def hp(env, *args, check=True, timeout=300):
+    proc = subprocess.run([sys.executable, "-m", "hpcpipe.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"hpcpipe {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def store(env) -> SQLiteStore:
+    return SQLiteStore(Path(env["HPCPIPE_HOME"]) / "tasks.sqlite")
+
+
+def wait_until_settled(env, n_tasks, timeout=240, session=None, names=None):
+    """Poll `hpcpipe status --json` (as a user would) until no task (of ``names``) is Waiting or Started."""
+    deadline = time.monotonic() + timeout
+    args = ["status", "--json"] + (["--session", str(session)] if session else [])
+    while True:
+        rows = json.loads(hp(env, *args).stdout)
+        busy = [r for r in rows if r["status"] in ("Waiting", "Started") and (not names or r["name"] in names)]
+        if len(rows) == n_tasks and not busy:
+            return rows
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not settled after {timeout} s: {busy[:5]}")
+        time.sleep(2)
+
+
+def sacct_states(job_ids) -> dict[str, str]:
+    out = subprocess.run(["sacct", "-X", "--parsable2", "--noheader", "--format=JobID,State", "-j",
+                          ",".join(sorted(set(job_ids)))], capture_output=True, text=True).stdout
+    return dict(line.split("|")[:2] for line in out.splitlines() if line)
+
+
+def test_demo_pipeline_on_slurm(env, tmp_path, slurm_cluster):
+    session = make_session(tmp_path / "data" / "lab" / "Subjects" / "S1" / "2026-11-20" / "001", duration=15)
+    out = hp(env, "submit", "--session", str(session), "--pipeline", "demo", "--backend", "slurm").stdout
+    assert "5 task(s) in 5 sbatch call(s)" in out
+    rows = wait_until_settled(env, 5)
+    assert {r["status"] for r in rows} == {"Complete"}
+    assert {r["backend"] for r in rows} == {"slurm"}
+    if slurm_cluster["sacct"]:
+        deadline = time.monotonic() + 10
+        while set(sacct_states(r["job_id"] for r in rows).values()) != {"COMPLETED"}:
+            assert time.monotonic() < deadline, sacct_states(r["job_id"] for r in rows)
+            time.sleep(0.5)
+    assert (session / "alf" / "_demo_summary.table.csv").exists()
+    datasets = store(env).list_datasets(store(env).session_id(session))
+    assert {d["name"] for d in datasets} >= {"spikes.times.npy", "trials.intervals.npy", "_demo_qc.metrics.json"}
+    # the job scripts name the run, ask for the task's resources, chain parents with afterok
+    run_dir = next((Path(env["HPCPIPE_HOME"]) / "runs").iterdir())
+    summary = (run_dir / "scripts" / "DemoSummary.0.sh").read_text()
+    assert f"#SBATCH --job-name={run_dir.name}" in summary
+    assert "--dependency=afterok:" in summary and "--kill-on-invalid-dep=yes" in summary
+    assert "#SBATCH --gres=gpu:1" in (run_dir / "scripts" / "DemoSpikeSorting.0.sh").read_text()
+
+
+def test_session_path_with_shell_metacharacters_is_inert(env, tmp_path):
+    marker = tmp_path / "pwned"
+    root = tmp_path / f"we ird $(touch {marker}) `touch {marker}` 'q\" ;touch {marker}"
+    session = make_session(root / "lab" / "Subjects" / "S1" / "2026-11-20" / "001", duration=15)
+    hp(env, "submit", "--session", str(session), "--pipeline", "demo", "--backend", "slurm",
+       "--task", "DemoSync")
+    rows = wait_until_settled(env, 5, names={"DemoSync"})
+    assert {r["name"]: r["status"] for r in rows}["DemoSync"] == "Complete"
+    assert (session / "alf" / "_demo_sync.times.npy").exists()
+    assert not marker.exists()
+
+
+def test_resubmitting_a_queued_session_submits_nothing_twice_then_cancel(env, tmp_path):
+    session = make_session(tmp_path / "data" / "S2" / "2026-11-20" / "001", duration=15)
+    pipeline = "tests.sample_pipelines.LongPipeline"
+    first = hp(env, "submit", "--session", str(session), "--pipeline", pipeline, "--backend", "slurm").stdout
+    assert "3 task(s) in 3 sbatch call(s)" in first
+    second = hp(env, "submit", "--session", str(session), "--pipeline", pipeline, "--backend", "slurm").stdout
+    assert second.count("already queued as slurm job") == 3 and "nothing to submit" in second
+    cancelled = hp(env, "cancel", "--session", str(session)).stdout
+    assert "cancelled 3 job(s)" in cancelled
+    rows = json.loads(hp(env, "status", "--json").stdout)
+    assert "Started" not in {r["status"] for r in rows} and "Waiting" not in {r["status"] for r in rows}
+    deadline = time.monotonic() + 20
+    while True:
+        q = subprocess.run(["squeue", "--noheader", "--states=PENDING,RUNNING", "-j",
+                            ",".join(r["job_id"] for r in rows)], capture_output=True, text=True).stdout
+        if not q.strip():
+            break
+        assert time.monotonic() < deadline, q
+        time.sleep(0.5)
+
+
+def test_dry_run_writes_scripts_and_submits_nothing(env, tmp_path):
+    session = make_session(tmp_path / "data" / "S3" / "2026-11-20" / "001", duration=15)
+    out = hp(env, "submit", "--session", str(session), "--pipeline", "demo", "--backend", "slurm", "--dry-run").stdout
+    assert out.count("sbatch --parsable") == 5 and "nothing submitted" in out
+    assert not (Path(env["HPCPIPE_HOME"]) / "tasks.sqlite").exists() or store(env).list_tasks() == []
+    scripts = list((Path(env["HPCPIPE_HOME"]) / "runs").glob("*/scripts/*.sh"))
+    assert len(scripts) == 5
+
+
+def test_resource_above_the_partition_limit_is_refused_before_submission(env, tmp_path):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "tiny.toml").write_text('partition = "small"\n')
+    Path(env["HPCPIPE_CONFIG"]).write_text(f'[slurm]\nprofile_dirs = ["{tmp_path / "profiles"}"]\n')
+    session = make_session(tmp_path / "data" / "S4" / "2026-11-20" / "001", duration=15)
+    proc = hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.BigRam",
+              "--backend", "slurm", "--profile", "tiny", check=False)
+    assert proc.returncode == 2
+    assert "small" in proc.stderr and "2000" in proc.stderr, proc.stderr
+    assert not list((Path(env["HPCPIPE_HOME"]) / "runs").glob("*/scripts/*.sh"))
+    from hpcpipe.ledger import Ledger
+
+    assert Ledger(Path(env["HPCPIPE_HOME"]) / "jobs.sqlite").live() == []
+
+
+def test_backfill_200_sessions_arrays_aftercorr_and_one_failure(env, tmp_path):
+    n = int(os.environ.get("HPCPIPE_TEST_BACKFILL_SESSIONS", "200"))
+    paths = []
+    for i in range(n):
+        fail = ("DemoTrials",) if i == 7 else ()
+        paths.append(make_session(tmp_path / "data" / "lab" / "Subjects" / f"S{i:03d}" / "2026-11-20" / "001",
+                                  fail=fail, duration=15))
+    listing = tmp_path / "sessions.txt"
+    listing.write_text("\n".join(map(str, paths)) + "\n")
+    out = hp(env, "backfill", "--sessions-file", str(listing), "--pipeline", "demo").stdout
+    assert f"{5 * n} task(s) in 5 sbatch call(s), 5 array(s) over 1 chunk(s)" in out
+    run_dir = next((Path(env["HPCPIPE_HOME"]) / "runs").iterdir())
+    trials = (run_dir / "scripts" / "DemoTrials.c0.0.sh").read_text()
+    assert "--array=" in trials and "--dependency=aftercorr:" in trials
+    rows = wait_until_settled(env, 5 * n, timeout=900)
+    s = store(env)
+    failed = s.session_id(paths[7])
+    by = {(r["session"], r["name"]): r["status"] for r in rows}
+    assert by[(failed, "DemoTrials")] == "Errored"
+    assert by[(failed, "DemoBehaviourQC")] == "Held" and by[(failed, "DemoSummary")] == "Held"
+    assert by[(failed, "DemoSync")] == "Complete" and by[(failed, "DemoSpikeSorting")] == "Complete"
+    others = [st for (sess, _), st in by.items() if sess != failed]
+    assert set(others) == {"Complete"} and len(others) == 5 * (n - 1)
+    # each element processed its own session
+    for i in (0, n - 1):
+        assert (paths[i] / "alf" / "_demo_summary.table.csv").exists()
+    assert not (paths[7] / "alf" / "_demo_summary.table.csv").exists()
