@@ -39,6 +39,7 @@ _JOB_ID = re.compile(r"^\d+(_\d+)?$")
 _ARRAY_ID = re.compile(r"^\d+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LINE_BREAKS = ("\n", "\r", "\0")
+_SIGNAL = re.compile(r"^(?:[BR]{1,2}:)?(?:SIG)?[A-Z0-9]+(?:@\d+)?$")
 
 
 @dataclass
@@ -122,6 +123,8 @@ class JobSpec:
     workdir: str | None = None
     #: explicit partition; wins over job_size, gpu_partition and the profile's partition
     partition: str | None = None
+    #: ``--signal`` value, e.g. ``B:USR2@60``: warn the batch shell before the time limit
+    signal: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.resources, Mapping):
@@ -167,6 +170,8 @@ class JobSpec:
             if isinstance(self.array_throttle, bool) or not isinstance(self.array_throttle, int) \
                     or self.array_throttle < 1:
                 raise BadInput(f"array_throttle must be a positive integer, not {self.array_throttle!r}")
+        if self.signal is not None and (not isinstance(self.signal, str) or not _SIGNAL.match(self.signal)):
+            raise BadInput(f"signal {self.signal!r} is not a --signal value like B:USR2@60")
         for key, value in self.env.items():
             if not isinstance(key, str) or not _ENV_NAME.match(key):
                 raise BadInput(f"environment variable name {key!r} is not valid")
@@ -295,6 +300,8 @@ def sbatch_options(spec: JobSpec, profile: Profile) -> list[tuple[str, str | Non
         opts.append(("--gres", f"gpu:{res.gpu}") if profile.gpu_flag == "gres" else ("--gpus", str(res.gpu)))
     if res.time_out_secs is not None:
         opts.append(("--time", format_time(time_minutes(res.time_out_secs))))
+    if spec.signal:
+        opts.append(("--signal", spec.signal))
     if res.priority is not None:
         opts.append(("--nice", str(nice_for(res.priority, profile.nice_step))))
     if res.io_charge and profile.io_license:

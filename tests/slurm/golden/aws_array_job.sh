@@ -29,5 +29,6 @@ export HPCPIPE_STORE='/home/u/store dir/tasks.sqlite'
 # ---- site setup (profile "aws")
 source /opt/iblenv/bin/activate
 
-# ---- the task
+# ---- the task; exec: SLURM's SIGTERM/SIGUSR2 go to Python itself, not to a waiting shell
+exec \
 python -m hpcpipe.jobside --run run42 --task EphysSync --session '/data/lab/Subjects/KS 022/2024-05-01/001'
