@@ -16,6 +16,8 @@ import logging
 import os
 import socket
 import sys
+import time
+import traceback
 from pathlib import Path
 
 EXIT_DONE, EXIT_FAILED, EXIT_RETRY = 0, 1, 75
@@ -62,41 +64,116 @@ def job_banner() -> str:
     return f"host {socket.gethostname()} pid {os.getpid()}" + (" " + " ".join(parts) if parts else "")
 
 
+def job_info() -> dict:
+    """This attempt of the job, saved in the result file (the sweep reads ``output``)."""
+    from .signals import own_output_path
+
+    env = os.environ
+    return {"job_id": env.get("SLURM_JOB_ID"), "array_job_id": env.get("SLURM_ARRAY_JOB_ID"),
+            "array_task_id": env.get("SLURM_ARRAY_TASK_ID"), "node": env.get("SLURMD_NODENAME"),
+            "restart": int(env.get("SLURM_RESTART_COUNT") or 0), "host": socket.gethostname(),
+            "pid": os.getpid(), "output": own_output_path(), "started": time.time()}
+
+
+def _task_of(exc: BaseException):
+    """The Task instance a signal interrupted (its ``run`` frame), for its log and clean-up."""
+    from ..task import Task
+
+    found = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, Task):
+            found = obj
+    return found
+
+
+def _stopped(store, task_id: str, stop, record: bool) -> str:
+    """Clean up after a signal and record (when ``record``) why the job stopped: Errored, or
+    Waiting for a requeue. Returns the task's status. A task that had already reported its
+    outcome when the signal came keeps it."""
+    task = _task_of(stop)
+    _logger.warning("stopping: %s", stop.text)
+    if task is not None:
+        for step in (task.tearDown, task.cleanUp):  # GPU lock, scratch folder
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - best effort while being killed
+                _logger.exception("clean-up after %s failed", stop.text)
+    try:
+        current = store.get_task(task_id)
+    except Exception:  # noqa: BLE001
+        current = {}
+    if not record or current.get("status", "Started") not in ("Started", "Waiting"):
+        return current.get("status") or stop.status
+    log = task.log if task is not None and task.log else (current.get("log") or "")
+    fields = {"status": stop.status, "log": (log or "") + f"\n{stop.reason}\n"}
+    if task is not None and task.time_elapsed_secs is not None:
+        fields["time_elapsed_secs"] = task.time_elapsed_secs
+    store.update_task(task_id, **fields)
+    return stop.status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from .signals import JobSignal, SignalGuard
+
+    guard = SignalGuard().install()
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ..pipeline import run_alyx_task
-
     _logger.info("job side: %s", job_banner())
-    if args.run_dir:
-        from .runfolder import RunFolderStore, load_session_entry
+    store = None
+    task_id = None
+    try:
+        from ..pipeline import run_alyx_task
 
-        run_dir = Path(args.run_dir)
-        run = json.loads((run_dir / "run.json").read_text())
-        entry = load_session_entry(run_dir, args.chunk, args.index)
-        try:
-            tdict = next(t for t in entry["tasks"] if t["name"] == args.task_name)
-        except StopIteration:
-            _logger.error("no task %s in session %s", args.task_name, entry["path"])
-            return EXIT_FAILED
-        upstream = None
-        if run["store"] != "sqlite":
+        if args.run_dir:
+            from .runfolder import RunFolderStore, load_session_entry
+
+            run_dir = Path(args.run_dir)
+            run = json.loads((run_dir / "run.json").read_text())
+            entry = load_session_entry(run_dir, args.chunk, args.index)
+            try:
+                tdict = next(t for t in entry["tasks"] if t["name"] == args.task_name)
+            except StopIteration:
+                _logger.error("no task %s in session %s", args.task_name, entry["path"])
+                return EXIT_FAILED
+            upstream = None
+            if run["store"] != "sqlite":
+                from ..store import open_store
+
+                upstream = open_store()
+            task_id = tdict["id"]
+            store = RunFolderStore(run_dir, entry, task_id, upstream, job=job_info(), guard=guard)
+            tdict = store.get_task(task_id)  # a requeued attempt sees what the last one recorded
+            session = entry["path"]
+            # the profile's location (run.json) decides the data handler
+            location = args.location or run.get("location") or os.environ.get("HPCPIPE_LOCATION") or "server"
+        else:
             from ..store import open_store
 
-            upstream = open_store()
-        store = RunFolderStore(run_dir, entry, tdict["id"], upstream)
-        session, location = entry["path"], args.location or run.get("location", "server")
-    else:
-        from ..store import open_store
-
-        store = open_store()
-        tdict = store.get_task(args.task_id)
-        session, location = args.session, args.location or "server"
-    tdict, _ = run_alyx_task(tdict=tdict, session_path=session, one=store,
-                             machine=socket.gethostname(), location=location)
-    code = exit_code(tdict["status"])
+            store = open_store()
+            task_id = args.task_id
+            tdict = store.get_task(task_id)
+            session, location = args.session, args.location or "server"
+        tdict, _ = run_alyx_task(tdict=tdict, session_path=session, one=store,
+                                 machine=socket.gethostname(), location=location)
+        status = tdict["status"]
+        code = exit_code(status)
+        guard.settle()  # the task reported its outcome: late signals change nothing
+    except JobSignal as stop:
+        # --task-id: the local engine signalled us and records the outcome itself
+        record = args.run_dir is not None and store is not None and task_id is not None
+        guard.fired = stop  # later signals stay ignored while we report
+        status = _stopped(store, task_id, stop, record) if store is not None else stop.status
+        if status == stop.status:
+            code = EXIT_RETRY if status == "Waiting" else 128 + stop.signum
+        else:  # the task had reported its own outcome just before the signal
+            code = exit_code(status)
+        if hasattr(store, "finish"):
+            store.finish(status, code, final=status != "Waiting")
+        _logger.info("task %s stopped %s by signal %d (exit %d)", task_id, status, stop.signum, code)
+        return code
     if hasattr(store, "finish"):
-        store.finish(tdict["status"], code)
-    _logger.info("task %s ended %s (exit %d)", tdict["name"], tdict["status"], code)
+        store.finish(status, code)
+    _logger.info("task %s ended %s (exit %d)", tdict["name"], status, code)
     return code

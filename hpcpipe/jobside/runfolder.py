@@ -17,6 +17,8 @@ for reports Alyx did not take.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -27,9 +29,13 @@ from ..status import DONE, STARTED
 from ..store.base import TaskStore, check_fields
 
 
+_writes = itertools.count()
+
+
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # unique per write: a signal handler's write must not share a half-written temp file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_writes)}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -80,17 +86,43 @@ class RunFolderStore(TaskStore):
     ``upstream`` (an Alyx store) is written to directly when given; an operation it cannot take
     (``Unreachable``) is kept in the result file for the login node to replay. Without upstream
     (the embedded store) every operation is kept for folding.
+
+    ``job`` (SLURM job id, node, pid, restart count, the job's output file) is saved with the
+    result, so the sweep can read the output file of a job that was killed (a memory kill is
+    told from a ``kill -9`` there). When SLURM restarts a requeued job, the existing result
+    file is continued, never replaced: the login node counts the operations it folded.
+
+    ``guard`` (a ``signals.SignalGuard``) makes every write a critical section.
     """
 
     kind = "runfolder"
+    #: ``outbox.deliver`` calls it directly: what upstream does not take stays in the result file
+    keeps_undelivered = True
 
-    def __init__(self, run_dir: Path | str, entry: dict, task_id: str, upstream: TaskStore | None = None) -> None:
+    def __init__(self, run_dir: Path | str, entry: dict, task_id: str, upstream: TaskStore | None = None,
+                 job: dict | None = None, guard=None) -> None:
         self.run_dir = Path(run_dir)
         self.entry = entry
         self.task_id = task_id
         self.upstream = upstream
+        self.guard = guard
         self.tasks = {t["id"]: dict(t) for t in entry["tasks"]}
         self.result = {"task_id": task_id, "ops": [], "final": False, "upstream": upstream is not None}
+        previous = read_result(_read(result_path(self.run_dir, task_id)))
+        if previous is not None and previous.get("ops") and not previous.get("final"):
+            # a requeued job running again: carry on after the operations already recorded
+            self.result["ops"] = previous["ops"]
+            self.result["attempts"] = previous.get("attempts", [])
+            for op in previous["ops"]:
+                if op["op"] == "update_task" and op["payload"].get("task_id") in self.tasks:
+                    fields = {k: v for k, v in op["payload"].items() if k != "task_id"}
+                    self.tasks[op["payload"]["task_id"]].update(fields)
+        if job:
+            self.result.setdefault("attempts", []).append(job)
+            self.result["job"] = job
+
+    def _critical(self):
+        return self.guard.critical() if self.guard is not None else contextlib.nullcontext()
 
     def _save(self) -> None:
         _atomic_write(result_path(self.run_dir, self.task_id), json.dumps(self.result))
@@ -99,10 +131,14 @@ class RunFolderStore(TaskStore):
         self.result["ops"].append({"op": op, "payload": payload, "delivered": delivered})
         self._save()
 
-    def finish(self, status: str, exit_code: int) -> None:
-        """Mark the result final (the job ended by itself and said so)."""
-        self.result.update(final=True, status=status, exit_code=exit_code)
-        self._save()
+    def finish(self, status: str, exit_code: int, final: bool = True) -> None:
+        """Mark the result final (the job ended by itself and said so).
+
+        ``final=False`` (a requeued job): the outcome is saved but more will come.
+        """
+        with self._critical():
+            self.result.update(final=final, status=status, exit_code=exit_code)
+            self._save()
 
     # -- sessions
     def session_id(self, session_path, create: bool = False) -> str:
@@ -145,9 +181,10 @@ class RunFolderStore(TaskStore):
     def update_task(self, task_id: str, **fields: Any) -> dict:
         check_fields(fields)
         self.get_task(task_id)
-        self.tasks[task_id].update(fields)
-        payload = dict(fields, task_id=task_id)
-        result = self._upstream("update_task", payload)
+        with self._critical():
+            self.tasks[task_id].update(fields)
+            payload = dict(fields, task_id=task_id)
+            result = self._upstream("update_task", payload)
         return dict(self.tasks[task_id], **(result or {}))
 
     def register_files(self, session_path, filenames, hashes=None, filesizes=None, versions=None,
@@ -155,7 +192,8 @@ class RunFolderStore(TaskStore):
         payload = {"session_path": str(session_path), "filenames": list(filenames), "hashes": hashes,
                    "filesizes": filesizes, "versions": versions, "repository": repository,
                    "server_only": server_only, "session": self.entry["eid"]}
-        result = self._upstream("register_files", payload)
+        with self._critical():
+            result = self._upstream("register_files", payload)
         return result if isinstance(result, list) else [{"name": f} for f in filenames]
 
     def _upstream(self, op: str, payload: dict):
