@@ -18,8 +18,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from . import __version__, config, signature as sig
 from .errors import BadInput
 from .status import CODE_COMPLETE, CODE_ERRORED, CODE_LOCKED
@@ -195,6 +193,8 @@ class Task(abc.ABC):
     def tearDown(self) -> None:
         """After ``run()`` (not after status -2): release the GPU lock."""
         if self.gpu >= 1:
+            from filelock import FileLock  # only GPU tasks need it (start-up time)
+
             path = gpu_lock_path()
             with FileLock(str(path) + ".flock"):
                 record = self._read_lock(path)
@@ -333,6 +333,8 @@ class Task(abc.ABC):
     def _creates_lock(self) -> bool:
         path = gpu_lock_path()
         path.parent.mkdir(parents=True, exist_ok=True)
+        from filelock import FileLock
+
         with FileLock(str(path) + ".flock"):
             if self.is_locked():
                 return False

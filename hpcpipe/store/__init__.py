@@ -10,7 +10,6 @@ from typing import Any
 from .. import config
 from ..errors import BadInput
 from .base import TASK_FIELDS, TaskStore
-from .sqlite import SQLiteStore
 
 __all__ = ["TaskStore", "SQLiteStore", "TASK_FIELDS", "open_store", "STORE_KINDS"]
 
@@ -37,9 +36,20 @@ def open_store(one: Any = None) -> TaskStore:
         return AlyxStore(rest_owner)
     kind = config.get("store", "backend", "sqlite")
     if kind == "sqlite":
+        from .sqlite import SQLiteStore
+
         return SQLiteStore(config.get("store", "path", str(config.home() / "tasks.sqlite")))
     if kind == "alyx":
         from .alyx import AlyxStore
 
         return AlyxStore.from_config()
     raise BadInput(f"unknown store backend {kind!r} in config [store] backend; valid: {', '.join(STORE_KINDS)}")
+
+
+def __getattr__(name: str) -> Any:
+    """``SQLiteStore`` on first use: a job with a run-folder store never loads sqlite3."""
+    if name == "SQLiteStore":
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,8 +27,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from .. import config
 from ..errors import Unreachable
 
@@ -55,7 +53,9 @@ def store_key(store: Any) -> str:
     return f"{getattr(store, 'kind', '') or type(store).__name__}:{path or ''}"
 
 
-def _lock() -> FileLock:
+def _lock():
+    from filelock import FileLock  # lazily: job start-up time
+
     return FileLock(str(outbox_dir() / ".lock"), timeout=LOCK_TIMEOUT)
 
 
@@ -107,6 +107,10 @@ def deliver(store, op: str, **payload: Any) -> Any:
     an older one replayed afterwards): if some are queued, they are replayed first, and this
     report is queued behind them when they cannot all be delivered.
     """
+    if getattr(store, "keeps_undelivered", False):
+        # the store records what it could not deliver itself (a job's run-folder store): no
+        # outbox lock or listing on a compute node's shared home folder
+        return _call(store, op, payload)
     key = store_key(store)
     with _lock():
         if pending(store):
