@@ -183,7 +183,7 @@ class Task(abc.ABC):
         """
         self.get_signatures(**kwargs)
         self.data_handler = self.get_data_handler()
-        self.data_handler.setUp()
+        self.data_handler.setUp(task_id=self.taskid)  # SDSC names its scratch folder after it
         working = getattr(self.data_handler, "session_path", None)
         if working is not None:
             self.session_path = Path(working)
@@ -272,7 +272,10 @@ class Task(abc.ABC):
         root = Path(self.session_path).resolve()
         names, hashes, sizes = [], [], []
         for f in files:
-            path = Path(f).resolve()
+            path = Path(f) if Path(f).is_absolute() else Path(self.session_path) / f
+            # resolve the folder only, as handler.relative() does: an output may be a symlink
+            # (SDSC scratch sessions) whose target lies outside the session
+            path = path.parent.resolve() / path.name
             names.append(path.relative_to(root).as_posix())
             hashes.append(md5(path, max_md5_size))
             sizes.append(path.stat().st_size)
