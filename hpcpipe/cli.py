@@ -59,26 +59,58 @@ def _pipeline_name(args, store, session_path: Path | None) -> str:
                    f"{', '.join(sorted(registered())) or 'none'}) or set [submit] pipeline in the config")
 
 
-def _backend(args, store, ledger):
-    """The backend named by --backend (checked before anything is recorded)."""
-    name = getattr(args, "backend", None) or "local"
+def _backend(args, store, ledger, sessions=()):
+    """The backend named by --backend/--remote, checked before anything is recorded or sent.
+
+    With ``--remote``, every session path must map to a cluster path (``[clusters.NAME]
+    path_map``) before the first connection is made.
+    """
+    remote = getattr(args, "remote", None)
+    name = "slurm" if remote else (getattr(args, "backend", None) or "local")
     if name not in BACKENDS:
         raise BadInput(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
     if name == "local":
         return None
     from .slurm.backend import SlurmBackend
 
-    return SlurmBackend(store, ledger, profile=getattr(args, "profile", None))
+    if not remote:
+        return SlurmBackend(store, ledger, profile=getattr(args, "profile", None))
+    return _remote_backend(remote, store, ledger, getattr(args, "profile", None),
+                           getattr(args, "accept_new_host_key", False), sessions)
+
+
+def _remote_backend(remote: str, store, ledger, profile=None, accept_new_host_key=False, sessions=()):
+    from .slurm.backend import SlurmBackend
+    from .ssh import resolve_remote
+
+    target = resolve_remote(remote)
+    for path in sessions:
+        target.path_map.to_remote(str(path))
+    transport = target.transport(accept_new_host_key=accept_new_host_key)
+    return SlurmBackend(store, ledger, transport=transport, profile=profile or target.profile,
+                        run_root=target.remote_run_dir(transport), python=target.python,
+                        map_path=target.path_map.to_remote, remote=remote)
 
 
 def _slurm_refresh(store, ledger, backend=None) -> dict:
-    """Fold SLURM job results and sweep dead jobs, when this machine has submitted any."""
-    if not any(j.backend == "slurm" for j in ledger.unfolded()) and not ledger.live("slurm"):
-        return {}
-    from .slurm.backend import SlurmBackend
+    """Fold SLURM job results and sweep dead jobs, for every cluster this machine submitted to.
 
-    backend = backend or SlurmBackend(store, ledger)
-    return backend.refresh()["states"]
+    One backend (one transport, one batched query) per ``--remote`` target found in the ledger.
+    """
+    jobs = [j for j in ledger.unfolded() if j.backend == "slurm"] + ledger.live("slurm")
+    states: dict = {}
+    for remote in sorted({j.remote for j in jobs}, key=lambda r: r or ""):
+        if backend is not None and backend.remote == remote:
+            states.update(backend.refresh()["states"])
+        elif remote is None:
+            from .slurm.backend import SlurmBackend
+
+            states.update(SlurmBackend(store, ledger).refresh()["states"])
+        else:
+            remote_backend = _remote_backend(remote, store, ledger)
+            with remote_backend.transport:
+                states.update(remote_backend.refresh()["states"])
+    return states
 
 
 def _rows(store, ledger, session: str | None, statuses: list[str], live: dict | None = None) -> list[dict]:
@@ -128,12 +160,12 @@ def cmd_submit(args) -> int:
     sessions = [parse_session_path(s).path for s in args.session]
     store, ledger = _store(), _ledger()
     pipeline = _pipeline_name(args, store, sessions[0])
-    backend = _backend(args, store, ledger)
+    backend = _backend(args, store, ledger, sessions)
     if backend is not None:
         _slurm_refresh(store, ledger, backend)  # live jobs checked against SLURM before planning
     plans = plan_sessions(sessions, pipeline, store, ledger, statuses=args.status or ["Waiting"],
                           names=args.task, dry_run=args.dry_run, rerun_statuses=args.rerun,
-                          live_backend=args.backend)
+                          live_backend=backend.name if backend else "local")
     return _execute(args, plans, store, ledger, backend)
 
 
@@ -186,13 +218,23 @@ def cmd_rerun(args) -> int:
     session = parse_session_path(args.session).path
     store, ledger = _store(), _ledger()
     pipeline = _pipeline_name(args, store, session)
-    rerun = check_statuses(args.status or ["Errored"])
-    backend = _backend(args, store, ledger)
+    rerun = check_statuses((args.status or []) + (["Errored"] if args.failed else []) or ["Errored"])
+    backend = _backend(args, store, ledger, [session])
     if backend is not None:
         _slurm_refresh(store, ledger, backend)
+    escalations = {}
+    if args.escalate:  # read before planning: a rerun resets the records to the class's values
+        from .jobside import escalate
+
+        failed = [t for t in store.list_tasks(session=store.session_id(session), status=rerun)
+                  if not args.task or t["name"] in args.task]
+        escalations = escalate.plan(failed, backend)
     plans = plan_sessions([session], pipeline, store, ledger, statuses=["Waiting"] + rerun,
                           names=args.task, dry_run=args.dry_run, rerun_statuses=rerun,
-                          live_backend=args.backend)
+                          live_backend=backend.name if backend else "local")
+    if escalations:
+        for esc in (escalate.apply(store, plans, escalations) if not args.dry_run else escalations.values()):
+            print(f"{esc.name}: {esc.line()}")
     return _execute(args, plans, store, ledger, backend)
 
 
@@ -218,6 +260,22 @@ def cmd_status(args) -> int:
             return 0
         time.sleep(args.watch)
         print()
+
+
+def cmd_sweep(args) -> int:
+    """What ``status`` does before printing, alone and quiet (for cron): fold job results and
+    record the tasks of jobs that ended without reporting."""
+    from .sweep import sweep
+
+    store, ledger = _store(), _ledger()
+    dead = sweep(store, ledger)
+    _slurm_refresh(store, ledger)
+    left = store.list_tasks(status="Started")
+    live = {j.task_id for j in ledger.live()}
+    stuck = [t for t in left if t["id"] not in live]
+    print(f"swept: {len(dead)} local process(es) gone; {len(left)} task(s) Started"
+          + (f", {len(stuck)} without a live job" if stuck else ""))
+    return 0
 
 
 def cmd_graph(args) -> int:
@@ -251,7 +309,6 @@ def _read_sessions_file(path: str) -> list[str]:
 
 def cmd_backfill(args) -> int:
     from .session import parse_session_path
-    from .slurm.backend import SlurmBackend
     from .submission import Run, plan_sessions
 
     store, ledger = _store(), _ledger()
@@ -270,7 +327,8 @@ def cmd_backfill(args) -> int:
     if args.throttle is not None and args.throttle < 1:
         raise BadInput(f"--throttle {args.throttle} must be at least 1")
     pipeline = _pipeline_name(args, store, paths[0])
-    backend = SlurmBackend(store, ledger, profile=args.profile)
+    args.backend = "slurm"
+    backend = _backend(args, store, ledger, paths)
     _slurm_refresh(store, ledger, backend)
     statuses = ["Waiting"] + check_statuses(args.rerun)
     plans = plan_sessions(paths, pipeline, store, ledger, statuses=statuses, names=args.task,
@@ -313,7 +371,13 @@ def cmd_cancel(args) -> int:
     if not jobs:
         print("no live job matches")
         return 0
-    cancel(LocalTransport(), sorted({j.backend_id for j in jobs}))
+    for remote in {j.remote for j in jobs}:
+        ids = sorted({j.backend_id for j in jobs if j.remote == remote})
+        if remote is None:
+            cancel(LocalTransport(), ids)
+        else:
+            with _remote_backend(remote, store, ledger).transport as transport:
+                cancel(transport, ids)
     for j in jobs:
         task = store.get_task(j.task_id)
         if task["status"] in ("Waiting", "Started"):
@@ -340,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="append", metavar="S", help=f"run tasks in this status (default Waiting)")
     p.add_argument("--rerun", action="append", metavar="S", help="reset tasks in this status to Waiting first")
     p.add_argument("--task", action="append", metavar="NAME", help="only these task names")
+    p.add_argument("--remote", metavar="CLUSTER", help="submit through a login node over SSH: a [clusters.NAME] "
+                   "from the config, or [user@]host[:port] (implies --backend slurm)")
+    p.add_argument("--accept-new-host-key", action="store_true",
+                   help="accept and record the host key of a host seen for the first time")
     p.add_argument("--dry-run", action="store_true", help="say what would run; change nothing")
     p.set_defaults(func=cmd_submit)
 
@@ -350,7 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", action="append", metavar="NAME")
     p.add_argument("--backend", default=config.get("submit", "backend", "local"))
     p.add_argument("--profile")
+    p.add_argument("--remote", metavar="CLUSTER", help="submit through a login node over SSH: a [clusters.NAME] "
+                   "from the config, or [user@]host[:port] (implies --backend slurm)")
+    p.add_argument("--accept-new-host-key", action="store_true",
+                   help="accept and record the host key of a host seen for the first time")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--failed", action="store_true", help="rerun Errored tasks (same as --status Errored)")
+    p.add_argument("--escalate", action="store_true",
+                   help="more RAM after a memory kill, more time after a timeout ([escalate] ram_factor, "
+                        "time_factor; capped by the partition's limits)")
     p.set_defaults(func=cmd_rerun)
 
     p = sub.add_parser("backfill", help="submit many sessions to SLURM as job arrays")
@@ -363,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="append", metavar="S", help="reset tasks in this status to Waiting first")
     p.add_argument("--throttle", type=int, metavar="N", help="at most N elements of an array at once (%%N)")
     p.add_argument("--profile")
+    p.add_argument("--remote", metavar="CLUSTER", help="submit through a login node over SSH: a [clusters.NAME] "
+                   "from the config, or [user@]host[:port] (implies --backend slurm)")
+    p.add_argument("--accept-new-host-key", action="store_true",
+                   help="accept and record the host key of a host seen for the first time")
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=cmd_backfill)
 
@@ -378,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON list of task records, for scripts")
     p.add_argument("--watch", type=float, metavar="SECS", help="refresh every SECS seconds")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("sweep", help="fold job results; record tasks whose job died (for cron)")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("graph", help="write the pipeline picture (Graphviz)")
     p.add_argument("--session", required=True, metavar="PATH")

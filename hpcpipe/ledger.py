@@ -22,10 +22,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     backend TEXT NOT NULL, job_id TEXT NOT NULL, array_index INTEGER,
     state TEXT NOT NULL DEFAULT 'SUBMITTED', reason TEXT, submitted TEXT, updated TEXT,
     run_dir TEXT, folded_ops INTEGER NOT NULL DEFAULT 0, folded INTEGER NOT NULL DEFAULT 0,
+    remote TEXT,
     PRIMARY KEY (task_id, run_id));
 CREATE INDEX IF NOT EXISTS jobs_run ON jobs(run_id);
 CREATE INDEX IF NOT EXISTS jobs_job ON jobs(backend, job_id);
 """
+#: columns added since the first schema, for ``Ledger._migrate``
+_ADDED_COLUMNS = (("run_dir", "TEXT"), ("folded_ops", "INTEGER NOT NULL DEFAULT 0"),
+                  ("folded", "INTEGER NOT NULL DEFAULT 0"), ("remote", "TEXT"))
 #: Backend states after which a job will never run again.
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                           "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED", "EXITED", "KILLED", "LOST"})
@@ -51,6 +55,8 @@ class JobRecord:
     folded_ops: int = 0
     #: 1 once nothing more will come from this job (result final, or the sweep closed it)
     folded: int = 0
+    #: the --remote target the job was submitted through (None: this machine)
+    remote: str | None = None
 
     @property
     def live(self) -> bool:
@@ -74,6 +80,14 @@ class Ledger:
         self.path = Path(path or config.get("store", "ledger", str(config.home() / "jobs.sqlite")))
         self._local = threading.local()
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add columns a ledger written by an older hpcpipe lacks (nothing recorded is lost)."""
+        have = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, decl in _ADDED_COLUMNS:
+            if column not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {decl}")
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -91,10 +105,10 @@ class Ledger:
         now = _now()
         rows = [(j["task_id"], j.get("session"), j.get("task_name"), j["run_id"], j["backend"],
                  str(j["job_id"]), j.get("array_index"), j.get("state", "SUBMITTED"), j.get("reason"),
-                 now, now, j.get("run_dir"), 0, 0) for j in jobs]
+                 now, now, j.get("run_dir"), 0, 0, j.get("remote")) for j in jobs]
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._db.executemany("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")

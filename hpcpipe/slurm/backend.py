@@ -29,6 +29,7 @@ from typing import Callable, Iterable
 from .. import config
 from ..errors import BackendError, BadInput
 from ..jobside import runfolder
+from ..jobside.outcome import pending, swept, warn_signal
 from ..ledger import Ledger
 from ..plan import Plan, PlanItem
 from ..status import ERRORED, HELD, STARTED, WAITING
@@ -96,7 +97,8 @@ class SlurmBackend:
 
     def __init__(self, store, ledger: Ledger, transport: Transport | None = None,
                  profile: Profile | str | None = None, run_root: str | None = None,
-                 python: str | None = None, map_path: Callable[[str], str] | None = None) -> None:
+                 python: str | None = None, map_path: Callable[[str], str] | None = None,
+                 remote: str | None = None) -> None:
         self.store = store
         self.ledger = ledger
         self.transport = transport or LocalTransport()
@@ -107,6 +109,8 @@ class SlurmBackend:
         self.python = python or config.get("slurm", "python", sys.executable)
         #: workstation path -> cluster path (identity unless submitting over SSH)
         self.map_path = map_path or (lambda p: p)
+        #: the --remote target this backend submits through (recorded with every job)
+        self.remote = remote
         self._limits: ClusterLimits | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -122,7 +126,8 @@ class SlurmBackend:
         return JobSpec(name=run_id, command=command, resources=_resources(task),
                        output=f"{run_dir}/logs/{log_name}", dependencies=list(dependencies),
                        aftercorr=list(aftercorr), array=array, array_throttle=throttle,
-                       env={"HPCPIPE_RUN_ID": run_id})
+                       env={"HPCPIPE_RUN_ID": run_id},
+                       signal=warn_signal(task.get("time_out_secs"), config.get("slurm", "signal_secs", 60)))
 
     def _command(self, run_dir: str, chunk: str, task_name: str, index: int | None) -> list[str]:
         cmd = [self.python, "-m", "hpcpipe.jobside", "--run-dir", run_dir, "--chunk", chunk,
@@ -190,7 +195,8 @@ class SlurmBackend:
             report.elements += 1
             records.append({"task_id": item.id, "session": item.task.get("session"),
                             "task_name": item.task["name"], "run_id": run_id, "backend": BACKEND,
-                            "job_id": job_id, "run_dir": run_dir, "state": "PENDING"})
+                            "job_id": job_id, "run_dir": run_dir, "state": "PENDING",
+                            "remote": self.remote})
             if dry is None:
                 self.ledger.record(records[-1:])  # at once: a crash later must not forget this job
         if dry is not None:
@@ -293,7 +299,7 @@ class SlurmBackend:
                     array_of[item.id] = job_id
                     records.append({"task_id": item.id, "session": item.task.get("session"), "task_name": name,
                                     "run_id": run_id, "backend": BACKEND, "job_id": job_id, "array_index": i,
-                                    "run_dir": run_dir, "state": "PENDING"})
+                                    "run_dir": run_dir, "state": "PENDING", "remote": self.remote})
                 if dry is None:
                     self.ledger.record(records)
                     records = []
@@ -308,11 +314,12 @@ class SlurmBackend:
 
         Returns counts, and the SLURM state of each live task id (for the status table).
         """
-        jobs = [j for j in self.ledger.unfolded() if j.backend == BACKEND]
+        mine = lambda j: j.backend == BACKEND and j.remote == self.remote  # noqa: E731
+        jobs = [j for j in self.ledger.unfolded() if mine(j)]
         texts = [(j, self.transport.read_file(str(runfolder.result_path(j.run_dir, j.task_id)))) for j in jobs]
         folded = runfolder.fold(self.store, [(j.task_id, t, j.folded_ops) for j, t in texts])
         self.ledger.set_folded([(j.task_id, j.run_id, *folded[j.task_id]) for j in jobs if j.task_id in folded])
-        live = [j for j in self.ledger.live(BACKEND)]
+        live = [j for j in self.ledger.live(BACKEND) if j.remote == self.remote]
         watcher = self.watcher()
         for j in live:
             watcher.watch(j.job_id)
@@ -325,6 +332,8 @@ class SlurmBackend:
             updates.append((j.task_id, j.run_id, st.state, st.reason or None))
             if st.final and not folded.get(j.task_id, (0, False))[1]:
                 swept += self._sweep_one(j, st)
+            elif not st.final and st.state != "RUNNING":
+                swept += self._pending(j, st)
         self.ledger.set_state(updates)
         return {"folded": len(folded), "queries": watcher.queries, "swept": swept,
                 "states": {j.task_id: states[j.backend_id] for j in live if j.backend_id in states}}
@@ -338,13 +347,19 @@ class SlurmBackend:
             self.ledger.set_folded([(job.task_id, job.run_id, done[0], True)])
             return 0
         task = self.store.get_task(job.task_id)
-        never_ran = st.state == "CANCELLED" and task["status"] == WAITING
-        if never_ran or (st.reason and "Depend" in st.reason):
-            status, why = HELD, f"SLURM job {st.job_id} {st.state} before it ran ({st.reason or 'dependency'})"
-        else:
-            status = ERRORED
-            why = f"SLURM job {st.job_id} ended {st.state} (exit code {st.exit_code}:{st.signal or 0}) without reporting"
+        status, why = swept(st, task["status"], text, self.transport.read_file)
         if task["status"] in (STARTED, WAITING):
             self.store.update_task(job.task_id, status=status, log=(task.get("log") or "") + f"\n{why}\n")
         self.ledger.set_folded([(job.task_id, job.run_id, done[0] if done else job.folded_ops, True)])
+        return 1
+
+    def _pending(self, job, st) -> int:
+        """A pending job whose task needs a record: requeued (Waiting) or never startable (Held)."""
+        if pending(st, None) is None:
+            return 0
+        task = self.store.get_task(job.task_id)
+        found = pending(st, task["status"])
+        if found is None:
+            return 0
+        self.store.update_task(job.task_id, status=found[0], log=(task.get("log") or "") + f"\n{found[1]}\n")
         return 1

@@ -51,6 +51,10 @@ class RemoteTarget:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     run_dir: str | None = None
     path_map: PathMap = field(default_factory=PathMap)
+    #: the Python that runs ``hpcpipe.jobside`` on the cluster (None: ``[slurm] python``)
+    python: str | None = None
+    #: the SLURM site profile for this cluster (None: ``[slurm] profile``)
+    profile: str | None = None
 
     @property
     def label(self) -> str:
@@ -85,7 +89,8 @@ def _clusters() -> dict[str, dict]:
 def _from_table(name: str, t: dict, defaults: dict) -> RemoteTarget:
     if not isinstance(t, dict) or not t.get("host"):
         raise BadInput(f"[clusters.{name}] in {config.config_path()} needs host = \"...\"")
-    known = {"host", "user", "port", "key", "known_hosts", "proxy_jump", "connect_timeout", "run_dir", "path_map"}
+    known = {"host", "user", "port", "key", "known_hosts", "proxy_jump", "connect_timeout", "run_dir", "path_map",
+             "python", "profile"}
     unknown = set(t) - known
     if unknown:
         raise BadInput(f"[clusters.{name}]: unknown key(s) {', '.join(sorted(unknown))} "
@@ -102,7 +107,8 @@ def _from_table(name: str, t: dict, defaults: dict) -> RemoteTarget:
         key=t.get("key") or None, known_hosts=t.get("known_hosts") or defaults.get("known_hosts"),
         proxy_jump=t.get("proxy_jump") or None,
         connect_timeout=float(t.get("connect_timeout") or defaults.get("connect_timeout") or DEFAULT_CONNECT_TIMEOUT),
-        run_dir=t.get("run_dir") or None, path_map=PathMap(pm, name=name))
+        run_dir=t.get("run_dir") or None, path_map=PathMap(pm, name=name),
+        python=t.get("python") or None, profile=t.get("profile") or None)
 
 
 def _defaults() -> dict:
