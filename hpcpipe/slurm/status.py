@@ -33,10 +33,11 @@ FINAL_STATES = frozenset({
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
     "BOOT_FAIL", "DEADLINE", "REVOKED", "UNKNOWN",
 })
-SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Reason", "Elapsed", "NodeList", "JobName")
+SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Reason", "Elapsed", "NodeList", "Partition",
+                "JobName")
 # squeue -O: a ':|' suffix makes the field unpadded and untruncated, followed by '|'
 SQUEUE_FIELDS = ("JobArrayID", "JobID", "ArrayJobID", "State", "exit_code", "Reason", "TimeUsed",
-                 "NodeList", "Name")
+                 "NodeList", "Partition", "Name")
 _ELEMENT = re.compile(r"^(\d+)_(\d+)$")
 _PENDING_ARRAY = re.compile(r"^(\d+)_\[(.+)\]$")
 _NO_ACCOUNTING = ("accounting storage is disabled", "slurm accounting storage is disabled",
@@ -66,6 +67,7 @@ class JobState:
     reason: str = ""
     elapsed: str = ""
     nodes: str = ""
+    partition: str = ""
 
     @property
     def final(self) -> bool:
@@ -115,8 +117,12 @@ def parse_sacct(text: str) -> list[JobState]:
         parts = line.split("|", n - 1)  # JobName is last: it may hold '|'
         if len(parts) < n:
             continue
-        job_id, _raw, state, exit_code, reason, elapsed, nodes, name = parts
+        job_id, _raw, state, exit_code, reason, elapsed, nodes, partition, name = parts
         if "." in job_id or "+" in job_id:  # steps or het-job components
+            continue
+        if not partition:
+            # a provisional record: slurmdbd got the job's end before its start record, so
+            # the name reads "allocation" and an array shows as one plain job. Not usable.
             continue
         code, sig = None, None
         if ":" in exit_code:
@@ -125,7 +131,8 @@ def parse_sacct(text: str) -> list[JobState]:
         st = normalise_state(state)
         out += _rows(job_id, name=name, state=st, exit_code=code, signal=sig,
                      reason=_reason(reason) if st == "PENDING" else "",
-                     elapsed=elapsed, nodes="" if nodes == "None assigned" else nodes)
+                     elapsed=elapsed, nodes="" if nodes == "None assigned" else nodes,
+                     partition=partition)
     return out
 
 
@@ -144,7 +151,7 @@ def parse_squeue(text: str) -> list[JobState]:
         parts = line.split("|", n - 1)
         if len(parts) < n:
             continue
-        job_id, _raw, _array_job, state, status, reason, elapsed, nodes, name = parts
+        job_id, _raw, _array_job, state, status, reason, elapsed, nodes, partition, name = parts
         code = sig = None
         if status.strip().isdigit():
             raw = int(status)
@@ -152,7 +159,7 @@ def parse_squeue(text: str) -> list[JobState]:
         st = normalise_state(state)
         out += _rows(job_id.strip(), name=name, state=st, exit_code=code, signal=sig,
                      reason=_reason(reason) if st == "PENDING" else "",
-                     elapsed=elapsed.strip(), nodes=nodes.strip())
+                     elapsed=elapsed.strip(), nodes=nodes.strip(), partition=partition.strip())
     return out
 
 
@@ -204,14 +211,19 @@ class JobWatcher:
     """
 
     def __init__(self, transport: Transport, use_sacct: bool | None = None,
-                 max_ids_per_query: int = 5000) -> None:
+                 max_ids_per_query: int = 5000, pending_reasons: bool = True) -> None:
         self.transport = transport
+        #: refresh PENDING jobs from squeue (sacct keeps the reason of the last DB update)
+        self.pending_reasons = pending_reasons
         #: None = try sacct, fall back to squeue when accounting is absent
         self.use_sacct = use_sacct
         self.max_ids_per_query = max_ids_per_query
         #: SLURM commands issued so far, and in the last poll
         self.queries = 0
         self.last_poll_queries = 0
+        #: the same, per command (``{"sacct": 3, "squeue": 1}``)
+        self.queries_by_command: dict[str, int] = {}
+        self.last_poll_by_command: dict[str, int] = {}
         self.polls = 0
         self._keys: dict[str, set[int] | None] = {}  # watched id -> expected array indices
         self._done: set[str] = set()
@@ -260,15 +272,30 @@ class JobWatcher:
 
     # -- asking SLURM
     def poll(self) -> dict[str, JobState]:
-        """One batched query for every live id; returns all known states by job id."""
+        """One batched query for every live id; returns all known states by job id.
+
+        slurmdbd learns of a job lazily (seconds after sbatch under load) and does not
+        record a pending job's changing reason, so ids that sacct does not list yet, or lists
+        as PENDING, are asked of squeue (the controller, authoritative) in one more call in
+        the same poll: at most two queries per poll, and one once nothing is new or pending.
+        """
         before = self.queries
+        before_cmd = dict(self.queries_by_command)
         live = self.live
         for start in range(0, len(live), self.max_ids_per_query):
             chunk = live[start:start + self.max_ids_per_query]
             rows, source = self._query(chunk)
-            self._update(chunk, rows, from_squeue=(source == "squeue" and self.use_sacct is False))
+            covered = self._update(chunk, rows, from_squeue=(source == "squeue" and self.use_sacct is False))
+            if source == "sacct":
+                ask = [k for k in chunk if k not in self._done and (
+                    k not in covered
+                    or (self.pending_reasons and any(st.state == "PENDING" for st in self.state_of(k))))]
+                if ask:
+                    self._update(ask, self._run_squeue(ids=ask), from_squeue=False)
         self.polls += 1
         self.last_poll_queries = self.queries - before
+        self.last_poll_by_command = {k: v - before_cmd.get(k, 0) for k, v in self.queries_by_command.items()
+                                     if v - before_cmd.get(k, 0)}
         return dict(self._states)
 
     def states(self) -> dict[str, JobState]:
@@ -310,7 +337,7 @@ class JobWatcher:
 
     def _run_sacct(self, ids: list[str] | None = None, name: str | None = None,
                    since: str | None = None) -> list[JobState]:
-        self.queries += 1
+        self._count("sacct")
         res = self.transport.run(sacct_argv(ids or (), name=name, since=since))
         if res.returncode != 0:
             message = (res.stderr or res.stdout).strip()
@@ -322,7 +349,7 @@ class JobWatcher:
         return parse_sacct(res.stdout)
 
     def _run_squeue(self, ids: list[str] | None = None, name: str | None = None) -> list[JobState]:
-        self.queries += 1
+        self._count("squeue")
         res = self.transport.run(squeue_argv(ids or (), name=name))
         if res.returncode != 0:
             message = (res.stderr or res.stdout).strip()
@@ -331,8 +358,12 @@ class JobWatcher:
             raise BackendError(f"squeue failed: {message or res.returncode}")
         return parse_squeue(res.stdout)
 
-    def _update(self, asked: list[str], rows: list[JobState], from_squeue: bool) -> None:
-        """Record rows; retire ids whose every element is final.
+    def _count(self, command: str) -> None:
+        self.queries += 1
+        self.queries_by_command[command] = self.queries_by_command.get(command, 0) + 1
+
+    def _update(self, asked: list[str], rows: list[JobState], from_squeue: bool) -> set[str]:
+        """Record rows; retire ids whose every element is final; return the ids the rows cover.
 
         ``from_squeue`` (no accounting at all): an id squeue does not list has ended more
         than MinJobAge ago, or never existed; either way it is UNKNOWN and final.
@@ -343,10 +374,15 @@ class JobWatcher:
                 if key in by_key:
                     by_key[key].append(row)
                     break
+        covered: set[str] = set()
         for key, key_rows in by_key.items():
             expected = self._keys.get(key)
             if expected is not None:  # elements that do not exist are not reported
                 key_rows = [r for r in key_rows if r.array_index is None or r.array_index in expected]
+                if expected <= {r.array_index for r in key_rows}:
+                    covered.add(key)
+            elif key_rows:
+                covered.add(key)
             for row in key_rows:
                 self._states[row.job_id] = row
             if key_rows and from_squeue:  # elements squeue has forgotten ended long ago
@@ -374,6 +410,7 @@ class JobWatcher:
                     continue
             if all(s.final for s in states):
                 self._done.add(key)
+        return covered
 
 
 class _FallBack(Exception):

@@ -100,7 +100,13 @@ def jobs(transport, test_profile, tmp_path):
         slurm_cancel.cancel(transport, helper.ids)
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.25,
+@pytest.fixture
+def wait_until():
+    """The deadline helper, as a fixture (test modules here are not a package)."""
+    return _wait_until
+
+
+def _wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.25,
                what: str = "condition"):
     """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout

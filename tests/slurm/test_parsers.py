@@ -30,30 +30,42 @@ def by_id(states):
 
 def test_parse_sacct():
     s = by_id(parse_sacct(fixture("sacct.txt")))
-    assert s["17"].state == "COMPLETED" and s["17"].exit_code == 0 and s["17"].name == "fx_ok"
-    assert (s["18"].state, s["18"].exit_code, s["18"].signal) == ("FAILED", 3, 0)
-    assert s["20"].state == "CANCELLED"  # "CANCELLED by 0"
-    assert (s["21"].state, s["21"].reason) == ("PENDING", "DependencyNeverSatisfied")
-    assert s["22"].reason == "Dependency" and s["22"].nodes == ""
-    assert (s["23"].exit_code, s["23"].signal) == (0, 9)
-    # array: two running elements, the pending row 19_[2-5,9%2] expanded per element
-    assert s["19_0"].state == "RUNNING" and s["19_0"].array_job_id == "19" and s["19_0"].array_index == 0
-    assert s["19_0"].name == "fx|arr"  # a '|' in the name does not shift columns
-    pending = sorted(k for k, v in s.items() if v.array_job_id == "19" and v.state == "PENDING")
-    assert pending == ["19_2", "19_3", "19_4", "19_5", "19_9"]
-    assert s["19_9"].reason == "JobArrayTaskLimit"
-    assert s["18"].display() == "FAILED 3:0" and s["21"].display() == "PENDING (DependencyNeverSatisfied)"
-    assert s["17"].display() == "COMPLETED" and s["20"].display() == "CANCELLED"
+    assert s["198"].state == "COMPLETED" and s["198"].exit_code == 0 and s["198"].name == "fx_ok"
+    assert s["198"].partition == "cpu" and s["198"].nodes == "vm"
+    assert (s["199"].state, s["199"].exit_code, s["199"].signal) == ("FAILED", 3, 0)
+    assert s["201"].state == "CANCELLED"  # "CANCELLED by 0"
+    assert (s["202"].state, s["202"].reason) == ("PENDING", "DependencyNeverSatisfied")
+    assert s["202"].nodes == ""  # "None assigned"
+    assert (s["205"].exit_code, s["205"].signal) == (0, 9)
+    # array: finished and running elements, the pending row 200_[4-5,9%2] expanded per element
+    assert s["200_0"].state == "COMPLETED" and s["200_0"].array_job_id == "200" and s["200_0"].array_index == 0
+    assert s["200_2"].state == "RUNNING" and s["200_2"].reason == ""  # stale reasons dropped
+    assert s["200_0"].name == "fx|arr"  # a '|' in the name does not shift columns
+    pending = sorted(k for k, v in s.items() if v.array_job_id == "200" and v.state == "PENDING")
+    assert pending == ["200_4", "200_5", "200_9"]
+    assert s["200_9"].reason == "JobArrayTaskLimit"
+    assert sorted(k for k in s if k.startswith("207")) == ["207_1", "207_4"]
+    assert s["199"].display() == "FAILED 3:0" and s["202"].display() == "PENDING (DependencyNeverSatisfied)"
+    assert s["198"].display() == "COMPLETED" and s["201"].display() == "CANCELLED"
+
+
+def test_provisional_sacct_records_are_ignored():
+    """Under load slurmdbd may get a job's end before its start: the row then has no partition,
+    the name 'allocation', and an array shows as one plain job. Such rows are skipped."""
+    text = fixture("sacct_provisional.txt")
+    assert "allocation" in text
+    assert parse_sacct(text) == []
 
 
 def test_parse_squeue():
     s = by_id(parse_squeue(fixture("squeue.txt")))
-    assert (s["18"].state, s["18"].exit_code, s["18"].signal) == ("FAILED", 3, 0)  # raw status 768
-    assert (s["23"].exit_code, s["23"].signal) == (0, 9)
-    assert s["20"].state == "CANCELLED"
-    assert s["19_9"].state == "PENDING" and s["19_9"].reason == "JobArrayTaskLimit"
-    assert s["19_1"].state == "RUNNING" and s["19_1"].name == "fx|arr" and s["19_1"].nodes == "vm"
-    assert s["17"].reason == ""  # reasons kept for PENDING only
+    assert (s["199"].state, s["199"].exit_code, s["199"].signal) == ("FAILED", 3, 0)  # raw status 768
+    assert (s["205"].exit_code, s["205"].signal) == (0, 9)
+    assert s["201"].state == "CANCELLED"
+    assert s["200_9"].state == "PENDING" and s["200_9"].reason == "JobArrayTaskLimit"
+    assert s["200_3"].state == "RUNNING" and s["200_3"].name == "fx|arr" and s["200_3"].nodes == "vm"
+    assert s["200_3"].partition == "cpu"
+    assert s["198"].reason == ""  # reasons kept for PENDING only
 
 
 @pytest.mark.parametrize("raw,state", [("CANCELLED by 0", "CANCELLED"), ("RUNNING", "RUNNING"),
@@ -94,21 +106,27 @@ class Recorded(Transport):
 
 
 def test_watcher_caches_final_jobs_and_falls_back_to_squeue():
-    final_only = "\n".join(l for l in fixture("sacct.txt").splitlines() if l.split("|")[0] in ("17", "18", "20"))
-    t = Recorded([("sacct", (0, final_only + "\n" + "21|21|PENDING|0:0|Dependency|00:00:00|None assigned|x\n", ""))])
+    final_only = "\n".join(l for l in fixture("sacct.txt").splitlines() if l.split("|")[0] in ("198", "199", "201"))
+    t = Recorded([("sacct", (0, final_only + "\n202|202|PENDING|0:0|Dependency|00:00:00|None assigned|cpu|x\n", "")),
+                  ("squeue", (0, fixture("squeue.txt"), ""))])
     w = JobWatcher(t)
-    w.watch(["17", "18", "20", "21"])
+    w.watch(["198", "199", "201", "202"])
+    states = w.poll()
+    assert w.live == ["202"] and w.last_poll_by_command == {"sacct": 1, "squeue": 1}
+    assert t.calls[-1][-1] == "--jobs=202"  # only the pending job is asked of squeue
+    assert states["202"].reason == "DependencyNeverSatisfied"  # sacct's reason was stale
     w.poll()
-    assert w.live == ["21"] and w.last_poll_queries == 1
+    assert t.calls[-2][-1] == "--jobs=202"  # finished ids are never asked again
+    w.pending_reasons = False
     w.poll()
-    assert t.calls[-1][-1] == "--jobs=21"  # finished ids are never asked again
+    assert w.last_poll_by_command == {"sacct": 1}
     # no accounting: sacct's error switches the watcher to squeue for good
     t2 = Recorded([("sacct", (1, "", "sacct: error: Slurm accounting storage is disabled")),
                    ("squeue", (0, fixture("squeue.txt"), ""))])
     w2 = JobWatcher(t2)
-    w2.watch(["18", "19"])
+    w2.watch(["199", "200"])
     states = w2.poll()
-    assert w2.use_sacct is False and states["18"].exit_code == 3 and w2.last_poll_queries == 2
+    assert w2.use_sacct is False and states["199"].exit_code == 3 and w2.last_poll_queries == 2
     w2.poll()
     assert [c[0] for c in t2.calls] == ["sacct", "squeue", "squeue"]
     # a job squeue no longer lists (MinJobAge passed) is UNKNOWN and final
@@ -118,20 +136,33 @@ def test_watcher_caches_final_jobs_and_falls_back_to_squeue():
     assert w3.poll()["5"].state == "UNKNOWN" and w3.done()
 
 
-def test_watcher_expected_indices_filter():
-    t = Recorded([("sacct", (0, fixture("sacct.txt"), ""))])
+def test_ids_sacct_does_not_list_yet_are_asked_of_squeue_in_the_same_poll():
+    t = Recorded([("sacct", (0, fixture("sacct_provisional.txt"), "")),
+                  ("squeue", (0, fixture("squeue.txt"), ""))])
     w = JobWatcher(t)
-    w.watch("19", indices=[0, 9])
+    w.watch(["198", "207"])
     states = w.poll()
-    assert sorted(k for k in states) == ["19_0", "19_9"]
+    assert w.last_poll_by_command == {"sacct": 1, "squeue": 1}
+    assert t.calls[-1][-1] == "--jobs=198,207"
+    assert states["198"].state == "COMPLETED" and states["207_4"].state == "COMPLETED"
+    assert w.done()
+
+
+def test_watcher_expected_indices_filter():
+    t = Recorded([("sacct", (0, fixture("sacct.txt"), "")), ("squeue", (0, fixture("squeue.txt"), ""))])
+    w = JobWatcher(t)
+    w.watch("200", indices=[0, 9])
+    states = w.poll()
+    assert sorted(k for k in states) == ["200_0", "200_9"]
 
 
 def test_watcher_splits_huge_id_lists():
-    t = Recorded([("sacct", (0, "", ""))])
+    t = Recorded([("sacct", (0, "", "")), ("squeue", (0, "", ""))])
     w = JobWatcher(t, max_ids_per_query=1000)
     w.watch([str(i) for i in range(1, 2501)])
     w.poll()
-    assert w.last_poll_queries == 3
+    assert w.last_poll_by_command["sacct"] == 3
+    assert max(len(a[-1]) for a in t.calls) < 128 * 1024
 
 
 # ------------------------------------------------------------------ scontrol / sacctmgr
