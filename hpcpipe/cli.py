@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import __version__, config
-from .errors import BadInput, HpcpipeError, NotFound
+from .errors import BadInput, HpcpipeError, NotFound, Unreachable
 from .status import DONE, STATUSES, check_statuses
 
 _logger = logging.getLogger("hpcpipe")
@@ -205,8 +205,14 @@ def _execute(args, plans, store, ledger, backend=None) -> int:
     engine = LocalEngine(store, ledger)
     print(f"run {run.id}: logs in {run.dir / 'logs'}")
     final = engine.run(plans, run.id, run.dir)
-    session_ids = {p.session for p in plans}
-    rows = [r for s in session_ids for r in _rows(store, ledger, s, [])]
+    try:
+        rows = [r for s in {p.session for p in plans} for r in _rows(store, ledger, s, [])]
+    except Unreachable as exc:
+        from .store import outbox
+
+        print(f"hpcpipe: the task store cannot be reached ({exc}); {len(outbox.pending(store))} report(s) "
+              "kept in the outbox: run `hpcpipe sync` when it is back", file=sys.stderr)
+        return 1
     _print_table(rows, store)
     return 0 if all(s in DONE for s in final.values()) else 1
 

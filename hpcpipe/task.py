@@ -108,8 +108,14 @@ class Task(abc.ABC):
         """Run the task: do not overload; implement ``_run``. Returns and sets ``self.status``."""
         store = self._store() if (self.one is not None and self.taskid is not None) else None
         if store is not None:
-            tdict = store.update_task(self.taskid, status="Started")
-            self.log = "" if not tdict.get("log") else tdict["log"] + RERUN_SEPARATOR
+            from .errors import Unreachable
+
+            try:
+                tdict = store.update_task(self.taskid, status="Started")
+                self.log = "" if not tdict.get("log") else tdict["log"] + RERUN_SEPARATOR
+            except Unreachable as exc:
+                # run anyway: the final report is what matters, and it goes to the outbox
+                _logger.warning("task store unreachable, Started not recorded: %s", exc)
         capture = io.StringIO()
         handler = logging.StreamHandler(capture)
         handler.setFormatter(logging.Formatter(

@@ -120,3 +120,51 @@ class BigRam(Pipeline):
     def __init__(self, session_path=None, **kwargs):
         super().__init__(session_path, **kwargs)
         self.tasks = OrderedDict([("BigRamTask", BigRamTask(self.session_path))])
+
+
+class StopServer(Task):
+    """Stops the server whose pid is in ``$HPCPIPE_TEST_STOP_PID`` (unset: no-op): an outage."""
+
+    cpu = 1
+    ram = 1
+    time_out_secs = 600
+
+    def _run(self, overwrite=False):
+        import signal
+
+        pid = int(os.environ.get("HPCPIPE_TEST_STOP_PID", "0"))
+        if pid:
+            os.kill(pid, signal.SIGINT)
+            for _ in range(100):  # wait until it is really gone
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+        return []
+
+
+class WriteOutput(Task):
+    """Writes one ALF dataset (a type the Alyx test server knows) and returns it."""
+
+    cpu = 1
+    ram = 1
+    time_out_secs = 600
+    signature = {"input_files": [], "output_files": [("_demo_summary.table.csv", "alf", True)]}
+
+    def _run(self, overwrite=False):
+        out = Path(self.session_path) / "alf" / "_demo_summary.table.csv"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text("a,b\n1,2\n")
+        return [out]
+
+
+class Outage(Pipeline):
+    """StopServer -> WriteOutput: the store goes away between the two."""
+
+    _name = "outage"
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        stop = StopServer(self.session_path)
+        self.tasks = OrderedDict([("StopServer", stop), ("WriteOutput", WriteOutput(self.session_path, parents=[stop]))])

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import config
-from ..errors import BadInput
+from ..errors import BadInput, Unreachable
 from ..ledger import Ledger
 from ..plan import Plan, PlanItem
+from ..jobside import runfolder
 from ..status import DONE, ERRORED, HELD, STARTED, WAITING
+from ..store import outbox
 
 _logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -67,6 +69,7 @@ class _Running:
     started: float
     log_path: Path
     need: dict[str, float]
+    run_dir: Path
 
 
 @dataclass
@@ -97,8 +100,9 @@ class LocalEngine:
     def run(self, plans: list[Plan], run_id: str, run_dir: Path) -> dict[str, str]:
         """Run every plan's items; returns ``{task id: final status}``."""
         self.check(plans)
+        self._write_run(plans, run_id, run_dir)
         items = {it.id: it for plan in plans for it in plan.items}
-        paths = {it.id: plan.session_path for plan in plans for it in plan.items}
+        index = {it.id: i for i, plan in enumerate(plans) for it in plan.items}
         final: dict[str, str] = {}
         running: dict[str, _Running] = {}
         stop = {"signal": None}
@@ -115,7 +119,7 @@ class LocalEngine:
                     raise KeyboardInterrupt(f"stopped by signal {stop['signal']}")
                 self._reap(running, final, run_id)
                 self._hold_blocked(items, final)
-                self._start_ready(items, running, final, paths, run_id, run_dir)
+                self._start_ready(items, running, final, index, run_id, run_dir)
                 if running:
                     time.sleep(self.poll_secs)
                 elif items:  # nothing running and nothing could start: parents never finished
@@ -148,10 +152,29 @@ class LocalEngine:
 
     def _hold(self, task: dict, reason: str, final: dict[str, str]) -> None:
         _logger.info("%s held: %s", task["name"], reason)
-        self.store.update_task(task["id"], status=HELD)
+        self._patch(task["id"], status=HELD)
         final[task["id"]] = HELD
 
-    def _start_ready(self, items, running, final, paths, run_id, run_dir) -> None:
+    def _status(self, task_id: str) -> str | None:
+        """The stored status, or None while the store cannot be reached."""
+        try:
+            return self.store.get_task(task_id)["status"]
+        except Unreachable:
+            return None
+
+    def _patch(self, task_id: str, note: str | None = None, **fields) -> None:
+        """Update a task; kept in the outbox while the store cannot be reached.
+
+        ``note`` is appended to the task's log when the log can be read.
+        """
+        if note is not None:
+            try:
+                fields["log"] = (self.store.get_task(task_id).get("log") or "") + f"\n{note}\n"
+            except Unreachable:
+                _logger.warning("store unreachable: %s", note)
+        outbox.deliver(self.store, "update_task", task_id=task_id, **fields)
+
+    def _start_ready(self, items, running, final, index, run_id, run_dir) -> None:
         ready = [it for it in items.values()
                  if all(final.get(p) in DONE for p in it.parents_in_plan)
                  and all(self._live_parent_done(j.task_id) for j in it.parents_live)]
@@ -162,24 +185,47 @@ class LocalEngine:
             if any(need[k] > free[k] + 1e-9 for k in need):
                 continue
             items.pop(item.id)
-            running[item.id] = self._launch(item, paths[item.id], need, run_id, run_dir)
+            running[item.id] = self._launch(item, index[item.id], need, run_id, run_dir)
 
     def _live_parent_done(self, task_id: str) -> bool:
-        return self.store.get_task(task_id)["status"] in DONE
+        return self._status(task_id) in DONE
 
-    def _launch(self, item: PlanItem, session_path: Path | None, need, run_id, run_dir) -> _Running:
+    def _write_run(self, plans: list[Plan], run_id: str, run_dir: Path) -> None:
+        """The run folder the job side reads (the same layout as on SLURM, see ``runfolder``).
+
+        Jobs get their session's records from it, so a task starts even while the store (Alyx)
+        cannot be reached; on this machine they write the store directly (``upstream``).
+        """
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (run_dir / "sessions").mkdir(exist_ok=True)
+        (run_dir / "run.json").write_text(runfolder.run_json(run_id, getattr(self.store, "kind", ""), "server",
+                                                             upstream=True))
+        entries = {i: runfolder.session_entry(p.session, str(p.session_path),
+                                              [it.task for it in p.items] + self._others(p))
+                   for i, p in enumerate(plans)}
+        (run_dir / "sessions" / "c0.json").write_text(runfolder.sessions_json(entries))
+
+    def _others(self, plan: Plan) -> list[dict]:
+        """The session's records not in the plan (parents already done), for the job's checks."""
+        planned = {it.id for it in plan.items}
+        try:
+            return [t for t in self.store.list_tasks(session=plan.session) if t["id"] not in planned]
+        except Unreachable:
+            return []
+
+    def _launch(self, item: PlanItem, index: int, need, run_id, run_dir: Path) -> _Running:
         task = item.task
-        log_path = run_dir / "logs" / f"{task['name']}.{task['id'][:8]}.log"
-        argv = [sys.executable, "-m", "hpcpipe.jobside", "--task-id", task["id"], "--location", "server"]
-        if session_path is not None:
-            argv += ["--session", str(session_path)]
+        log_path = run_dir / "logs" / f"{task['name']}.{index}.log"
+        argv = [sys.executable, "-m", "hpcpipe.jobside", "--run-dir", str(run_dir), "--chunk", "c0",
+                "--index", str(index), "--task-name", task["name"]]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, preexec_fn=_die_with_parent)
         self.ledger.record([{"task_id": task["id"], "session": task.get("session"), "task_name": task["name"],
-                             "run_id": run_id, "backend": self.backend, "job_id": proc.pid, "state": "RUNNING"}])
+                             "run_id": run_id, "backend": self.backend, "job_id": proc.pid, "state": "RUNNING",
+                             "run_dir": str(run_dir)}])
         _logger.info("started %s (pid %d), log %s", task["name"], proc.pid, log_path)
-        return _Running(item, proc, time.monotonic(), log_path, need)
+        return _Running(item, proc, time.monotonic(), log_path, need, run_dir)
 
     # ------------------------------------------------------------------ completion
     def _reap(self, running: dict[str, _Running], final: dict[str, str], run_id: str) -> None:
@@ -196,18 +242,26 @@ class LocalEngine:
             if code is None:
                 continue
             running.pop(tid)
-            status = self.store.get_task(tid)["status"]
-            if status == STARTED or (status == WAITING and code not in (0, 75)):
+            status = self._fold(r, run_id)
+            if status is None:
                 self._fail(r, f"task process exited with code {code} without reporting", run_id, "FAILED")
                 status = ERRORED
             self.ledger.set_state([(tid, run_id, "COMPLETED" if code == 0 else "FAILED", f"exit {code}")])
             final[tid] = status
             _logger.info("%s ended %s", r.item.task["name"], status)
 
+    def _fold(self, r: _Running, run_id: str) -> str | None:
+        """Bring the job's result file into the store (or the outbox); its final status, if any."""
+        path = runfolder.result_path(r.run_dir, r.item.id)
+        text = path.read_text() if path.exists() else None
+        done = runfolder.fold(self.store, [(r.item.id, text, 0)]).get(r.item.id)
+        if done is None or not done[1]:
+            return None
+        self.ledger.set_folded([(r.item.id, run_id, done[0], True)])
+        return runfolder.read_result(text).get("status")
+
     def _fail(self, r: _Running, reason: str, run_id: str, state: str) -> None:
-        task = self.store.get_task(r.item.id)
-        self.store.update_task(r.item.id, status=ERRORED, log=(task.get("log") or "") + f"\n{reason}\n",
-                               time_elapsed_secs=time.monotonic() - r.started)
+        self._patch(r.item.id, note=reason, status=ERRORED, time_elapsed_secs=time.monotonic() - r.started)
         self.ledger.set_state([(r.item.id, run_id, state, reason)])
 
     @staticmethod
@@ -230,9 +284,9 @@ class LocalEngine:
         for r in running.values():
             self._kill(r)
         for tid, r in running.items():
-            task = self.store.get_task(tid)
-            if task["status"] == STARTED:
-                self.store.update_task(tid, status=WAITING, log=(task.get("log") or "") +
-                                       f"\ninterrupted by signal {signum}; back to Waiting\n")
+            # the job side recorded its own stop (Errored, by SIGTERM); an interruption by the
+            # user is no failure of the task: it goes back to Waiting for the next submit
+            if self._fold(r, run_id) not in DONE:
+                self._patch(tid, note=f"interrupted by signal {signum}; back to Waiting", status=WAITING)
             self.ledger.set_state([(tid, run_id, "CANCELLED", f"interrupted by signal {signum}")])
         running.clear()

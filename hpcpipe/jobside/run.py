@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 _logger.error("no task %s in session %s", args.task_name, entry["path"])
                 return EXIT_FAILED
             upstream = None
-            if run["store"] != "sqlite":
+            if run.get("upstream", run["store"] != "sqlite"):
                 from ..store import open_store
 
                 upstream = open_store()

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 
 from ..errors import NotFound, StoreError, Unreachable
 from ..status import DONE, STARTED
+from ..store import outbox
 from ..store.base import TaskStore, check_fields
 
 
@@ -47,9 +48,19 @@ def session_entry(eid: str, path: str, deck: list[dict]) -> dict:
     return {"eid": eid, "path": path, "tasks": [{k: t.get(k) for k in keep} for t in deck]}
 
 
-def run_json(run_id: str, store_kind: str, location: str, extra: dict | None = None) -> str:
-    """The text of ``run.json``."""
-    return json.dumps({"run_id": run_id, "store": store_kind, "location": location, **(extra or {})})
+def run_json(run_id: str, store_kind: str, location: str, upstream: bool | None = None,
+             extra: dict | None = None) -> str:
+    """The text of ``run.json``.
+
+    ``upstream``: jobs write the store directly (and record in their result file only what it
+    could not take). Default: only for a store that is not the embedded SQLite file, which
+    compute nodes must not open over a network file system; the local engine, on the store's
+    own machine, says True.
+    """
+    if upstream is None:
+        upstream = store_kind != "sqlite"
+    return json.dumps({"run_id": run_id, "store": store_kind, "location": location, "upstream": upstream,
+                       **(extra or {})})
 
 
 def sessions_json(entries: dict[int, dict]) -> str:
@@ -220,14 +231,25 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _apply(store: TaskStore, op: str, payload: dict):
+def store_payload(store: TaskStore, op: str, payload: dict) -> dict:
+    """A recorded operation's payload as ``store``'s method takes it.
+
+    A registration names its session by id (``session``): the store's own path for that session
+    replaces the path the job saw, which may be a cluster path or a scratch copy.
+    """
     payload = dict(payload)
+    if op == "register_files":
+        eid = payload.pop("session", None)
+        local = store.session_path(eid) if eid else None
+        if local is not None:
+            payload["session_path"] = str(local)
+    return payload
+
+
+def _apply(store: TaskStore, op: str, payload: dict):
+    payload = store_payload(store, op, payload)
     if op == "update_task":
         return store.update_task(payload.pop("task_id"), **payload)
-    eid = payload.pop("session", None)
-    local = store.session_path(eid) if eid else None
-    if local is not None:
-        payload["session_path"] = str(local)
     return store.register_files(**payload)
 
 
@@ -236,7 +258,8 @@ def fold(store: TaskStore, results: Iterable[tuple[str, str | None, int]]) -> di
 
     Only operations beyond those already applied are replayed, and those the job delivered
     upstream itself are skipped, so folding twice changes nothing. Returns, per task id with a
-    readable result, ``(ops applied in total, final)``.
+    readable result, ``(ops applied in total, final)``. An operation the store cannot take now
+    (``Unreachable``) goes to the outbox, so the file counts as folded either way.
     """
     out: dict[str, tuple[int, bool]] = {}
     for task_id, text, applied in results:
@@ -245,7 +268,7 @@ def fold(store: TaskStore, results: Iterable[tuple[str, str | None, int]]) -> di
             continue
         ops = res["ops"]
         for op in ops[applied:]:
-            if not op.get("delivered"):
-                _apply(store, op["op"], op["payload"])
+            if not op.get("delivered"):  # kept in the outbox if the store cannot take it now
+                outbox.deliver(store, op["op"], **store_payload(store, op["op"], op["payload"]))
         out[task_id] = (len(ops), bool(res.get("final")))
     return out

@@ -321,8 +321,14 @@ class SlurmBackend:
         self.ledger.set_folded([(j.task_id, j.run_id, *folded[j.task_id]) for j in jobs if j.task_id in folded])
         live = [j for j in self.ledger.live(BACKEND) if j.remote == self.remote]
         watcher = self.watcher()
-        for j in live:
-            watcher.watch(j.job_id)
+        elements: dict[str, set[int]] = defaultdict(set)
+        for j in live:  # an array is watched once, with the elements it really has
+            if j.array_index is not None:
+                elements[j.job_id].add(j.array_index)
+            else:
+                elements.setdefault(j.job_id, set())
+        for job_id, indices in elements.items():
+            watcher.watch(job_id, indices=indices or None)
         states = watcher.poll() if live else {}
         updates, swept = [], 0
         for j in live:
