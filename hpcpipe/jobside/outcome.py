@@ -55,6 +55,9 @@ def swept(state, task_status: str, result_text: str | None,
             f"it {reasons.DESCRIPTIONS[kind]}")
     if kind == reasons.KILLED and state.signal == 9:
         text += " (SIGKILL from outside the job side; no memory kill in its output)"
+    lines = [ln for ln in tail.splitlines() if ln.strip()][-8:]
+    if lines:  # what slurmstepd and the task printed last (the job could not upload its log)
+        text += f"\nlast lines of {output}:\n" + "\n".join(lines)
     return "Errored", reasons.line(kind, text)
 
 
