@@ -16,22 +16,34 @@ from .status import ERRORED, STARTED
 _logger = logging.getLogger(__name__)
 
 
-def _pid_runs_task(pid: int, task_id: str) -> bool:
-    """Is ``pid`` alive and still the job side of ``task_id`` (not a recycled pid)?"""
+def _pid_runs_job(job: JobRecord) -> bool:
+    """Is the job's pid alive and still its job side (not a recycled pid)?"""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        argv = Path(f"/proc/{int(job.job_id)}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError):
         return False
-    return task_id.encode() in cmdline
+    return b"hpcpipe.jobside" in argv and (job.task_name or "").encode() in argv and \
+        (job.run_dir is None or job.run_dir.encode() in argv)
 
 
 def sweep_local(store, ledger: Ledger) -> list[JobRecord]:
-    """Record Errored the tasks whose local process died; returns the jobs found dead."""
+    """Record Errored the tasks whose local process died without a final result; returns the
+    jobs found dead. A result the job wrote before it died is folded in first."""
+    from .jobside import runfolder
+
     dead = []
     for job in ledger.live("local"):
-        if _pid_runs_task(int(job.job_id), job.task_id):
+        if _pid_runs_job(job):
             continue
         dead.append(job)
+        if job.run_dir:
+            path = runfolder.result_path(job.run_dir, job.task_id)
+            done = runfolder.fold(store, [(job.task_id, path.read_text() if path.exists() else None,
+                                           job.folded_ops)]).get(job.task_id)
+            if done and done[1]:
+                ledger.set_folded([(job.task_id, job.run_id, done[0], True)])
+                ledger.set_state([(job.task_id, job.run_id, "COMPLETED", "result folded after its engine ended")])
+                continue
         try:
             task = store.get_task(job.task_id)
         except Exception:  # noqa: BLE001 - task deleted since: nothing to repair

@@ -43,15 +43,17 @@ def status(env, session) -> dict[str, dict]:
 
 
 def task_processes(marker: str) -> list[int]:
-    """Pids of live processes whose command line mentions ``marker``."""
+    """Pids of live job-side processes whose command line mentions ``marker`` (e.g. the home folder,
+    under which every run folder of a test lives)."""
     pids = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if marker.encode() in (d / "cmdline").read_bytes() and "hpcpipe.jobside" in (d / "cmdline").read_text():
-                    pids.append(int(d.name))
+                cmdline = (d / "cmdline").read_bytes()
             except OSError:
-                pass
+                continue
+            if marker.encode() in cmdline and b"hpcpipe.jobside" in cmdline:
+                pids.append(int(d.name))
     return pids
 
 
@@ -106,7 +108,7 @@ def test_timeout_kills_the_task_and_holds_its_child(env, session):
     store = SQLiteStore(Path(env["HPCPIPE_HOME"]) / "tasks.sqlite")
     slow = store.list_tasks(name="Slow")[0]
     assert "time_out_secs=2" in slow["log"]
-    assert not task_processes(slow["id"])
+    assert not task_processes(env["HPCPIPE_HOME"])
     assert len((session / "order.txt").read_text().splitlines()) == 1  # Child never ran
 
 
@@ -133,19 +135,16 @@ def _spawn_submit(env, session, pipeline):
                             text=True)
 
 
-def _task_ids(env) -> list[str]:
-    from hpcpipe.store.sqlite import SQLiteStore
-
-    return [t["id"] for t in SQLiteStore(Path(env["HPCPIPE_HOME"]) / "tasks.sqlite").list_tasks()]
-
-
 def test_sigint_stops_children_and_leaves_nothing_started(env, session):
     proc = _spawn_submit(env, session, "tests.sample_pipelines.LongPipeline")
     _wait_started(env, session, 2)
+    assert len(task_processes(env["HPCPIPE_HOME"])) == 2
+    # another terminal looking at the status meanwhile does not take running tasks for dead ones
+    assert {r["status"] for r in status(env, session).values()} == {"Started", "Waiting"}
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    assert not any(task_processes(t) for t in _task_ids(env))
+    assert not task_processes(env["HPCPIPE_HOME"])
     rows = status(env, session)
     assert "Started" not in {r["status"] for r in rows.values()}
     assert rows["A"]["status"] == rows["B"]["status"] == "Waiting"
@@ -162,7 +161,7 @@ def test_sigkill_of_a_task_process_is_recorded_errored(env, session):
     rows = status(env, session)
     statuses = {r["status"] for r in rows.values()}
     assert "Started" not in statuses and "Errored" in statuses
-    assert not any(task_processes(t) for t in _task_ids(env))
+    assert not task_processes(env["HPCPIPE_HOME"])
 
 
 def test_sigkill_of_the_engine_leaves_no_orphan_and_status_sweeps(env, session):
@@ -170,10 +169,10 @@ def test_sigkill_of_the_engine_leaves_no_orphan_and_status_sweeps(env, session):
     _wait_started(env, session, 2)
     proc.kill()
     proc.communicate(timeout=30)
-    ids = _task_ids(env)
+    assert len(task_processes(env["HPCPIPE_HOME"])) == 2  # the marker finds the orphan candidates
     end = time.monotonic() + 15
-    while any(task_processes(t) for t in ids) and time.monotonic() < end:
+    while task_processes(env["HPCPIPE_HOME"]) and time.monotonic() < end:
         time.sleep(0.2)
-    assert not any(task_processes(t) for t in ids)  # PR_SET_PDEATHSIG took them down
+    assert not task_processes(env["HPCPIPE_HOME"])  # PR_SET_PDEATHSIG took them down
     rows = status(env, session)  # status sweeps the dead local jobs
     assert "Started" not in {r["status"] for r in rows.values()}
