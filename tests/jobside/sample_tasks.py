@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -98,3 +99,27 @@ Sleepy = _pipeline("Sleepy", (LongSleep, False))
 Slow = _pipeline("Slow", (TooSlow, False))
 Hog = _pipeline("Hog", (MemoryHog, False), (AfterHog, True))
 Who = _pipeline("Who", (WhoAmI, False))
+
+
+class Stamp(Task):
+    """For scripts/bench/jobside.py: writes when ``_run`` started and ended (``alf/_bench_qc.metrics.json``), and
+    registers one small output."""
+
+    ram = 1  # Alyx stores whole GB
+    time_out_secs = 600
+    io_charge = 0
+    signature = {"input_files": [], "output_files": [("_bench_qc.metrics.json", "alf", True)]}
+
+    def _run(self, overwrite=False):
+        start = time.time()
+        out = Path(self.session_path) / "alf" / "_bench_qc.metrics.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps({"start": start, "modules": sorted(
+            m for m in ("numpy", "requests", "boto3", "paramiko", "sqlite3", "filelock") if m in sys.modules)}))
+        data = json.loads(out.read_text())
+        data["end"] = time.time()
+        out.write_text(json.dumps(data))
+        return [out]
+
+
+Bench = _pipeline("Bench", (Stamp, False))
