@@ -270,17 +270,14 @@ def cmd_status(args) -> int:
 
 def cmd_sweep(args) -> int:
     """What ``status`` does before printing, alone and quiet (for cron): fold job results and
-    record the tasks of jobs that ended without reporting."""
+    record the tasks of jobs that ended without reporting (Errored, Held, or Waiting if requeued)."""
     from .sweep import sweep
 
     store, ledger = _store(), _ledger()
     dead = sweep(store, ledger)
-    _slurm_refresh(store, ledger)
-    left = store.list_tasks(status="Started")
-    live = {j.task_id for j in ledger.live()}
-    stuck = [t for t in left if t["id"] not in live]
-    print(f"swept: {len(dead)} local process(es) gone; {len(left)} task(s) Started"
-          + (f", {len(stuck)} without a live job" if stuck else ""))
+    states = _slurm_refresh(store, ledger)
+    print(f"sweep: {len(dead)} local process(es) gone; {len(states)} SLURM job(s) checked; "
+          f"{len(ledger.live())} job(s) still queued or running")
     return 0
 
 
