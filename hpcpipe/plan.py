@@ -43,6 +43,8 @@ class Plan:
     items: list[PlanItem] = field(default_factory=list)
     held: list[tuple[dict, str]] = field(default_factory=list)
     skipped: list[tuple[dict, str]] = field(default_factory=list)
+    #: every record the plan was made from (what a job needs to check its parents)
+    deck: list[dict] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -81,7 +83,7 @@ def plan_session(deck: list[dict], session: str, session_path: Path | None = Non
     only = set(names) if names else None
     live_jobs = live_jobs or {}
     by_id = {t["id"]: t for t in deck}
-    plan = Plan(session, session_path)
+    plan = Plan(session, session_path, deck=deck)
     planned: set[str] = set()
     blocked: set[str] = set()
     for task in topological(deck):

@@ -50,25 +50,28 @@ class SubmitResult:
     dry_run: bool = False
 
 
-def load_pipeline(session_path: Path | str, pipeline: str, store: TaskStore) -> Pipeline:
-    """Instantiate a pipeline on a checked session path (errors before any record is written)."""
+def load_pipeline(session_path: Path | str, pipeline: str | type[Pipeline], store: TaskStore) -> Pipeline:
+    """Instantiate a pipeline (a name, or a class already found) on a checked session path.
+
+    Errors come before any record is written.
+    """
     ref = parse_session_path(session_path)
-    cls = find_pipeline(pipeline)
+    cls = find_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
     return cls(ref.path, one=store)
 
 
 def session_deck(pipe: Pipeline, store: TaskStore, dry_run: bool = False,
                  rerun_statuses: list[str] | None = None) -> tuple[str, list[dict]]:
-    """The session's task records (creating the pipeline's ones unless ``dry_run``).
+    """The pipeline's task records for a session (created unless ``dry_run``). Tasks of other
+    graphs recorded for the session are not planned by this pipeline.
 
     In a dry run, tasks not yet recorded appear as would-be records (``id`` = ``dry:<name>``).
     """
-    if not dry_run:
-        pipe.create_alyx_tasks(rerun__status__in=rerun_statuses)
-        return pipe.eid, store.list_tasks(session=pipe.eid)
+    if not dry_run:  # the pipeline's records (its graph), existing or just created
+        return pipe.eid, pipe.create_alyx_tasks(rerun__status__in=rerun_statuses)
     try:
         eid = store.session_id(pipe.session_path)
-        existing = store.list_tasks(session=eid)
+        existing = store.list_tasks(session=eid, graph=pipe.name)
     except NotFound:
         eid, existing = "dry:session", []
     names = {t["name"]: t for t in existing}
@@ -94,16 +97,18 @@ def plan_sessions(sessions: list[Path | str], pipeline: str, store: TaskStore, l
     """
     statuses = check_statuses(statuses)
     rerun_statuses = check_statuses(rerun_statuses)
-    pipes = [load_pipeline(s, pipeline, store) for s in sessions]
+    cls = find_pipeline(pipeline)  # once: entry points are read from disk
+    pipes = [load_pipeline(s, cls, store) for s in sessions]
     plans = []
-    for pipe in pipes:
-        eid, deck = session_deck(pipe, store, dry_run, rerun_statuses)
-        live = {j.task_id: j for j in ledger.live(live_backend)} if live_backend else {}
-        plan = plan_session(deck, eid, pipe.session_path, statuses, names, live)
-        if not dry_run:
-            for task, reason in plan.held:
-                if task["status"] != HELD:
-                    store.update_task(task["id"], status=HELD)
-                _logger.info("%s held: %s", task["name"], reason)
-        plans.append(plan)
+    live = {j.task_id: j for j in ledger.live(live_backend)} if live_backend else {}
+    with store.batch():
+        for pipe in pipes:
+            eid, deck = session_deck(pipe, store, dry_run, rerun_statuses)
+            plan = plan_session(deck, eid, pipe.session_path, statuses, names, live)
+            if not dry_run:
+                for task, reason in plan.held:
+                    if task["status"] != HELD:
+                        store.update_task(task["id"], status=HELD)
+                    _logger.info("%s held: %s", task["name"], reason)
+            plans.append(plan)
     return plans

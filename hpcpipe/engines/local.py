@@ -200,18 +200,8 @@ class LocalEngine:
         (run_dir / "sessions").mkdir(exist_ok=True)
         (run_dir / "run.json").write_text(runfolder.run_json(run_id, getattr(self.store, "kind", ""), "server",
                                                              upstream=True))
-        entries = {i: runfolder.session_entry(p.session, str(p.session_path),
-                                              [it.task for it in p.items] + self._others(p))
-                   for i, p in enumerate(plans)}
+        entries = {i: runfolder.session_entry(p.session, str(p.session_path), p.deck) for i, p in enumerate(plans)}
         (run_dir / "sessions" / "c0.json").write_text(runfolder.sessions_json(entries))
-
-    def _others(self, plan: Plan) -> list[dict]:
-        """The session's records not in the plan (parents already done), for the job's checks."""
-        planned = {it.id for it in plan.items}
-        try:
-            return [t for t in self.store.list_tasks(session=plan.session) if t["id"] not in planned]
-        except Unreachable:
-            return []
 
     def _launch(self, item: PlanItem, index: int, need, run_id, run_dir: Path) -> _Running:
         task = item.task

@@ -151,8 +151,7 @@ class SlurmBackend:
             self.transport.write_file(f"{run_dir}/sessions/{chunk}.json", runfolder.sessions_json(entries))
 
     def _entry(self, plan: Plan) -> dict:
-        deck = self.store.list_tasks(session=plan.session)
-        return runfolder.session_entry(plan.session, self.map_path(str(plan.session_path)), deck)
+        return runfolder.session_entry(plan.session, self.map_path(str(plan.session_path)), plan.deck)
 
     def _sbatch(self, report: SubmitReport, spec: JobSpec, script_name: str, dry: _DryIds | None,
                 label: str) -> str:
@@ -231,9 +230,11 @@ class SlurmBackend:
             size, budget = 1000, None
         chunks = self._chunks(plans, size, budget, report)
         report.chunks = len(chunks)
-        # every script is checked before the first sbatch
-        self._check_or_warn([self._spec(run_id, run_dir, item.task, ["true"], "x")
-                             for chunk in chunks for plan in chunk for item in plan.items], dry_run)
+        # every script is checked before the first sbatch (once per distinct set of resources)
+        distinct = {_resources(item.task).__repr__(): item.task for chunk in chunks for plan in chunk
+                    for item in plan.items}
+        self._check_or_warn([self._spec(run_id, run_dir, task, ["true"], "x") for task in distinct.values()],
+                            dry_run)
         self._write_run(run_id, run_dir, {f"c{k}": {i: self._entry(p) for i, p in enumerate(chunk)}
                                           for k, chunk in enumerate(chunks)})
         dry = _DryIds() if dry_run else None

@@ -14,8 +14,9 @@ Job ids (SLURM or local pids) are *not* task fields in Alyx; they live in the lo
 from __future__ import annotations
 
 import abc
+import contextlib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, ContextManager, Iterable
 
 from ..status import check_status
 
@@ -118,6 +119,11 @@ class TaskStore(abc.ABC):
         """Dataset records of a session (``name``, ``collection``, ``file_size``, ``hash``...)."""
 
     # ------------------------------------------------------------------ lifecycle
+    def batch(self) -> ContextManager[None]:
+        """A unit of many writes. The embedded store makes it one transaction; a REST store
+        has nothing to group and sends each write as it comes (the default)."""
+        return contextlib.nullcontext()
+
     def close(self) -> None:
         """Release connections; the store may not be used afterwards."""
 
