@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import importlib
 import logging
+import math
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,6 +18,7 @@ from typing import Any, Iterable
 from .errors import BadInput, PipelineError, Unreachable
 from .status import (ABANDONED, BLOCKING, CODE_TO_STATUS, DONE, EMPTY, ERRORED, HELD, STATUSES,
                      WAITING, check_statuses)
+from .store.base import SMALLINT_MAX
 from .task import Task
 
 _logger = logging.getLogger(__name__)
@@ -148,9 +150,13 @@ class Pipeline(abc.ABC):
         return [self._task_dict(t, parents=[p.name for p in t.parents]) for t in self.tasks.values()]
 
     def _task_dict(self, task: Task, parents: list) -> dict:
+        if task.time_out_secs > SMALLINT_MAX:
+            _logger.info("%s: time_out_secs %s recorded as %d (Alyx's limit); jobs get the class's value",
+                         task.name, task.time_out_secs, SMALLINT_MAX)
         return {"executable": executable_name(task), "priority": task.priority,
                 "io_charge": task.io_charge, "gpu": task.gpu, "cpu": task.cpu, "ram": task.ram,
-                "parents": parents, "level": task.level, "time_out_secs": task.time_out_secs,
+                "parents": parents, "level": task.level,
+                "time_out_secs": min(int(math.ceil(task.time_out_secs)), SMALLINT_MAX),
                 "session": self.eid, "status": WAITING, "log": None, "name": task.name,
                 "graph": self.name, "arguments": task.kwargs}
 
@@ -224,6 +230,18 @@ class Pipeline(abc.ABC):
     def rerun(self, **kwargs):
         """Run again every task but the Abandoned ones."""
         return self.run(status__in=[s for s in STATUSES if s != ABANDONED], **kwargs)
+
+
+def time_out_secs(tdict: dict) -> int | None:
+    """A record's time-out, in full: Alyx caps ``time_out_secs`` at 32767 s (about 9 h), so a
+    capped value is read back from the task class, where the real one lives."""
+    value = tdict.get("time_out_secs")
+    if value is not None and value >= SMALLINT_MAX and tdict.get("executable"):
+        try:
+            return int(math.ceil(str2class(tdict["executable"]).time_out_secs))
+        except BadInput:
+            return value
+    return value
 
 
 def parents_state(tdict: dict, job_deck: Iterable[dict]) -> set[str]:

@@ -337,6 +337,9 @@ class Task(abc.ABC):
         record = self._read_lock(gpu_lock_path())
         if record is None:
             return False
+        pid = record.get("pid")
+        if pid and pid != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+            return False  # the lock is node-local: its holder died (e.g. SIGKILL) without releasing it
         return time.time() - record.get("start", 0) < record.get("time_out_secs", self.time_out_secs)
 
     def _creates_lock(self) -> bool:

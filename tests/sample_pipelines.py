@@ -168,3 +168,16 @@ class Outage(Pipeline):
         super().__init__(session_path, **kwargs)
         stop = StopServer(self.session_path)
         self.tasks = OrderedDict([("StopServer", stop), ("WriteOutput", WriteOutput(self.session_path, parents=[stop]))])
+
+
+DayLong = _sleep_class("DayLong", time_out_secs=86400)
+
+
+class DayLongPipeline(Pipeline):
+    """One task allowed a day: above Alyx's 32767 s cap for time_out_secs."""
+
+    _name = "daylong"
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        self.tasks = OrderedDict([("DayLong", DayLong(self.session_path))])

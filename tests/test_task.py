@@ -104,12 +104,13 @@ class GpuTask(Recording):
         return [self.write_output()]
 
 
-def held_lock(start: float | None = None, time_out_secs: int = 3600, name: str = "OtherTask") -> dict:
-    """A lock record written by another (live) task."""
+def held_lock(start: float | None = None, time_out_secs: int = 3600, name: str = "OtherTask",
+              pid: int | None = None) -> dict:
+    """A lock record written by another task (a live process: pytest's parent, unless ``pid``)."""
     path = gpu_lock_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"start": time.time() if start is None else start, "name": name,
-              "time_out_secs": time_out_secs, "pid": os.getpid() + 100000}
+              "time_out_secs": time_out_secs, "pid": os.getppid() if pid is None else pid}
     path.write_text(json.dumps(record))
     return record
 
@@ -291,6 +292,18 @@ def test_stale_lock_is_ignored(session):
     assert task.run() == 0
     assert task.calls == ["_run", "tearDown"]
     assert task.lock_seen["name"] == "GpuTask"
+
+
+def test_lock_of_a_dead_holder_is_ignored(session):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    held_lock(pid=dead.pid)  # killed holders cannot release: the node-local lock goes stale at once
+    task = GpuTask(session)
+    assert not task.is_locked()
+    assert task.run() == 0
 
 
 def test_lock_on_other_gpus_does_not_block(session, monkeypatch):

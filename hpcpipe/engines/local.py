@@ -24,6 +24,7 @@ from pathlib import Path
 from .. import config
 from ..errors import BadInput, Unreachable
 from ..ledger import Ledger
+from ..pipeline import time_out_secs
 from ..plan import Plan, PlanItem
 from ..jobside import runfolder
 from ..status import DONE, ERRORED, HELD, STARTED, WAITING
@@ -220,7 +221,7 @@ class LocalEngine:
     # ------------------------------------------------------------------ completion
     def _reap(self, running: dict[str, _Running], final: dict[str, str], run_id: str) -> None:
         for tid, r in list(running.items()):
-            timeout = r.item.task.get("time_out_secs") or 0
+            timeout = time_out_secs(r.item.task) or 0
             code = r.proc.poll()
             if code is None and timeout and time.monotonic() - r.started > timeout:
                 self._kill(r)

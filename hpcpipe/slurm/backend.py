@@ -31,6 +31,7 @@ from ..errors import BackendError, BadInput
 from ..jobside import runfolder
 from ..jobside.outcome import pending, swept, warn_signal
 from ..ledger import Ledger
+from ..pipeline import time_out_secs
 from ..plan import Plan, PlanItem
 from ..status import ERRORED, HELD, STARTED, WAITING
 from .limits import ClusterLimits
@@ -71,7 +72,7 @@ class SubmitReport:
 
 def _resources(task: dict) -> Resources:
     return Resources(cpu=int(task.get("cpu") or 1), gpu=int(task.get("gpu") or 0),
-                     ram=task.get("ram") or None, time_out_secs=task.get("time_out_secs") or None,
+                     ram=task.get("ram") or None, time_out_secs=time_out_secs(task) or None,
                      priority=task.get("priority"), io_charge=int(task.get("io_charge") or 0),
                      job_size=task.get("job_size"))
 

@@ -27,6 +27,7 @@ TASK_FIELDS = ("id", "parents", "session", "data_repository", "status", "name", 
 #: Fields a caller may write (``id`` and ``datetime`` are the store's).
 WRITABLE_FIELDS = frozenset(TASK_FIELDS) - {"id", "datetime"}
 #: Alyx stores these as SmallInteger (-32768..32767).
+SMALLINT_MAX = 32767
 SMALLINT_FIELDS = ("priority", "io_charge", "level", "gpu", "cpu", "ram", "time_out_secs")
 
 
