@@ -393,6 +393,13 @@ def cmd_cancel(args) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+def _add_remote_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--remote", metavar="CLUSTER", help="submit through a login node over SSH: a [clusters.NAME] "
+                   "from the config, or [user@]host[:port] (implies --backend slurm)")
+    p.add_argument("--accept-new-host-key", action="store_true",
+                   help="accept and record the host key of a host seen for the first time")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpcpipe", description="Run session pipelines on this machine or SLURM.")
     parser.add_argument("--version", action="version", version=f"hpcpipe {__version__}")
@@ -407,10 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="append", metavar="S", help=f"run tasks in this status (default Waiting)")
     p.add_argument("--rerun", action="append", metavar="S", help="reset tasks in this status to Waiting first")
     p.add_argument("--task", action="append", metavar="NAME", help="only these task names")
-    p.add_argument("--remote", metavar="CLUSTER", help="submit through a login node over SSH: a [clusters.NAME] "
-                   "from the config, or [user@]host[:port] (implies --backend slurm)")
-    p.add_argument("--accept-new-host-key", action="store_true",
-                   help="accept and record the host key of a host seen for the first time")
+    _add_remote_args(p)
     p.add_argument("--dry-run", action="store_true", help="say what would run; change nothing")
     p.set_defaults(func=cmd_submit)
 
@@ -421,10 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", action="append", metavar="NAME")
     p.add_argument("--backend", default=config.get("submit", "backend", "local"))
     p.add_argument("--profile")
-    p.add_argument("--remote", metavar="CLUSTER", help="submit through a login node over SSH: a [clusters.NAME] "
-                   "from the config, or [user@]host[:port] (implies --backend slurm)")
-    p.add_argument("--accept-new-host-key", action="store_true",
-                   help="accept and record the host key of a host seen for the first time")
+    _add_remote_args(p)
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--failed", action="store_true", help="rerun Errored tasks (same as --status Errored)")
     p.add_argument("--escalate", action="store_true",
@@ -442,10 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="append", metavar="S", help="reset tasks in this status to Waiting first")
     p.add_argument("--throttle", type=int, metavar="N", help="at most N elements of an array at once (%%N)")
     p.add_argument("--profile")
-    p.add_argument("--remote", metavar="CLUSTER", help="submit through a login node over SSH: a [clusters.NAME] "
-                   "from the config, or [user@]host[:port] (implies --backend slurm)")
-    p.add_argument("--accept-new-host-key", action="store_true",
-                   help="accept and record the host key of a host seen for the first time")
+    _add_remote_args(p)
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=cmd_backfill)
 

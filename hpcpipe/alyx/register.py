@@ -9,30 +9,17 @@ Alyx's ``register-file`` would otherwise fail on, one file at a time and non-ato
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import re
 from pathlib import Path
 from typing import Iterable
 
 from ..errors import BadInput
+from ..files import md5
 
-_CHUNK = 1 << 20
 #: ALF file name: [_namespace_]object.attribute[_timescale][.extra...].ext
 _ALF_RE = re.compile(r"^(?:_(?P<namespace>[a-zA-Z0-9]+)_)?(?P<object>[a-zA-Z0-9]+)\."
                      r"(?P<attribute>[a-zA-Z0-9]+(?:_times|_intervals)?)(?:_(?P<timescale>[a-zA-Z0-9]+))?"
                      r"(?:\.[^.]+)*\.(?P<extension>[^.]+)$")
-
-
-def md5(path: Path | str, max_md5_size: int | None = None) -> str | None:
-    """MD5 hex digest, read in 1 MiB chunks; None when the file is larger than ``max_md5_size``."""
-    path = Path(path)
-    if max_md5_size is not None and path.stat().st_size > max_md5_size:
-        return None
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def relative_name(session_path: Path | str, file: Path | str) -> str:
