@@ -7,7 +7,8 @@ the job side or the sweep, see ``reasons``) says what the last attempt lacked. C
     ram_factor = 2     # MEMORY: ram x 2
     time_factor = 2    # TIMEOUT: time_out_secs x 2
 
-capped by the partition's limits (``ClusterLimits``: MaxMemPerNode, node memory, MaxTime).
+capped by the partition's limits (``ClusterLimits``: MaxMemPerNode, node memory, MaxTime), and
+time by 32767 s (Alyx keeps ``time_out_secs`` as a SmallInteger).
 The new values start from the record's own ``ram``/``time_out_secs`` (so a second escalation
 doubles the first), are written to the store record and to the planned record (which is what
 the job script is rendered from), and the attempt is logged in the task's log.
@@ -18,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 from .. import config
+from ..store.base import SMALLINT_MAX
 from . import reasons
 
 
@@ -83,6 +85,8 @@ def plan(tasks: list[dict], backend=None) -> dict[str, Escalation]:
         old = float(task.get(field) or (4 if field == "ram" else 7200))
         new = old * factor
         ram_cap, time_cap = caps(backend, task)
+        if field == "time_out_secs":  # the store keeps time_out_secs as Alyx's SmallInteger
+            time_cap = min(time_cap or SMALLINT_MAX, SMALLINT_MAX)
         cap = ram_cap if field == "ram" else time_cap
         capped = cap is not None and new > cap
         if capped:

@@ -128,7 +128,7 @@ class SlurmBackend:
                        output=f"{run_dir}/logs/{log_name}", dependencies=list(dependencies),
                        aftercorr=list(aftercorr), array=array, array_throttle=throttle,
                        env={"HPCPIPE_RUN_ID": run_id},
-                       signal=warn_signal(task.get("time_out_secs"), config.get("slurm", "signal_secs", 60)))
+                       signal=warn_signal(time_out_secs(task), config.get("slurm", "signal_secs", 60)))
 
     def _command(self, run_dir: str, chunk: str, task_name: str, index: int | None) -> list[str]:
         cmd = [self.python, "-m", "hpcpipe.jobside", "--run-dir", run_dir, "--chunk", chunk,
