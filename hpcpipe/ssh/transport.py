@@ -383,11 +383,10 @@ class SSHTransport(Transport):
                 out.append(chan.recv(65536))
             while chan.recv_stderr_ready():
                 err.append(chan.recv_stderr(65536))
-            if chan.exit_status_ready():
-                while chan.recv_ready():
-                    out.append(chan.recv(65536))
-                while chan.recv_stderr_ready():
-                    err.append(chan.recv_stderr(65536))
+            # the exit status may come before the last data: done only once the remote's EOF
+            # (sent after all of both streams) is in and both buffers are drained
+            if chan.exit_status_ready() and (chan.eof_received or chan.closed) and not chan.recv_ready() \
+                    and not chan.recv_stderr_ready():
                 break
             t = chan.get_transport()
             if chan.closed or t is None or not t.is_active():
