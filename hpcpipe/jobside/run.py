@@ -2,11 +2,9 @@
 ``run_alyx_task``, record and report the outcome, exit with a code that tells the scheduler
 success from failure (so ``afterok`` children run only after real success).
 
-Two ways to find the task:
-
-* ``--task-id ID``: the local engine, on the machine that holds the store;
-* ``--run-dir DIR --chunk C (--index I | --array) --task-name NAME``: a SLURM job; the session's
-  records come from the run folder (see ``runfolder``), the element from ``SLURM_ARRAY_TASK_ID``.
+The task is found from a run folder (see ``runfolder``), written by the local engine and the
+SLURM backend alike: ``--run-dir DIR --chunk C (--index I | --array) --task-name NAME``; an array
+element takes its index from ``SLURM_ARRAY_TASK_ID``. No database query is needed to start.
 """
 from __future__ import annotations
 
@@ -34,25 +32,20 @@ def exit_code(status: str) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hpcpipe.jobside", description=__doc__)
-    parser.add_argument("--task-id")
-    parser.add_argument("--session", help="session folder (default: as the store knows it)")
-    parser.add_argument("--location", default=None)
-    parser.add_argument("--run-dir")
-    parser.add_argument("--chunk")
+    parser.add_argument("--location", default=None, help="data location (default: the run's profile)")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--chunk", required=True)
     parser.add_argument("--index", type=int)
     parser.add_argument("--array", action="store_true", help="index from $SLURM_ARRAY_TASK_ID")
-    parser.add_argument("--task-name")
+    parser.add_argument("--task-name", required=True)
     args = parser.parse_args(argv)
-    if args.run_dir:
-        if args.array:
-            try:
-                args.index = int(os.environ["SLURM_ARRAY_TASK_ID"])
-            except (KeyError, ValueError):
-                parser.error("--array needs $SLURM_ARRAY_TASK_ID (run inside an array job)")
-        if args.chunk is None or args.index is None or not args.task_name:
-            parser.error("--run-dir needs --chunk, --index (or --array) and --task-name")
-    elif not args.task_id:
-        parser.error("give --task-id, or --run-dir with --chunk/--index/--task-name")
+    if args.array:
+        try:
+            args.index = int(os.environ["SLURM_ARRAY_TASK_ID"])
+        except (KeyError, ValueError):
+            parser.error("--array needs $SLURM_ARRAY_TASK_ID (run inside an array job)")
+    if args.index is None:
+        parser.error("give --index, or --array inside an array job")
     return args
 
 
@@ -126,43 +119,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from ..pipeline import run_alyx_task
 
-        if args.run_dir:
-            from .runfolder import RunFolderStore, load_session_entry
+        from .runfolder import RunFolderStore, load_session_entry
 
-            run_dir = Path(args.run_dir)
-            run = json.loads((run_dir / "run.json").read_text())
-            entry = load_session_entry(run_dir, args.chunk, args.index)
-            try:
-                tdict = next(t for t in entry["tasks"] if t["name"] == args.task_name)
-            except StopIteration:
-                _logger.error("no task %s in session %s", args.task_name, entry["path"])
-                return EXIT_FAILED
-            upstream = None
-            if run.get("upstream", run["store"] != "sqlite"):
-                from ..store import open_store
-
-                upstream = open_store()
-            task_id = tdict["id"]
-            store = RunFolderStore(run_dir, entry, task_id, upstream, job=job_info(), guard=guard)
-            tdict = store.get_task(task_id)  # a requeued attempt sees what the last one recorded
-            session = entry["path"]
-            # the profile's location (run.json) decides the data handler
-            location = args.location or run.get("location") or os.environ.get("HPCPIPE_LOCATION") or "server"
-        else:
+        run_dir = Path(args.run_dir)
+        run = json.loads((run_dir / "run.json").read_text())
+        entry = load_session_entry(run_dir, args.chunk, args.index)
+        try:
+            tdict = next(t for t in entry["tasks"] if t["name"] == args.task_name)
+        except StopIteration:
+            _logger.error("no task %s in session %s", args.task_name, entry["path"])
+            return EXIT_FAILED
+        upstream = None
+        if run.get("upstream", run["store"] != "sqlite"):
             from ..store import open_store
 
-            store = open_store()
-            task_id = args.task_id
-            tdict = store.get_task(task_id)
-            session, location = args.session, args.location or "server"
+            upstream = open_store()
+        task_id = tdict["id"]
+        store = RunFolderStore(run_dir, entry, task_id, upstream, job=job_info(), guard=guard)
+        tdict = store.get_task(task_id)  # a requeued attempt sees what the last one recorded
+        session = entry["path"]
+        # the profile's location (run.json) decides the data handler
+        location = args.location or run.get("location") or os.environ.get("HPCPIPE_LOCATION") or "server"
         tdict, _ = run_alyx_task(tdict=tdict, session_path=session, one=store,
                                  machine=socket.gethostname(), location=location)
         status = tdict["status"]
         code = exit_code(status)
         guard.settle()  # the task reported its outcome: late signals change nothing
     except JobSignal as stop:
-        # --task-id: the local engine signalled us and records the outcome itself
-        record = args.run_dir is not None and store is not None and task_id is not None
+        record = store is not None and task_id is not None
         guard.fired = stop  # later signals stay ignored while we report
         status = _stopped(store, task_id, stop, record) if store is not None else stop.status
         if status == stop.status:
