@@ -167,42 +167,26 @@ class Pipeline(abc.ABC):
         their status is in ``rerun__status__in`` (``'__all__'``: every status but Abandoned),
         in which case they are reset to Waiting with an empty log.
         """
-        rerun = check_statuses(rerun__status__in)
-        eid = self._eid(create=True)
-        existing = self.store.list_tasks(session=eid, graph=self.name)
+        return record_pipelines([self], rerun__status__in, tasks_list)[0]
+
+    def _items(self, tasks_list=None) -> list[dict]:
+        """The task descriptions to record, parents by name, checked before anything is written."""
         if tasks_list is not None:
-            items = [dict(t, session=eid) for t in tasks_list]
+            items = [dict(t, session=self.eid) for t in tasks_list]
         else:
             items = [self._task_dict(t, parents=[p.name for p in t.parents]) for t in self.tasks.values()]
-        # refuse a bad list before anything is written, so no half-recorded pipeline is left
         from .store.base import check_fields
 
         seen: set[str] = set()
         for item in items:
             item.pop("time_out_sec", None)
+            item.setdefault("arguments", {})
             check_fields(item)
             missing = [pn for pn in item.get("parents") or [] if pn not in seen]
             if missing:
                 raise PipelineError(f"task {item.get('name')!r}: parent(s) {missing} listed after it or missing")
             seen.add(item.get("name"))
-        records: list[dict] = []
-        for item in items:
-            parent_names = item.get("parents") or []
-            try:
-                item["parents"] = [next(r["id"] for r in records if r["name"] == pn) for pn in parent_names]
-            except StopIteration:
-                raise PipelineError(f"task {item['name']!r}: a parent in {parent_names} is listed after it "
-                                    "or missing") from None
-            item.setdefault("arguments", {})
-            found = next((r for r in existing if r["name"] == item["name"]
-                          and (r["arguments"] or {}) == (item["arguments"] or {})), None)
-            if found is None:
-                found = self.store.create_task(item)
-            elif found["status"] in rerun:
-                patch = {k: v for k, v in item.items() if k != "session"}
-                found = self.store.update_task(found["id"], **patch)
-            records.append(found)
-        return records
+        return items
 
     # ------------------------------------------------------------------ running
     def run(self, status__in=("Waiting",), machine=None, clobber=True, **kwargs):
@@ -242,6 +226,49 @@ def time_out_secs(tdict: dict) -> int | None:
         except BadInput:
             return value
     return value
+
+
+def record_pipelines(pipes: list[Pipeline], rerun__status__in=None, tasks_list=None) -> list[list[dict]]:
+    """Record the tasks of many sessions' pipelines at once (``create_alyx_tasks`` for each).
+
+    Tasks are created in rounds, parents before children: one ``store.create_tasks`` call per
+    round for every session together, so a backfill of thousands of sessions costs a few bulk
+    writes on the embedded store (Alyx, which has no bulk create, gets one request per task).
+    Every session's list is checked before the first write. Returns each pipeline's records.
+    """
+    rerun = check_statuses(rerun__status__in)
+    if not pipes:
+        return []
+    store = pipes[0].store
+    todo = []
+    for pipe in pipes:
+        pipe._eid(create=True)
+        todo.append(pipe._items(tasks_list))
+    with store.batch():
+        existing = [store.list_tasks(session=pipe.eid, graph=pipe.name) for pipe in pipes]
+        records: list[dict[str, dict]] = [{} for _ in pipes]
+        pending = [(k, i) for k, items in enumerate(todo) for i in range(len(items))]
+        while pending:
+            ready, waiting = [], []
+            for k, i in pending:
+                names = todo[k][i].get("parents") or []
+                (ready if all(n in records[k] for n in names) else waiting).append((k, i))
+            create: list[tuple[int, dict]] = []
+            for k, i in ready:
+                item = dict(todo[k][i])
+                item["parents"] = [records[k][n]["id"] for n in item.get("parents") or []]
+                found = next((r for r in existing[k] if r["name"] == item["name"]
+                              and (r["arguments"] or {}) == (item["arguments"] or {})), None)
+                if found is None:
+                    create.append((k, item))
+                    continue
+                if found["status"] in rerun:
+                    found = store.update_task(found["id"], **{f: v for f, v in item.items() if f != "session"})
+                records[k][item["name"]] = found
+            for (k, item), rec in zip(create, store.create_tasks([item for _, item in create])):
+                records[k][item["name"]] = rec
+            pending = waiting
+    return [[records[k][item["name"]] for item in items] for k, items in enumerate(todo)]
 
 
 def parents_state(tdict: dict, job_deck: Iterable[dict]) -> set[str]:

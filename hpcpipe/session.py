@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from .errors import BadInput
@@ -31,6 +32,12 @@ class SessionRef:
         return f"{self.subject}/{self.date}/{self.number:03d}"
 
 
+@lru_cache(maxsize=65536)
+def _resolve(path: str) -> Path:
+    """``Path.resolve`` once per path per process: a backfill parses each session path twice."""
+    return Path(path).resolve()
+
+
 def parse_session_path(path: Path | str, must_exist: bool = True) -> SessionRef:
     """Parse and check a session folder; raise ``BadInput`` saying what is wrong with it."""
     raw = Path(path).expanduser()
@@ -39,7 +46,7 @@ def parse_session_path(path: Path | str, must_exist: bool = True) -> SessionRef:
             raise BadInput(f"session path {raw} does not exist")
         if not raw.is_dir():
             raise BadInput(f"session path {raw} is not a folder")
-    resolved = raw.resolve() if raw.exists() else raw.absolute()
+    resolved = _resolve(str(raw)) if raw.exists() else raw.absolute()
     match = _SESSION_RE.search(resolved.as_posix())
     if not match:
         raise BadInput(f"{raw} is not a session path: expected "

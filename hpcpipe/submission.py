@@ -14,7 +14,7 @@ from pathlib import Path
 from . import config
 from .errors import NotFound
 from .ledger import Ledger
-from .pipeline import Pipeline, executable_name
+from .pipeline import Pipeline, executable_name, record_pipelines
 from .pipelines import find_pipeline
 from .plan import Plan, plan_session
 from .session import parse_session_path
@@ -60,15 +60,9 @@ def load_pipeline(session_path: Path | str, pipeline: str | type[Pipeline], stor
     return cls(ref.path, one=store)
 
 
-def session_deck(pipe: Pipeline, store: TaskStore, dry_run: bool = False,
-                 rerun_statuses: list[str] | None = None) -> tuple[str, list[dict]]:
-    """The pipeline's task records for a session (created unless ``dry_run``). Tasks of other
-    graphs recorded for the session are not planned by this pipeline.
-
-    In a dry run, tasks not yet recorded appear as would-be records (``id`` = ``dry:<name>``).
-    """
-    if not dry_run:  # the pipeline's records (its graph), existing or just created
-        return pipe.eid, pipe.create_alyx_tasks(rerun__status__in=rerun_statuses)
+def dry_deck(pipe: Pipeline, store: TaskStore, rerun_statuses: list[str] | None = None) -> tuple[str, list[dict]]:
+    """The pipeline's records as a run would see them, writing nothing: tasks not yet recorded
+    appear as would-be records (``id`` = ``dry:<name>``)."""
     try:
         eid = store.session_id(pipe.session_path)
         existing = store.list_tasks(session=eid, graph=pipe.name)
@@ -102,8 +96,12 @@ def plan_sessions(sessions: list[Path | str], pipeline: str, store: TaskStore, l
     plans = []
     live = {j.task_id: j for j in ledger.live(live_backend)} if live_backend else {}
     with store.batch():
-        for pipe in pipes:
-            eid, deck = session_deck(pipe, store, dry_run, rerun_statuses)
+        if dry_run:
+            decks = [dry_deck(pipe, store, rerun_statuses) for pipe in pipes]
+        else:  # the pipelines' records (their graph), existing or just created, in a few bulk writes
+            recorded = record_pipelines(pipes, rerun_statuses)
+            decks = [(pipe.eid, records) for pipe, records in zip(pipes, recorded)]
+        for pipe, (eid, deck) in zip(pipes, decks):
             plan = plan_session(deck, eid, pipe.session_path, statuses, names, live)
             if not dry_run:
                 for task, reason in plan.held:

@@ -66,7 +66,8 @@ class Task(abc.ABC):
                  clobber=True, location="server", **kwargs) -> None:
         self.taskid = taskid
         self.one = one
-        self.session_path = Path(session_path) if session_path is not None else None
+        self.session_path = session_path if session_path is None or isinstance(session_path, Path) \
+            else Path(session_path)
         self.register_kwargs: dict = {}
         if parents:
             self.parents = list(parents)

@@ -94,6 +94,14 @@ class TaskStore(abc.ABC):
     def create_task(self, record: dict) -> dict:
         """Create a task (``session`` key and ``status`` required); returns the stored record."""
 
+    def create_tasks(self, records: list[dict]) -> list[dict]:
+        """Create many tasks (their parents already stored); returns the records in order.
+
+        The embedded store writes them in one statement; a REST store creates them one by one
+        (the default here).
+        """
+        return [self.create_task(r) for r in records]
+
     @abc.abstractmethod
     def update_task(self, task_id: str, **fields: Any) -> dict:
         """Partial update (PATCH): only the given fields change. Returns the stored record."""

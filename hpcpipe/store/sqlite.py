@@ -205,26 +205,37 @@ class SQLiteStore(TaskStore):
         return self._row(row)
 
     def create_task(self, record: dict) -> dict:
-        fields = check_fields(dict(record))
-        if "session" not in fields:
-            raise BadInput("a task needs a 'session' key (an id, or None)")
-        if "status" not in fields:
-            raise BadInput("a task needs a 'status' when it is created")
-        fields.setdefault("parents", [])
-        rec = {k: fields.get(k) for k in TASK_FIELDS}
-        rec["id"] = str(uuid.uuid4())
-        rec["datetime"] = _now()
+        return self.create_tasks([record])[0]
+
+    def create_tasks(self, records: list[dict]) -> list[dict]:
+        """One INSERT for all (a backfill's thousands of tasks), all or nothing."""
+        prepared = []
+        for record in records:
+            fields = check_fields(dict(record))
+            if "session" not in fields:
+                raise BadInput("a task needs a 'session' key (an id, or None)")
+            if "status" not in fields:
+                raise BadInput("a task needs a 'status' when it is created")
+            fields.setdefault("parents", [])
+            rec = {k: fields.get(k) for k in TASK_FIELDS}
+            rec["id"] = str(uuid.uuid4())
+            rec["datetime"] = _now()
+            prepared.append(rec)
+        if not prepared:
+            return []
         with self._tx() as db:
-            self._check_refs(db, rec)
+            self._check_refs(db, prepared)
             try:
-                db.execute(f"INSERT INTO tasks ({','.join(TASK_FIELDS)}) VALUES ({','.join('?' * len(TASK_FIELDS))})",
-                           [self._encode(k, rec[k]) for k in TASK_FIELDS])
+                db.executemany(f"INSERT INTO tasks ({','.join(TASK_FIELDS)}) VALUES "
+                               f"({','.join('?' * len(TASK_FIELDS))})",
+                               [[self._encode(k, rec[k]) for k in TASK_FIELDS] for rec in prepared])
             except sqlite3.IntegrityError as exc:
                 if "UNIQUE" in str(exc):
-                    raise Conflict(f"a task named {rec['name']!r} with these arguments already exists "
-                                   f"for session {rec['session']}") from None
+                    names = ", ".join(repr(r["name"]) for r in prepared[:5])
+                    raise Conflict(f"a task named {names if len(prepared) == 1 else 'among ' + names} "
+                                   f"with these arguments already exists for its session") from None
                 raise
-        return rec
+        return prepared
 
     def update_task(self, task_id: str, **fields: Any) -> dict:
         check_fields(fields)
@@ -234,7 +245,7 @@ class SQLiteStore(TaskStore):
         with self._tx() as db:
             if db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
                 raise NotFound(f"no task with id {task_id}")
-            self._check_refs(db, fields)
+            self._check_refs(db, [fields])
             sets = ", ".join(f"{k} = ?" for k in fields)
             try:
                 db.execute(f"UPDATE tasks SET {sets} WHERE id = ?",
@@ -260,17 +271,20 @@ class SQLiteStore(TaskStore):
         return value
 
     @staticmethod
-    def _check_refs(db: sqlite3.Connection, fields: dict) -> None:
-        if fields.get("session") is not None and db.execute(
-                "SELECT 1 FROM sessions WHERE id = ?", (fields["session"],)).fetchone() is None:
-            raise BadInput(f"session {fields['session']} does not exist")
-        parents = list(dict.fromkeys(fields.get("parents") or []))
-        if parents:
-            found = {r[0] for r in db.execute(f"SELECT id FROM tasks WHERE id IN ({','.join('?' * len(parents))})",
-                                              parents)}
-            for parent in parents:
-                if parent not in found:
-                    raise BadInput(f"parent task {parent} does not exist")
+    def _check_refs(db: sqlite3.Connection, records: list[dict]) -> None:
+        """Every session and parent named must exist (as Alyx checks), in a few IN queries."""
+        for table, label, wanted in (
+                ("sessions", "session", {r["session"] for r in records if r.get("session") is not None}),
+                ("tasks", "parent task", {p for r in records for p in r.get("parents") or []})):
+            wanted = list(wanted)
+            found: set[str] = set()
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i:i + 500]
+                found.update(r[0] for r in db.execute(
+                    f"SELECT id FROM {table} WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+            for ident in wanted:
+                if ident not in found:
+                    raise BadInput(f"{label} {ident} does not exist")
 
     # ------------------------------------------------------------------ datasets
     def register_files(self, session_path: Path | str, filenames: list[str],
