@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from pathlib import Path
 
 import paramiko
 import pytest
+
+from tests.ssh.conftest import _free_port
 
 from hpcpipe.errors import BackendError
 from hpcpipe.ssh import (AuthFailed, ConnectionLost, HostKeyRejected, HostUnreachable, SSHTransport,
@@ -237,14 +238,6 @@ def test_proxy_jump(make_transport, sshd, tmp_path):
 
 
 # ---------------------------------------------------------------- unreachable
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_unreachable_host_clear_error_quickly(make_transport):
     port = _free_port()
     t = make_transport(port=port, connect_attempts=3)
