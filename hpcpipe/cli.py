@@ -155,7 +155,7 @@ def cmd_demo_session(args) -> int:
 
 def cmd_submit(args) -> int:
     from .session import parse_session_path
-    from .submission import Run, plan_sessions
+    from .submission import plan_sessions
 
     sessions = [parse_session_path(s).path for s in args.session]
     store, ledger = _store(), _ledger()
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", help="entry-point name or package.module.Class")
     p.add_argument("--backend", default=config.get("submit", "backend", "local"), help="local (default) or slurm")
     p.add_argument("--profile", help="SLURM site profile (default: [slurm] profile, or generic)")
-    p.add_argument("--status", action="append", metavar="S", help=f"run tasks in this status (default Waiting)")
+    p.add_argument("--status", action="append", metavar="S", help="run tasks in this status (default Waiting)")
     p.add_argument("--rerun", action="append", metavar="S", help="reset tasks in this status to Waiting first")
     p.add_argument("--task", action="append", metavar="NAME", help="only these task names")
     _add_remote_args(p)

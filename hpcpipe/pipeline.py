@@ -13,12 +13,13 @@ import logging
 import math
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from .errors import BadInput, PipelineError, Unreachable
+from .errors import BadInput, PipelineError
 from .status import (ABANDONED, BLOCKING, CODE_TO_STATUS, DONE, EMPTY, ERRORED, HELD, STATUSES,
                      WAITING, check_statuses)
 from .store.base import SMALLINT_MAX
+from .store.held import parents_state, release_held_children
 from .task import Task
 
 _logger = logging.getLogger(__name__)
@@ -271,12 +272,6 @@ def record_pipelines(pipes: list[Pipeline], rerun__status__in=None, tasks_list=N
     return [[records[k][item["name"]] for item in items] for k, items in enumerate(todo)]
 
 
-def parents_state(tdict: dict, job_deck: Iterable[dict]) -> set[str]:
-    """The statuses of a task's parents, read from ``job_deck``."""
-    by_id = {t["id"]: t["status"] for t in job_deck}
-    return {by_id.get(p, "Missing") for p in tdict.get("parents") or []}
-
-
 def run_alyx_task(tdict=None, session_path=None, one=None, job_deck=None, max_md5_size=None,
                   machine=None, clobber=True, location="server", mode="log"):
     """Run one task record and register its outputs (ibllib semantics).
@@ -332,23 +327,3 @@ def run_alyx_task(tdict=None, session_path=None, one=None, job_deck=None, max_md
     if mode == "raise" and status != 0:
         raise RuntimeError(f"task {tdict['name']} ended with status {patch['status']}:\n{task.log[-2000:]}")
     return tdict, registered
-
-
-def release_held_children(store, tdict: dict) -> list[dict]:
-    """Held children of ``tdict`` whose parents are all done go back to Waiting.
-
-    Reads the session's tasks afresh (one query): a job deck read before the run may be stale
-    when other jobs of the session finished meanwhile.
-    """
-    if tdict.get("status") not in DONE:
-        return []
-    try:
-        deck = store.list_tasks(session=tdict["session"])
-    except Unreachable:
-        return []  # the outbox replay and the next sweep release them
-    released = []
-    for child in deck:
-        if child["status"] == HELD and tdict["id"] in (child["parents"] or []):
-            if parents_state(child, deck) <= DONE:
-                released.append(store.update_task(child["id"], status=WAITING))
-    return released

@@ -16,7 +16,6 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 from . import __version__, config, signature as sig
 from .errors import BadInput

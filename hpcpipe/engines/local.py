@@ -27,7 +27,7 @@ from ..ledger import Ledger
 from ..pipeline import time_out_secs
 from ..plan import Plan, PlanItem
 from ..jobside import runfolder
-from ..status import DONE, ERRORED, HELD, STARTED, WAITING
+from ..status import DONE, ERRORED, HELD, WAITING
 from ..store import outbox
 
 _logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import NotFound, StoreError, Unreachable
-from ..status import DONE, STARTED
+from ..status import DONE
 from ..store import outbox
 from ..store.base import TaskStore, check_fields
 

@@ -23,17 +23,16 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable
 
 from .. import config
-from ..errors import BackendError, BadInput
+from ..errors import BackendError
 from ..jobside import runfolder
 from ..jobside.outcome import pending, swept, warn_signal
 from ..ledger import Ledger
 from ..pipeline import time_out_secs
 from ..plan import Plan, PlanItem
-from ..status import ERRORED, HELD, STARTED, WAITING
+from ..status import STARTED, WAITING
 from .limits import ClusterLimits
 from .profiles import Profile, load_profile
 from .render import JobSpec, Resources, job_script

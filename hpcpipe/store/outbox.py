@@ -29,6 +29,7 @@ from typing import Any
 
 from .. import config
 from ..errors import Unreachable
+from .held import release_held_children
 
 _logger = logging.getLogger(__name__)
 #: the store methods a report may call
@@ -171,8 +172,6 @@ def _release_children(store, tdict: Any) -> None:
     ``run_alyx_task`` could not release them when the store was unreachable (it saw no fresh
     task list); without this they would stay Held for ever after the replay.
     """
-    from ..pipeline import release_held_children  # the rule lives with run_alyx_task
-
     if not isinstance(tdict, dict):
         return
     try:

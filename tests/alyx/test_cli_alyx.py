@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from hpcpipe.demo.session import make_session as make_demo_data
 from tests.alyx_server import PASSWORD, USERNAME
 from tests.alyx_server.fixtures import admin_client, make_session

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -12,8 +11,7 @@ import pytest
 from tests.ssh.conftest import _free_port
 
 from hpcpipe.errors import BackendError
-from hpcpipe.ssh import (AuthFailed, ConnectionLost, HostKeyRejected, HostUnreachable, SSHTransport,
-                         fingerprint)
+from hpcpipe.ssh import AuthFailed, ConnectionLost, HostKeyRejected, HostUnreachable, SSHTransport
 
 pytestmark = pytest.mark.ssh
 
