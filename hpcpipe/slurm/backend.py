@@ -337,19 +337,23 @@ class SlurmBackend:
             if st is None:
                 continue
             updates.append((j.task_id, j.run_id, st.state, st.reason or None))
-            if st.final and not folded.get(j.task_id, (0, False))[1]:
-                swept += self._sweep_one(j, st)
+            applied, final = folded.get(j.task_id, (j.folded_ops, False))
+            if st.final and not final:
+                swept += self._sweep_one(j, st, applied)
             elif not st.final and st.state != "RUNNING":
                 swept += self._pending(j, st)
         self.ledger.set_state(updates)
         return {"folded": len(folded), "queries": watcher.queries, "swept": swept,
                 "states": {j.task_id: states[j.backend_id] for j in live if j.backend_id in states}}
 
-    def _sweep_one(self, job, st) -> int:
-        """A job SLURM ended without a final result: record why, so nothing stays Started."""
+    def _sweep_one(self, job, st, applied: int) -> int:
+        """A job SLURM ended without a final result: record why, so nothing stays Started.
+
+        ``applied``: operations of its result already folded in this refresh.
+        """
         # the job may have written its result between the fold and the query: fold once more
         text = self.transport.read_file(str(runfolder.result_path(job.run_dir, job.task_id)))
-        done = runfolder.fold(self.store, [(job.task_id, text, job.folded_ops)]).get(job.task_id)
+        done = runfolder.fold(self.store, [(job.task_id, text, applied)]).get(job.task_id)
         if done and done[1]:
             self.ledger.set_folded([(job.task_id, job.run_id, done[0], True)])
             return 0
@@ -357,7 +361,7 @@ class SlurmBackend:
         status, why = swept(st, task["status"], text, self.transport.read_file)
         if task["status"] in (STARTED, WAITING):
             self.store.update_task(job.task_id, status=status, log=(task.get("log") or "") + f"\n{why}\n")
-        self.ledger.set_folded([(job.task_id, job.run_id, done[0] if done else job.folded_ops, True)])
+        self.ledger.set_folded([(job.task_id, job.run_id, done[0] if done else applied, True)])
         return 1
 
     def _pending(self, job, st) -> int:
