@@ -113,6 +113,14 @@ def _slurm_refresh(store, ledger, backend=None) -> dict:
     return states
 
 
+def _prepare_slurm(store, ledger, backend, dry_run: bool) -> None:
+    """Before any record is written: the cluster answers (its limits are read now, once) and
+    live jobs are checked against it, so nothing is submitted twice."""
+    if not dry_run:
+        backend.limits
+    _slurm_refresh(store, ledger, backend)
+
+
 def _rows(store, ledger, session: str | None, statuses: list[str], live: dict | None = None) -> list[dict]:
     tasks = store.list_tasks(session=session, status=statuses or None)
     jobs = ledger.latest(t["id"] for t in tasks)
@@ -162,7 +170,7 @@ def cmd_submit(args) -> int:
     pipeline = _pipeline_name(args, store, sessions[0])
     backend = _backend(args, store, ledger, sessions)
     if backend is not None:
-        _slurm_refresh(store, ledger, backend)  # live jobs checked against SLURM before planning
+        _prepare_slurm(store, ledger, backend, args.dry_run)
     plans = plan_sessions(sessions, pipeline, store, ledger, statuses=args.status or ["Waiting"],
                           names=args.task, dry_run=args.dry_run, rerun_statuses=args.rerun,
                           live_backend=backend.name if backend else "local")
@@ -227,7 +235,7 @@ def cmd_rerun(args) -> int:
     rerun = check_statuses((args.status or []) + (["Errored"] if args.failed else []) or ["Errored"])
     backend = _backend(args, store, ledger, [session])
     if backend is not None:
-        _slurm_refresh(store, ledger, backend)
+        _prepare_slurm(store, ledger, backend, args.dry_run)
     escalations = {}
     if args.escalate:  # read before planning: a rerun resets the records to the class's values
         from .jobside import escalate
@@ -332,7 +340,7 @@ def cmd_backfill(args) -> int:
     pipeline = _pipeline_name(args, store, paths[0])
     args.backend = "slurm"
     backend = _backend(args, store, ledger, paths)
-    _slurm_refresh(store, ledger, backend)
+    _prepare_slurm(store, ledger, backend, args.dry_run)
     statuses = ["Waiting"] + check_statuses(args.rerun)
     plans = plan_sessions(paths, pipeline, store, ledger, statuses=statuses, names=args.task,
                           dry_run=args.dry_run, rerun_statuses=args.rerun, live_backend="slurm")
@@ -490,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     except HpcpipeError as exc:
         if args.verbose:
             _logger.exception("failed")
-        print(f"hpcpipe: error: {exc}", file=sys.stderr)
+        one_line = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"hpcpipe: error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(f"hpcpipe: interrupted ({exc or 'Ctrl-C'}); running tasks stopped and set back to Waiting",

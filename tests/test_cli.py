@@ -104,3 +104,11 @@ def test_graph_writes_the_pipeline(home, session, capsys):
     gv = session.parent / "demo.gv"
     text = gv.read_text()
     assert '"DemoTrials" -> "DemoBehaviourQC"' in text and '"DemoSpikeSorting" -> "DemoSummary"' in text
+
+
+def test_slurm_backend_without_a_cluster_fails_before_recording(home, session, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(session))  # no sbatch/scontrol on the PATH
+    assert main(["submit", "--session", str(session), "--pipeline", "demo", "--backend", "slurm"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hpcpipe: error: scontrol: command not found") and err.count("\n") == 1
+    assert snapshot(home) == []
