@@ -272,7 +272,10 @@ def cmd_status(args) -> int:
             _print_table(rows, store)
         if not args.watch:
             return 0
-        time.sleep(args.watch)
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:  # Ctrl-C ends --watch; nothing runs here to stop
+            return 0
         print()
 
 
