@@ -217,6 +217,14 @@ class Pipeline(abc.ABC):
         return self.run(status__in=[s for s in STATUSES if s != ABANDONED], **kwargs)
 
 
+def job_size(tdict: dict) -> str | None:
+    """A record's ``job_size``: not an Alyx field, so it comes from the task class."""
+    try:
+        return getattr(str2class(tdict["executable"]), "job_size", None) if tdict.get("executable") else None
+    except BadInput:
+        return None
+
+
 def time_out_secs(tdict: dict) -> int | None:
     """A record's time-out, in full: Alyx caps ``time_out_secs`` at 32767 s (about 9 h), so a
     capped value is read back from the task class, where the real one lives."""

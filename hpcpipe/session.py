@@ -6,6 +6,7 @@ session or to register files) and for the CLI (which must refuse a bad path befo
 from __future__ import annotations
 
 import re
+import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,22 +34,28 @@ class SessionRef:
 
 
 @lru_cache(maxsize=65536)
-def _resolve(path: str) -> Path:
-    """``Path.resolve`` once per path per process: a backfill parses each session path twice."""
-    return Path(path).resolve()
+def _parse(path: str) -> SessionRef | None:
+    """Resolve and match once per path per process: a backfill parses each session path twice."""
+    raw = Path(path)
+    resolved = raw.resolve() if raw.exists() else raw.absolute()
+    match = _SESSION_RE.search(resolved.as_posix())
+    if not match:
+        return None
+    return SessionRef(resolved, match["subject"], match["date"], int(match["number"]), match["lab"])
 
 
 def parse_session_path(path: Path | str, must_exist: bool = True) -> SessionRef:
     """Parse and check a session folder; raise ``BadInput`` saying what is wrong with it."""
     raw = Path(path).expanduser()
     if must_exist:
-        if not raw.exists():
-            raise BadInput(f"session path {raw} does not exist")
-        if not raw.is_dir():
+        try:
+            is_dir = stat.S_ISDIR(raw.stat().st_mode)
+        except FileNotFoundError:
+            raise BadInput(f"session path {raw} does not exist") from None
+        if not is_dir:
             raise BadInput(f"session path {raw} is not a folder")
-    resolved = _resolve(str(raw)) if raw.exists() else raw.absolute()
-    match = _SESSION_RE.search(resolved.as_posix())
-    if not match:
+    ref = _parse(str(raw))
+    if ref is None:
         raise BadInput(f"{raw} is not a session path: expected "
                        "<root>/[<lab>/Subjects/]<subject>/<YYYY-MM-DD>/<NNN>")
-    return SessionRef(resolved, match["subject"], match["date"], int(match["number"]), match["lab"])
+    return ref

@@ -23,3 +23,17 @@ def test_day_long_task_is_recorded_capped_and_submitted_in_full(tmp_path):
 
     script = job_script(JobSpec(name="r", command=["true"], resources=res), Profile())
     assert "--time=1-00:00:00" in script
+
+
+def test_job_size_comes_from_the_task_class_and_picks_the_partition(tmp_path):
+    from hpcpipe.slurm.profiles import Profile
+    from hpcpipe.slurm.render import JobSpec, resolve_partition
+
+    session = make_session(tmp_path / "S2" / "2026-11-20" / "001", duration=15)
+    store = SQLiteStore(tmp_path / "tasks.sqlite")
+    (record,) = DayLongPipeline(session, one=store).create_alyx_tasks()
+    assert "job_size" not in record  # Alyx has no such field
+    res = _resources(record)
+    assert res.job_size == "small"  # Task's default, read from the class
+    spec = JobSpec(name="r", command=["true"], resources=res)
+    assert resolve_partition(spec, Profile(job_size={"small": "short", "large": "long"})) == "short"

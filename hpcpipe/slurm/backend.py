@@ -30,7 +30,7 @@ from ..errors import BackendError
 from ..jobside import runfolder
 from ..jobside.outcome import pending, swept, warn_signal
 from ..ledger import Ledger
-from ..pipeline import time_out_secs
+from ..pipeline import job_size, time_out_secs
 from ..plan import Plan, PlanItem
 from ..status import STARTED, WAITING
 from .limits import ClusterLimits
@@ -69,11 +69,15 @@ class SubmitReport:
         return text
 
 
+#: the record fields a job's resources come from
+_RESOURCE_FIELDS = ("cpu", "gpu", "ram", "time_out_secs", "priority", "io_charge", "job_size", "executable")
+
+
 def _resources(task: dict) -> Resources:
     return Resources(cpu=int(task.get("cpu") or 1), gpu=int(task.get("gpu") or 0),
                      ram=task.get("ram") or None, time_out_secs=time_out_secs(task) or None,
                      priority=task.get("priority"), io_charge=int(task.get("io_charge") or 0),
-                     job_size=task.get("job_size"))
+                     job_size=job_size(task))
 
 
 class _DryIds:
@@ -231,8 +235,8 @@ class SlurmBackend:
         chunks = self._chunks(plans, size, budget, report)
         report.chunks = len(chunks)
         # every script is checked before the first sbatch (once per distinct set of resources)
-        distinct = {_resources(item.task).__repr__(): item.task for chunk in chunks for plan in chunk
-                    for item in plan.items}
+        distinct = {tuple(item.task.get(k) for k in _RESOURCE_FIELDS): item.task
+                    for chunk in chunks for plan in chunk for item in plan.items}
         self._check_or_warn([self._spec(run_id, run_dir, task, ["true"], "x") for task in distinct.values()],
                             dry_run)
         self._write_run(run_id, run_dir, {f"c{k}": {i: self._entry(p) for i, p in enumerate(chunk)}

@@ -28,7 +28,7 @@ TASK_FIELDS = ("id", "parents", "session", "data_repository", "status", "name", 
 WRITABLE_FIELDS = frozenset(TASK_FIELDS) - {"id", "datetime"}
 #: Alyx stores these as SmallInteger (-32768..32767).
 SMALLINT_MAX = 32767
-SMALLINT_FIELDS = ("priority", "io_charge", "level", "gpu", "cpu", "ram", "time_out_secs")
+SMALLINT_FIELDS = frozenset({"priority", "io_charge", "level", "gpu", "cpu", "ram", "time_out_secs"})
 
 
 def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """
     from ..errors import BadInput
 
-    unknown = set(fields) - WRITABLE_FIELDS
+    unknown = fields.keys() - WRITABLE_FIELDS
     if unknown:
         raise BadInput(f"unknown task field(s) {sorted(unknown)}; valid: {sorted(WRITABLE_FIELDS)}")
     if "status" in fields:
@@ -50,8 +50,8 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
         raise BadInput(f"task parents must be a list of task ids, not {type(fields['parents']).__name__}")
     if fields.get("name") is not None and len(fields["name"]) > 64:
         raise BadInput(f"task name {fields['name']!r} is longer than 64 characters")
-    for key in SMALLINT_FIELDS:
-        value = fields.get(key)
+    for key in SMALLINT_FIELDS.intersection(fields):
+        value = fields[key]
         if value is not None and not -32768 <= value <= 32767:
             raise BadInput(f"task {key}={value!r} is out of range: Alyx stores it as a SmallInteger "
                            "(-32768..32767)")
