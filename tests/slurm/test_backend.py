@@ -108,7 +108,11 @@ def test_resubmitting_a_queued_session_submits_nothing_twice_then_cancel(env, tm
     first = hp(env, "submit", "--session", str(session), "--pipeline", pipeline, "--backend", "slurm").stdout
     assert "3 task(s) in 3 sbatch call(s)" in first
     second = hp(env, "submit", "--session", str(session), "--pipeline", pipeline, "--backend", "slurm").stdout
-    assert second.count("already queued as slurm job") == 3 and "nothing to submit" in second
+    # each task is either still queued (skipped, named) or already Started (not Waiting any more)
+    assert "nothing to submit" in second and "already queued as slurm job" in second
+    from hpcpipe.ledger import Ledger
+
+    assert len(Ledger(Path(env["HPCPIPE_HOME"]) / "jobs.sqlite").live()) == 3  # still one job per task
     cancelled = hp(env, "cancel", "--session", str(session)).stdout
     assert "cancelled 3 job(s)" in cancelled
     rows = json.loads(hp(env, "status", "--json").stdout)
