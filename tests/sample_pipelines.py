@@ -11,7 +11,8 @@ from hpcpipe.task import Task
 
 
 class Sleep(Task):
-    """Sleeps ``seconds`` (argument), appends its name to ``order.txt`` when it starts."""
+    """Sleeps ``seconds`` (argument); appends ``<name> <pid>`` to ``order.txt`` when it starts and
+    ``end <name>`` when it is done."""
 
     cpu = 1
     ram = 1
@@ -21,6 +22,8 @@ class Sleep(Task):
         with open(Path(self.session_path) / "order.txt", "a") as fh:
             fh.write(f"{self.kwargs.get('label', self.name)} {os.getpid()}\n")
         time.sleep(float(self.kwargs.get("seconds", 0)))
+        with open(Path(self.session_path) / "order.txt", "a") as fh:
+            fh.write(f"end {self.kwargs.get('label', self.name)}\n")
         if self.kwargs.get("fail"):
             raise RuntimeError("failing on purpose")
         return []

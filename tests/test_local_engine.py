@@ -70,21 +70,26 @@ def test_demo_pipeline_completes_with_outputs(env, session):
     assert "nothing to run" in again.stdout
 
 
+def starts(session) -> list[str]:
+    return [line.split()[0] for line in (session / "order.txt").read_text().splitlines() if not line.startswith("end ")]
+
+
 def test_priority_order_under_a_one_cpu_budget(env, session):
     env["HPCPIPE_LOCAL_CPUS"] = "1"
     hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.ThreeIndependent", check=True)
-    order = [line.split()[0] for line in (session / "order.txt").read_text().splitlines()]
-    assert order == ["B", "C", "A"]
+    lines = (session / "order.txt").read_text().splitlines()
+    assert starts(session) == ["B", "C", "A"]
+    # one at a time: each task ends before the next starts
+    assert [ln.split()[0] for ln in lines] == ["B", "end", "C", "end", "A", "end"]
 
 
 def test_parallel_when_the_budget_allows(env, session):
     env["HPCPIPE_LOCAL_CPUS"] = "3"
     env["HPCPIPE_LOCAL_RAM"] = "8"
-    t0 = time.monotonic()
     hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.ThreeIndependent", check=True)
-    pids = {line.split()[1] for line in (session / "order.txt").read_text().splitlines()}
-    assert len(pids) == 3  # one process per task
-    assert time.monotonic() - t0 < 10
+    lines = (session / "order.txt").read_text().splitlines()
+    assert len({ln.split()[1] for ln in lines if not ln.startswith("end ")}) == 3  # one process per task
+    assert not any(ln.startswith("end ") for ln in lines[:3])  # all three started before any ended
 
 
 def test_task_bigger_than_the_machine_is_refused_before_running(env, session):
@@ -96,10 +101,9 @@ def test_task_bigger_than_the_machine_is_refused_before_running(env, session):
 
 
 def test_timeout_kills_the_task_and_holds_its_child(env, session):
-    t0 = time.monotonic()
+    # Slow sleeps 120 s: only the engine's kill ends it before hp()'s own 120 s limit
     proc = hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.TimeoutPipeline")
     assert proc.returncode == 1
-    assert time.monotonic() - t0 < 30
     rows = status(env, session)
     assert rows["Slow"]["status"] == "Errored"
     assert rows["Child"]["status"] == "Held"
@@ -109,7 +113,7 @@ def test_timeout_kills_the_task_and_holds_its_child(env, session):
     slow = store.list_tasks(name="Slow")[0]
     assert "time_out_secs=2" in slow["log"]
     assert not task_processes(env["HPCPIPE_HOME"])
-    assert len((session / "order.txt").read_text().splitlines()) == 1  # Child never ran
+    assert starts(session) == ["Slow"]  # Child never ran
 
 
 def test_failed_parent_holds_children_only(env, session):

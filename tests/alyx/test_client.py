@@ -188,7 +188,7 @@ def test_429_storm_waits_retry_after(alyx_fresh_server):
     t0 = time.monotonic()
     with pytest.raises(AlyxUnreachable, match="throttled"):
         impatient.rest("tasks", "list")
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 15  # not the minute Retry-After asks for
     server.set_throttle("100000/min")
 
 
