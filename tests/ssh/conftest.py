@@ -149,3 +149,12 @@ def private_sshd(sshd):
         subprocess.run(["bash", str(ROOT / "scripts" / "sshd-down"), "--sessions", base],
                        capture_output=True, timeout=60)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs the loopback sshd is an ``ssh`` test, however it gets it (directly or
+    through ``make_transport``/``slurm_remote``...): ``scripts/test`` runs those after starting the
+    servers, not in the fast phase where they would only skip."""
+    for item in items:
+        if "sshd" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ssh)
