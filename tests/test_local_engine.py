@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from hpcpipe.demo.session import make_session
+from tests.cliutil import run_hpcpipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,12 +31,7 @@ def session(tmp_path):
     return make_session(tmp_path / "data" / "lab" / "Subjects" / "S1" / "2026-11-20" / "001")
 
 
-def hp(env, *args, timeout=120, check=False):
-    proc = subprocess.run([sys.executable, "-m", "hpcpipe.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"hpcpipe {args} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+hp = partial(run_hpcpipe, timeout=120, check=False)
 
 
 def status(env, session) -> dict[str, dict]:

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 from hpcpipe.demo.session import make_session as make_demo_data
 from tests.alyx_server import PASSWORD, USERNAME
 from tests.alyx_server.fixtures import admin_client, make_session
+from tests.cliutil import run_hpcpipe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,9 +26,7 @@ def cli_env(tmp_path, server) -> dict:
     return env
 
 
-def hp(env, *args):
-    return subprocess.run([sys.executable, "-m", "hpcpipe.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+hp = partial(run_hpcpipe, check=False)
 
 
 def test_demo_submit_with_alyx_configured(alyx_server, tmp_path):

@@ -19,9 +19,12 @@ import subprocess
 import sys
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import pytest
+
+from tests.cliutil import run_hpcpipe
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = "tests.jobside.sample_tasks"
@@ -64,12 +67,7 @@ def session(root: Path, n: int = 1) -> Path:
     return path
 
 
-def hp(env, *args, timeout=120, check=True):
-    proc = subprocess.run([sys.executable, "-m", "hpcpipe.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"hpcpipe {args} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+hp = partial(run_hpcpipe, timeout=120)
 
 
 def jobs(env) -> list[dict]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from hpcpipe.demo.session import make_session
 from hpcpipe.store.sqlite import SQLiteStore
+from tests.cliutil import run_hpcpipe
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
@@ -35,12 +35,7 @@ def env(tmp_path, slurm_cluster):
             subprocess.run(["scancel", *ids], capture_output=True)
 
 
-def hp(env, *args, check=True, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "hpcpipe.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"hpcpipe {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+hp = run_hpcpipe
 
 
 def store(env) -> SQLiteStore:

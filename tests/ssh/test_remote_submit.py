@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hpcpipe.demo.session import make_session
+from tests.cliutil import run_hpcpipe
 
 pytestmark = pytest.mark.ssh
 REPO = Path(__file__).resolve().parents[2]
@@ -43,12 +44,7 @@ path_map = {{ "{data}" = "{data}" }}
             subprocess.run(["scancel", *ids], capture_output=True)
 
 
-def hp(env, *args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "hpcpipe.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"hpcpipe {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+hp = run_hpcpipe
 
 
 def test_demo_pipeline_completes_through_ssh(env, tmp_path):
