@@ -11,7 +11,7 @@ import pytest
 
 from hpcpipe.demo.session import make_session
 from hpcpipe.store.sqlite import SQLiteStore
-from tests.cliutil import run_hpcpipe
+from tests.cliutil import cancel_left_jobs, run_hpcpipe as hp
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
@@ -25,17 +25,8 @@ def env(tmp_path, slurm_cluster):
         if key.startswith("HPCPIPE_SLURM_") and key not in ("HPCPIPE_SLURM_BASE", "HPCPIPE_SLURM_SACCT"):
             e.pop(key)
     yield e
-    # cancel whatever a failing test left queued
-    store_jobs = Path(e["HPCPIPE_HOME"]) / "jobs.sqlite"
-    if store_jobs.exists():
-        from hpcpipe.ledger import Ledger
+    cancel_left_jobs(e["HPCPIPE_HOME"])  # whatever a failing test left queued
 
-        ids = sorted({j.job_id for j in Ledger(store_jobs).live()})
-        if ids:
-            subprocess.run(["scancel", *ids], capture_output=True)
-
-
-hp = run_hpcpipe
 
 
 def store(env) -> SQLiteStore:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hpcpipe.demo.session import make_session
-from tests.cliutil import run_hpcpipe
+from tests.cliutil import cancel_left_jobs, run_hpcpipe as hp
 
 pytestmark = pytest.mark.ssh
 REPO = Path(__file__).resolve().parents[2]
@@ -35,16 +34,8 @@ path_map = {{ "{data}" = "{data}" }}
     e = dict(os.environ, HPCPIPE_HOME=str(tmp_path / "home"), HPCPIPE_CONFIG=str(config), PYTHONPATH=str(REPO))
     e.pop("SLURM_CONF", None)  # the workstation has no SLURM: everything goes through ssh
     yield e
-    ledger = Path(e["HPCPIPE_HOME"]) / "jobs.sqlite"
-    if ledger.exists():
-        from hpcpipe.ledger import Ledger
+    cancel_left_jobs(e["HPCPIPE_HOME"])  # whatever a failing test left queued
 
-        ids = sorted({j.job_id for j in Ledger(ledger).live()})
-        if ids:
-            subprocess.run(["scancel", *ids], capture_output=True)
-
-
-hp = run_hpcpipe
 
 
 def test_demo_pipeline_completes_through_ssh(env, tmp_path):
