@@ -117,7 +117,7 @@ def _prepare_slurm(store, ledger, backend, dry_run: bool) -> None:
     """Before any record is written: the cluster answers (its limits are read now, once) and
     live jobs are checked against it, so nothing is submitted twice."""
     if not dry_run:
-        backend.limits
+        _ = backend.limits  # read the cluster limits before anything is recorded
     _slurm_refresh(store, ledger, backend)
 
 

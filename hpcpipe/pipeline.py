@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInput, PipelineError
-from .status import (ABANDONED, BLOCKING, CODE_TO_STATUS, DONE, EMPTY, ERRORED, HELD, STATUSES,
-                     WAITING, check_statuses)
+from .status import ABANDONED, BLOCKING, CODE_TO_STATUS, DONE, EMPTY, ERRORED, HELD, STATUSES, WAITING, check_statuses
 from .store.base import SMALLINT_MAX
 from .store.held import parents_state, release_held_children
 from .task import Task
@@ -44,7 +43,7 @@ def str2class(dotted: str) -> type:
 def check_graph(tasks: "OrderedDict[str, Task]") -> None:
     """Refuse duplicate names, parents outside the pipeline and cycles, naming the tasks."""
     by_name: dict[str, Task] = {}
-    for key, task in tasks.items():
+    for task in tasks.values():
         if task.name in by_name:
             raise PipelineError(f"two tasks are named {task.name!r} in the pipeline")
         by_name[task.name] = task
@@ -288,8 +287,7 @@ def run_alyx_task(tdict=None, session_path=None, one=None, job_deck=None, max_md
     None for the configured store). With ``mode='raise'`` the task's error is re-raised after
     its status has been saved.
     """
-    from .store import open_store
-    from .store import outbox
+    from .store import open_store, outbox
 
     store = open_store(one)
     # reports go through the outbox: kept on disk when the store cannot be reached

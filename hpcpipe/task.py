@@ -17,7 +17,8 @@ import time
 import traceback
 from pathlib import Path
 
-from . import __version__, config, signature as sig
+from . import __version__, config
+from . import signature as sig
 from .errors import BadInput
 from .status import CODE_COMPLETE, CODE_ERRORED, CODE_LOCKED
 

@@ -254,8 +254,7 @@ class AlyxClient:
         """True when the connection was never established, so the request did not leave."""
         if isinstance(exc, requests.ConnectTimeout):
             return True
-        from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NameResolutionError, \
-            NewConnectionError
+        from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NameResolutionError, NewConnectionError
         reason = exc.args[0] if exc.args else None
         if isinstance(reason, MaxRetryError):
             reason = reason.reason

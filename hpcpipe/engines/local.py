@@ -23,10 +23,10 @@ from pathlib import Path
 
 from .. import config
 from ..errors import BadInput, Unreachable
+from ..jobside import runfolder
 from ..ledger import Ledger
 from ..pipeline import time_out_secs
 from ..plan import Plan, PlanItem
-from ..jobside import runfolder
 from ..status import DONE, ERRORED, HELD, WAITING
 from ..store import outbox
 

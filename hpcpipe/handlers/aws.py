@@ -30,8 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput
-from .base import DataHandler, DataHandlerError, DownloadError, MissingInputs, link_or_copy, log, md5sum, \
-    session_parts, spec_matches
+from .base import (
+    DataHandler,
+    DataHandlerError,
+    DownloadError,
+    MissingInputs,
+    link_or_copy,
+    log,
+    md5sum,
+    session_parts,
+    spec_matches,
+)
 
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 

@@ -38,8 +38,18 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import requests
 import urllib3
 
-from .base import DataHandler, DataHandlerError, DownloadError, MissingInputs, link_or_copy, log, md5sum, \
-    session_parts, spec_matches, strip_uuid
+from .base import (
+    DataHandler,
+    DataHandlerError,
+    DownloadError,
+    MissingInputs,
+    link_or_copy,
+    log,
+    md5sum,
+    session_parts,
+    spec_matches,
+    strip_uuid,
+)
 
 _RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
               urllib3.exceptions.HTTPError)  # raised by the raw reads of the body

@@ -118,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     task_id = None
     try:
         from ..pipeline import run_alyx_task
-
         from .runfolder import RunFolderStore, load_session_entry
 
         run_dir = Path(args.run_dir)

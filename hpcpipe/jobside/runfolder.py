@@ -29,7 +29,6 @@ from ..status import DONE
 from ..store import outbox
 from ..store.base import TaskStore, check_fields
 
-
 _writes = itertools.count()
 
 

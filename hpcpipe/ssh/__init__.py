@@ -6,8 +6,7 @@ See docs/SSH.md.
 from .pathmap import PathMap
 from .submit import new_token, submit_once, submit_script_once
 from .target import RemoteTarget, parse_spec, resolve_remote
-from .transport import (AuthFailed, ConnectionLost, HostKeyRejected, HostUnreachable,
-                        SSHTransport, fingerprint)
+from .transport import AuthFailed, ConnectionLost, HostKeyRejected, HostUnreachable, SSHTransport, fingerprint
 
 __all__ = [
     "SSHTransport", "HostKeyRejected", "AuthFailed", "HostUnreachable", "ConnectionLost",

@@ -29,8 +29,7 @@ from typing import Any, Iterable
 
 from .. import config
 from ..alyx import register as reg
-from ..alyx.client import (AlyxClient, AlyxError, AlyxNotFound, AlyxServerError, AlyxUnreachable,
-                           error_detail)
+from ..alyx.client import AlyxClient, AlyxError, AlyxNotFound, AlyxServerError, AlyxUnreachable, error_detail
 from ..alyx.params import url_key
 from ..errors import BadInput, Conflict, NotFound, StoreError, Unreachable
 from ..session import parse_session_path

@@ -9,8 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: tests.alyx_server
 
-from tests.alyx_server.fixtures import (_alyx_server_session, admin_client, alyx_fresh_server,  # noqa: E402,F401
-                                        alyx_server, make_session)
+from tests.alyx_server.fixtures import _alyx_server_session, admin_client, alyx_fresh_server, alyx_server, make_session  # noqa: E402,F401
 
 
 @pytest.fixture(autouse=True)

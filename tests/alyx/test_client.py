@@ -9,8 +9,15 @@ import time
 import pytest
 
 from hpcpipe.alyx import params as alyx_params
-from hpcpipe.alyx.client import (AlyxAuthError, AlyxBadInput, AlyxClient, AlyxConflict, AlyxNotFound,
-                                 AlyxServerError, AlyxUnreachable)
+from hpcpipe.alyx.client import (
+    AlyxAuthError,
+    AlyxBadInput,
+    AlyxClient,
+    AlyxConflict,
+    AlyxNotFound,
+    AlyxServerError,
+    AlyxUnreachable,
+)
 from hpcpipe.errors import BadInput, Conflict, NotFound, Unreachable
 from tests.alyx_server import PASSWORD, USERNAME
 

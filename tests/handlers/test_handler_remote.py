@@ -11,7 +11,6 @@ import pytest
 from hpcpipe.handlers import DownloadError, MissingInputs, get_data_handler
 
 
-
 def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 

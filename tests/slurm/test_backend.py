@@ -11,7 +11,8 @@ import pytest
 
 from hpcpipe.demo.session import make_session
 from hpcpipe.store.sqlite import SQLiteStore
-from tests.cliutil import cancel_left_jobs, run_hpcpipe as hp
+from tests.cliutil import cancel_left_jobs
+from tests.cliutil import run_hpcpipe as hp
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]

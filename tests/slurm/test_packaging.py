@@ -5,8 +5,9 @@ folder under hpcpipe/ must be added there too; this test says which one is missi
 """
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 

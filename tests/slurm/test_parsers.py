@@ -8,8 +8,15 @@ import pytest
 from hpcpipe.errors import BackendError, BadInput
 from hpcpipe.slurm.cancel import scancel_argv
 from hpcpipe.slurm.limits import (
-    ClusterLimits, parse_assoc_limits, parse_config, parse_gres_gpus, parse_licenses, parse_nodes,
-    parse_oneliner, parse_partitions, parse_time_minutes,
+    ClusterLimits,
+    parse_assoc_limits,
+    parse_config,
+    parse_gres_gpus,
+    parse_licenses,
+    parse_nodes,
+    parse_oneliner,
+    parse_partitions,
+    parse_time_minutes,
 )
 from hpcpipe.slurm.render import JobSpec
 from hpcpipe.slurm.status import JobWatcher, normalise_state, parse_sacct, parse_squeue, sacct_argv

@@ -10,8 +10,17 @@ import pytest
 from hpcpipe.errors import BadInput
 from hpcpipe.slurm.profiles import Profile, list_profiles, load_profile
 from hpcpipe.slurm.render import (
-    JobSpec, Resources, compress_indices, expand_indices, format_time, job_script, mem_option,
-    nice_for, resolve_partition, sbatch_options, time_minutes,
+    JobSpec,
+    Resources,
+    compress_indices,
+    expand_indices,
+    format_time,
+    job_script,
+    mem_option,
+    nice_for,
+    resolve_partition,
+    sbatch_options,
+    time_minutes,
 )
 
 GOLDEN = Path(__file__).parent / "golden"

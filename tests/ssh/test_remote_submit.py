@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from hpcpipe.demo.session import make_session
-from tests.cliutil import cancel_left_jobs, run_hpcpipe as hp
+from tests.cliutil import cancel_left_jobs
+from tests.cliutil import run_hpcpipe as hp
 
 pytestmark = pytest.mark.ssh
 REPO = Path(__file__).resolve().parents[2]

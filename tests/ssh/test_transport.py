@@ -8,10 +8,9 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from tests.ssh.conftest import _free_port
-
 from hpcpipe.errors import BackendError
 from hpcpipe.ssh import AuthFailed, ConnectionLost, HostKeyRejected, HostUnreachable, SSHTransport
+from tests.ssh.conftest import _free_port
 
 pytestmark = pytest.mark.ssh
 

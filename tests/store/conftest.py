@@ -49,7 +49,8 @@ def _sqlite_factory(tmp_path: Path, request) -> Iterator[StoreCase]:
 def _alyx_factory(tmp_path: Path, request) -> Iterator[StoreCase]:
     """An AlyxStore over HTTP on the Alyx test server (tests/alyx_server), reset for each test."""
     from hpcpipe.store.alyx import AlyxStore
-    from tests.alyx_server.fixtures import admin_client, make_session as make_alyx_session
+    from tests.alyx_server.fixtures import admin_client
+    from tests.alyx_server.fixtures import make_session as make_alyx_session
 
     server = request.getfixturevalue("alyx_server")
     client = admin_client(server)
