@@ -322,8 +322,14 @@ def _read_sessions_file(path: str) -> list[str]:
 
 
 def cmd_backfill(args) -> int:
-    from .session import parse_session_path
+    import gc
+
+    from .session import parse_session_paths
     from .submission import Run, plan_sessions
+
+    # a backfill makes hundreds of thousands of records that all stay alive until it ends: the
+    # default collector thresholds would walk them again and again for no garbage
+    gc.set_threshold(200_000, 50, 1000)
 
     store, ledger = _store(), _ledger()
     sessions = list(args.session or [])
@@ -337,7 +343,8 @@ def cmd_backfill(args) -> int:
                     sessions.append(str(path))
     if not sessions:
         raise BadInput("no sessions: give --session, --sessions-file or --query STATUS")
-    paths = list(dict.fromkeys(parse_session_path(s).path for s in sessions))  # all checked first
+    refs = parse_session_paths(sessions)  # all checked first, in one pass
+    paths = [r.path for r in refs]
     if args.throttle is not None and args.throttle < 1:
         raise BadInput(f"--throttle {args.throttle} must be at least 1")
     pipeline = _pipeline_name(args, store, paths[0])
@@ -345,7 +352,7 @@ def cmd_backfill(args) -> int:
     backend = _backend(args, store, ledger, paths)
     _prepare_slurm(store, ledger, backend, args.dry_run)
     statuses = ["Waiting"] + check_statuses(args.rerun)
-    plans = plan_sessions(paths, pipeline, store, ledger, statuses=statuses, names=args.task,
+    plans = plan_sessions(refs, pipeline, store, ledger, statuses=statuses, names=args.task,
                           dry_run=args.dry_run, rerun_statuses=args.rerun, live_backend="slurm")
     if not any(plans):
         print("nothing to submit")

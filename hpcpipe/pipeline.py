@@ -75,6 +75,10 @@ class Pipeline(abc.ABC):
 
     one = None
     _name: str | None = None
+    #: True for a pipeline whose tasks depend on what a session holds: a backfill then builds
+    #: it once per session. By default the graph is a function of the class: built once per
+    #: class and stamped on every session (``graph_template``).
+    graph_per_session: bool = False
 
     def __init__(self, session_path=None, one=None, eid=None) -> None:
         if session_path is None and eid is None:
@@ -236,47 +240,71 @@ def time_out_secs(tdict: dict) -> int | None:
     return value
 
 
+def graph_template(pipe: Pipeline, tasks_list=None) -> list[dict]:
+    """The pipeline's task records without a session, parents by name, checked: what every
+    session of its class stamps (``TaskStore.stamp_tasks``), so a backfill builds the Task
+    objects and checks their fields once per class, not once per session."""
+    return [{k: v for k, v in item.items() if k != "session"} for item in pipe._items(tasks_list)]
+
+
 def record_pipelines(pipes: list[Pipeline], rerun__status__in=None, tasks_list=None) -> list[list[dict]]:
     """Record the tasks of many sessions' pipelines at once (``create_alyx_tasks`` for each).
 
-    Tasks are created in rounds, parents before children: one ``store.create_tasks`` call per
-    round for every session together, so a backfill of thousands of sessions costs a few bulk
-    writes on the embedded store (Alyx, which has no bulk create, gets one request per task).
     Every session's list is checked before the first write. Returns each pipeline's records.
     """
     rerun = check_statuses(rerun__status__in)
     if not pipes:
         return []
     store = pipes[0].store
-    todo = []
-    for pipe in pipes:
-        pipe._eid(create=True)
-        todo.append(pipe._items(tasks_list))
+    todo = [(pipe._eid(create=True), pipe._items(tasks_list)) for pipe in pipes]
+    out: list[list[dict]] = [[] for _ in pipes]
     with store.batch():
-        existing = [store.list_tasks(session=pipe.eid, graph=pipe.name) for pipe in pipes]
-        records: list[dict[str, dict]] = [{} for _ in pipes]
-        pending = [(k, i) for k, items in enumerate(todo) for i in range(len(items))]
-        while pending:
-            ready, waiting = [], []
-            for k, i in pending:
-                names = todo[k][i].get("parents") or []
-                (ready if all(n in records[k] for n in names) else waiting).append((k, i))
-            create: list[tuple[int, dict]] = []
-            for k, i in ready:
-                item = dict(todo[k][i])
-                item["parents"] = [records[k][n]["id"] for n in item.get("parents") or []]
-                found = next((r for r in existing[k] if r["name"] == item["name"]
-                              and (r["arguments"] or {}) == (item["arguments"] or {})), None)
-                if found is None:
-                    create.append((k, item))
-                    continue
-                if found["status"] in rerun:
-                    found = store.update_task(found["id"], **{f: v for f, v in item.items() if f != "session"})
-                records[k][item["name"]] = found
-            for (k, item), rec in zip(create, store.create_tasks([item for _, item in create])):
-                records[k][item["name"]] = rec
-            pending = waiting
-    return [[records[k][item["name"]] for item in items] for k, items in enumerate(todo)]
+        graphs: dict[str, list[int]] = {}
+        for k, pipe in enumerate(pipes):
+            graphs.setdefault(pipe.name, []).append(k)
+        for graph, ks in graphs.items():
+            existing = store.tasks_by_session([todo[k][0] for k in ks], graph)
+            fresh = [k for k in ks if not existing[todo[k][0]]]
+            for k in fresh:  # sessions of a class share no template object here: one stamp each
+                out[k] = store.stamp_tasks(todo[k][1], [todo[k][0]])[0]
+            for k, records in zip([k for k in ks if existing[todo[k][0]]],
+                                  record_existing(store, [(todo[k][0], todo[k][1], existing[todo[k][0]])
+                                                          for k in ks if existing[todo[k][0]]], rerun)):
+                out[k] = records
+    return out
+
+
+def record_existing(store, sessions: list[tuple[str, list[dict], list[dict]]], rerun: list[str]) -> list[list[dict]]:
+    """Record the tasks of sessions that already have some: ``(eid, items, existing records)``.
+
+    Existing tasks are kept (reset to the class's values and Waiting when their status is in
+    ``rerun``); missing ones are created in rounds, parents before children, one
+    ``store.create_tasks`` per round for all the sessions together.
+    """
+    records: list[dict[str, dict]] = [{} for _ in sessions]
+    pending = [(k, i) for k, (_, items, _) in enumerate(sessions) for i in range(len(items))]
+    while pending:
+        ready, waiting = [], []
+        for k, i in pending:
+            names = sessions[k][1][i].get("parents") or []
+            (ready if all(n in records[k] for n in names) else waiting).append((k, i))
+        create: list[tuple[int, dict]] = []
+        for k, i in ready:
+            eid, items, existing = sessions[k]
+            item = dict(items[i], session=eid)
+            item["parents"] = [records[k][n]["id"] for n in item.get("parents") or []]
+            found = next((r for r in existing if r["name"] == item["name"]
+                          and (r["arguments"] or {}) == (item["arguments"] or {})), None)
+            if found is None:
+                create.append((k, item))
+                continue
+            if found["status"] in rerun:
+                found = store.update_task(found["id"], **{f: v for f, v in item.items() if f != "session"})
+            records[k][item["name"]] = found
+        for (k, item), rec in zip(create, store.create_tasks([item for _, item in create])):
+            records[k][item["name"]] = rec
+        pending = waiting
+    return [[records[k][item["name"]] for item in items] for k, (_, items, _) in enumerate(sessions)]
 
 
 def run_alyx_task(tdict=None, session_path=None, one=None, job_deck=None, max_md5_size=None,

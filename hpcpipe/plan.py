@@ -21,7 +21,7 @@ from .ledger import JobRecord
 from .status import DONE, WAITING, check_statuses
 
 
-@dataclass
+@dataclass(slots=True)
 class PlanItem:
     """One task to submit."""
 
@@ -45,6 +45,8 @@ class Plan:
     skipped: list[tuple[dict, str]] = field(default_factory=list)
     #: every record the plan was made from (what a job needs to check its parents)
     deck: list[dict] = field(default_factory=list)
+    #: a template plan's items and held tasks by position in the deck (``stamp_plan``)
+    stamp: tuple | None = field(default=None, repr=False)
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -118,3 +120,26 @@ def plan_session(deck: list[dict], session: str, session_path: Path | None = Non
         planned.add(task["id"])
         plan.items.append(item)
     return plan
+
+
+def plan_template(template: list[dict], statuses: Iterable[str] | str = (WAITING,),
+                  names: Iterable[str] | None = None) -> Plan:
+    """The plan of a session none of whose tasks is recorded yet: every task is as the template
+    says (Waiting) and none has a job, so the plan is the same for every such session of a
+    pipeline. Made once on the template (ids are the task names) and stamped per session."""
+    return plan_session([dict(t, id=t["name"]) for t in template], "template", None, statuses, names)
+
+
+def stamp_plan(template_plan: Plan, records: list[dict], session: str, session_path: Path | None) -> Plan:
+    """``template_plan`` for one session, whose just-created ``records`` (in template order, as
+    ``TaskStore.stamp_tasks`` returns them) carry real ids."""
+    spec = template_plan.stamp
+    if spec is None:  # where each template task sits in the records: worked out once per template
+        at = {t["name"]: j for j, t in enumerate(template_plan.deck)}
+        spec = template_plan.stamp = ([(at[i.task["name"]], [at[p] for p in i.parents_in_plan])
+                                       for i in template_plan.items],
+                                      [(at[t["name"]], why) for t, why in template_plan.held])
+    items, held = spec
+    return Plan(session, session_path, [PlanItem(records[j], [records[p]["id"] for p in parents])
+                                        for j, parents in items],
+                [(records[j], why) for j, why in held], deck=records)

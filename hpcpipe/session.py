@@ -5,11 +5,13 @@ session or to register files) and for the CLI (which must refuse a bad path befo
 """
 from __future__ import annotations
 
+import os
 import re
 import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable
 
 from .errors import BadInput
 
@@ -56,6 +58,68 @@ def parse_session_path(path: Path | str, must_exist: bool = True) -> SessionRef:
             raise BadInput(f"session path {raw} is not a folder")
     ref = _parse(str(raw))
     if ref is None:
-        raise BadInput(f"{raw} is not a session path: expected "
-                       "<root>/[<lab>/Subjects/]<subject>/<YYYY-MM-DD>/<NNN>")
+        raise _not_a_session(raw)
     return ref
+
+
+def _not_a_session(raw: object) -> BadInput:
+    return BadInput(f"{raw} is not a session path: expected "
+                    "<root>/[<lab>/Subjects/]<subject>/<YYYY-MM-DD>/<NNN>")
+
+
+def parse_session_paths(paths: Iterable[Path | str | SessionRef]) -> list[SessionRef]:
+    """Check and parse many session folders in one pass (a backfill's thousands), in order,
+    duplicates (after resolving) dropped; ``BadInput`` names the first bad one. A
+    ``SessionRef`` (already checked) is kept as it is.
+
+    Same answer as ``parse_session_path`` for each, at a fraction of the cost: folders shared by
+    sessions (root, lab, subject, date) are resolved once, so a session costs an ``lstat`` or
+    two, not a ``realpath`` walking every component of its path.
+    """
+    real: dict[str, str] = {}
+    seen: dict[str, SessionRef] = {}
+    for path in paths:
+        if isinstance(path, SessionRef):
+            seen.setdefault(str(path.path), path)
+            continue
+        text = os.path.expanduser(os.fspath(path))
+        head, tail = os.path.split(os.path.abspath(text))
+        try:
+            resolved = _join(_real_dir(head, real), tail)
+            st = os.lstat(resolved)
+            if stat.S_ISLNK(st.st_mode):
+                resolved, st = os.path.realpath(resolved), os.stat(resolved)
+        except (FileNotFoundError, NotADirectoryError):
+            raise BadInput(f"session path {text} does not exist") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise BadInput(f"session path {text} is not a folder")
+        if resolved in seen:
+            continue
+        found = _SESSION_RE.search(resolved)
+        if not found:
+            raise _not_a_session(text)
+        seen[resolved] = SessionRef(Path(resolved), found["subject"], found["date"], int(found["number"]),
+                                    found["lab"])
+    return list(seen.values())
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{folder}{name}" if folder.endswith("/") else f"{folder}/{name}"
+
+
+def _real_dir(folder: str, real: dict[str, str]) -> str:
+    """``os.path.realpath(folder)`` (absolute, normalised), remembering every folder resolved."""
+    found = real.get(folder)
+    if found is None:
+        parent, name = os.path.split(folder)
+        if not name:
+            found = folder
+        else:
+            found = _join(_real_dir(parent, real), name)
+            try:
+                if stat.S_ISLNK(os.lstat(found).st_mode):
+                    found = os.path.realpath(found)
+            except FileNotFoundError:
+                pass  # reported for the session path itself
+        real[folder] = found
+    return found

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import config
-from .errors import NotFound
 from .ledger import Ledger
-from .pipeline import Pipeline, executable_name, record_pipelines
+from .pipeline import Pipeline, graph_template, record_existing
 from .pipelines import find_pipeline
-from .plan import Plan, plan_session
-from .session import parse_session_path
+from .plan import Plan, plan_session, plan_template, stamp_plan
+from .session import SessionRef, parse_session_path, parse_session_paths
 from .status import HELD, WAITING, check_statuses
 from .store import TaskStore
 
@@ -60,26 +59,37 @@ def load_pipeline(session_path: Path | str, pipeline: str | type[Pipeline], stor
     return cls(ref.path, one=store)
 
 
-def dry_deck(pipe: Pipeline, store: TaskStore, rerun_statuses: list[str] | None = None) -> tuple[str, list[dict]]:
-    """The pipeline's records as a run would see them, writing nothing: tasks not yet recorded
+def dry_deck(template: list[dict], eid: str | None, existing: list[dict],
+             rerun_statuses: list[str] | None = None) -> tuple[str, list[dict]]:
+    """A session's records as a run would see them, writing nothing: tasks not yet recorded
     appear as would-be records (``id`` = ``dry:<name>``)."""
-    try:
-        eid = store.session_id(pipe.session_path)
-        existing = store.list_tasks(session=eid, graph=pipe.name)
-    except NotFound:
-        eid, existing = "dry:session", []
-    names = {t["name"]: t for t in existing}
-    deck = list(existing)
-    for task in pipe.tasks.values():
-        if task.name in names:
-            if rerun_statuses and names[task.name]["status"] in rerun_statuses:
-                names[task.name]["status"] = WAITING
+    eid = eid or "dry:session"
+    deck = [dict(t) for t in existing]
+    names = {t["name"]: t for t in deck}
+    for item in template:
+        if item["name"] in names:
+            if rerun_statuses and names[item["name"]]["status"] in rerun_statuses:
+                names[item["name"]]["status"] = WAITING
             continue
-        record = pipe._task_dict(task, parents=[])
-        record.update(id=f"dry:{task.name}", session=eid, executable=executable_name(task),
-                      parents=[names[p.name]["id"] if p.name in names else f"dry:{p.name}" for p in task.parents])
-        deck.append(record)
+        deck.append(dict(item, id=f"dry:{item['name']}", session=eid,
+                         parents=[names[p]["id"] if p in names else f"dry:{p}" for p in item["parents"]]))
     return eid, deck
+
+
+def session_templates(refs: list[SessionRef], classes: list[type[Pipeline]], store: TaskStore) -> list[list[dict]]:
+    """Each session's graph template: one per pipeline class (the Task objects are built and
+    checked once per class), or one per session for a class with ``graph_per_session``.
+    Sessions sharing a template share the very same list object (the stamping groups by it)."""
+    by_class: dict[type, list[dict]] = {}
+    out = []
+    for ref, cls in zip(refs, classes):
+        if cls.graph_per_session:
+            out.append(graph_template(cls(ref.path, one=store)))
+            continue
+        if cls not in by_class:
+            by_class[cls] = graph_template(cls(ref.path, one=store))
+        out.append(by_class[cls])
+    return out
 
 
 def plan_sessions(sessions: list[Path | str], pipeline: str, store: TaskStore, ledger: Ledger,
@@ -87,26 +97,57 @@ def plan_sessions(sessions: list[Path | str], pipeline: str, store: TaskStore, l
                   live_backend: str | None = None) -> list[Plan]:
     """Record (unless dry) and plan each session; Held decisions are saved (unless dry).
 
-    Every session path and the pipeline are checked before the first record is written.
+    Every session path and the pipeline are checked before the first record is written. A
+    session with none of the pipeline's tasks yet (a backfill's usual case) gets the template's
+    records and plan stamped (Held ones created Held), in a few statements for all of them; a
+    session with records goes through the general rules (``record_existing``, ``plan_session``).
     """
     statuses = check_statuses(statuses)
     rerun_statuses = check_statuses(rerun_statuses)
     cls = find_pipeline(pipeline)  # once: entry points are read from disk
-    pipes = [load_pipeline(s, cls, store) for s in sessions]
-    plans = []
+    refs = parse_session_paths(sessions)  # every path checked, in one pass
+    templates = session_templates(refs, [cls] * len(refs), store)
     live = {j.task_id: j for j in ledger.live(live_backend)} if live_backend else {}
+    plans: list[Plan | None] = [None] * len(refs)
     with store.batch():
-        if dry_run:
-            decks = [dry_deck(pipe, store, rerun_statuses) for pipe in pipes]
-        else:  # the pipelines' records (their graph), existing or just created, in a few bulk writes
-            recorded = record_pipelines(pipes, rerun_statuses)
-            decks = [(pipe.eid, records) for pipe, records in zip(pipes, recorded)]
-        for pipe, (eid, deck) in zip(pipes, decks):
-            plan = plan_session(deck, eid, pipe.session_path, statuses, names, live)
-            if not dry_run:
+        eids = store.session_ids(refs, create=not dry_run)
+        groups: dict[int, list[int]] = {}  # sessions by template
+        for k, template in enumerate(templates):
+            groups.setdefault(id(template), []).append(k)
+        for ks in groups.values():
+            template = templates[ks[0]]
+            graph = template[0]["graph"] if template else None
+            known = [eids[k] for k in ks if eids[k] is not None]
+            existing = store.tasks_by_session(known, graph) if known else {}
+            fresh = [k for k in ks if not existing.get(eids[k])]
+            recorded = [k for k in ks if existing.get(eids[k])]
+            if fresh and not dry_run:
+                _stamp(store, template, [eids[k] for k in fresh], [refs[k] for k in fresh], statuses, names,
+                       plans, fresh)
+            if dry_run:
+                for k in ks:
+                    eid, deck = dry_deck(template, eids[k], existing.get(eids[k], []), rerun_statuses)
+                    plans[k] = plan_session(deck, eid, refs[k].path, statuses, names, live)
+                continue
+            decks = record_existing(store, [(eids[k], template, existing[eids[k]]) for k in recorded],
+                                    rerun_statuses)
+            for k, deck in zip(recorded, decks):
+                plans[k] = plan = plan_session(deck, eids[k], refs[k].path, statuses, names, live)
                 for task, reason in plan.held:
                     if task["status"] != HELD:
                         store.update_task(task["id"], status=HELD)
                     _logger.info("%s held: %s", task["name"], reason)
-            plans.append(plan)
-    return plans
+    return plans  # type: ignore[return-value]
+
+
+def _stamp(store: TaskStore, template: list[dict], eids: list[str], refs: list[SessionRef], statuses, names,
+           plans: list, where: list[int]) -> None:
+    """Record and plan sessions with none of the template's tasks: the plan is made once on the
+    template, its Held tasks are created Held, and both are stamped on every session."""
+    tplan = plan_template(template, statuses, names)
+    held = {task["name"] for task, _ in tplan.held}
+    for task, reason in tplan.held:
+        _logger.info("%s held in %d session(s): %s", task["name"], len(eids), reason)
+    stamped = [dict(item, status=HELD) if item["name"] in held else item for item in template]
+    for k, eid, ref, records in zip(where, eids, refs, store.stamp_tasks(stamped, eids)):
+        plans[k] = stamp_plan(tplan, records, eid, ref.path)

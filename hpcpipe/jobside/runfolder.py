@@ -40,11 +40,15 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+#: the fields of a record a job needs, besides id, status and parents: shared by every session's
+#: task of one type, so a chunk file holds them once per type (``sessions_json``)
+_TYPE_FIELDS = ("name", "executable", "level", "priority", "cpu", "gpu", "ram", "io_charge", "time_out_secs",
+                "graph", "version", "arguments")
+
+
 def session_entry(eid: str, path: str, deck: list[dict]) -> dict:
     """What a job needs to know of its session: id, path on the cluster, every task record."""
-    keep = ("id", "name", "status", "parents", "session", "executable", "arguments", "level",
-            "priority", "cpu", "gpu", "ram", "io_charge", "time_out_secs", "graph", "version")
-    return {"eid": eid, "path": path, "tasks": [{k: t.get(k) for k in keep} for t in deck]}
+    return {"eid": eid, "path": path, "tasks": deck}
 
 
 def run_json(run_id: str, store_kind: str, location: str, upstream: bool | None = None,
@@ -63,17 +67,41 @@ def run_json(run_id: str, store_kind: str, location: str, upstream: bool | None 
 
 
 def sessions_json(entries: dict[int, dict]) -> str:
-    """The text of one ``sessions/<chunk>.json`` file."""
-    return json.dumps({str(i): e for i, e in entries.items()})
+    """The text of one ``sessions/<chunk>.json`` file.
+
+    A backfill's chunk holds thousands of sessions of one pipeline, whose records differ only in
+    id, status and parents: each distinct task type is written once (``types``) and each task as
+    ``[type, id, status, parents]``, so writing (and a job reading) a chunk costs little per task.
+    """
+    types: dict[tuple, int] = {}
+    fields: list[dict] = []
+    sessions = {}
+    for i, entry in entries.items():
+        rows = []
+        for task in entry["tasks"]:
+            # records of one type share their arguments dict (stamped): its id() keys the type
+            key = (*map(task.get, _TYPE_FIELDS[:-1]), id(task.get("arguments")))
+            index = types.get(key)
+            if index is None:
+                index = types[key] = len(fields)
+                fields.append({k: task.get(k) for k in _TYPE_FIELDS})
+            rows.append((index, task["id"], task["status"], task.get("parents") or []))
+        sessions[str(i)] = {"eid": entry["eid"], "path": entry["path"], "tasks": rows}
+    return json.dumps({"types": fields, "sessions": sessions})
 
 
 def load_session_entry(run_dir: Path, chunk: str, index: int) -> dict:
-    """The job side's view of its session (chunk file, element index)."""
+    """The job side's view of its session (chunk file, element index): ``session_entry``'s
+    dict, every task a full record again."""
     data = json.loads((Path(run_dir) / "sessions" / f"{chunk}.json").read_text())
     try:
-        return data[str(index)]
+        entry = data["sessions"][str(index)]
     except KeyError:
         raise NotFound(f"no session with index {index} in {run_dir}/sessions/{chunk}.json") from None
+    types = data["types"]
+    tasks = [dict(types[t], id=tid, status=status, parents=parents, session=entry["eid"])
+             for t, tid, status, parents in entry["tasks"]]
+    return session_entry(entry["eid"], entry["path"], tasks)
 
 
 def result_path(run_dir: Path | str, task_id: str) -> Path:

@@ -235,7 +235,7 @@ class SlurmBackend:
         chunks = self._chunks(plans, size, budget, report)
         report.chunks = len(chunks)
         # every script is checked before the first sbatch (once per distinct set of resources)
-        distinct = {tuple(item.task.get(k) for k in _RESOURCE_FIELDS): item.task
+        distinct = {tuple(map(item.task.get, _RESOURCE_FIELDS)): item.task
                     for chunk in chunks for plan in chunk for item in plan.items}
         self._check_or_warn([self._spec(run_id, run_dir, task, ["true"], "x") for task in distinct.values()],
                             dry_run)
@@ -276,22 +276,19 @@ class SlurmBackend:
 
     def _submit_chunk(self, report: SubmitReport, run_id: str, run_dir: str, chunk: str,
                       plans: list[Plan], throttle: int | None, dry: _DryIds | None) -> None:
-        # task types in dependency order (every session shares the pipeline)
-        order: list[str] = []
-        for plan in plans:
+        # task types in dependency order (every session shares the pipeline), in one pass
+        by_name: dict[str, list[tuple[int, PlanItem]]] = {}
+        for i, plan in enumerate(plans):
             for item in plan.items:
-                if item.task["name"] not in order:
-                    order.append(item.task["name"])
+                by_name.setdefault(item.task["name"], []).append((i, item))
         array_of: dict[str, str] = {}  # task id -> array job id holding it
         records = []
-        for name in order:
+        for name, elements in by_name.items():
             groups: dict[tuple, list[tuple[int, PlanItem]]] = defaultdict(list)
-            for i, plan in enumerate(plans):
-                for item in plan.items:
-                    if item.task["name"] == name:
-                        corr = tuple(sorted({array_of[p] for p in item.parents_in_plan}))
-                        live = tuple(sorted(j.backend_id for j in item.parents_live))
-                        groups[(corr, live)].append((i, item))
+            for i, item in elements:
+                corr = tuple(sorted({array_of[p] for p in item.parents_in_plan})) if item.parents_in_plan else ()
+                live = tuple(sorted(j.backend_id for j in item.parents_live)) if item.parents_live else ()
+                groups[(corr, live)].append((i, item))
             for g, ((corr, live), members) in enumerate(groups.items()):
                 indices = [i for i, _ in members]
                 spec = self._spec(run_id, run_dir, members[0][1].task, self._command(run_dir, chunk, name, None),
@@ -300,11 +297,13 @@ class SlurmBackend:
                 job_id = self._sbatch(report, spec, f"{name}.{chunk}.{g}", dry, f"{name} array of chunk {chunk}")
                 report.arrays += 1
                 report.elements += len(members)
+                common = {"task_name": name, "run_id": run_id, "backend": BACKEND, "job_id": job_id,
+                          "run_dir": run_dir, "state": "PENDING", "remote": self.remote}
                 for i, item in members:
-                    array_of[item.id] = job_id
-                    records.append({"task_id": item.id, "session": item.task.get("session"), "task_name": name,
-                                    "run_id": run_id, "backend": BACKEND, "job_id": job_id, "array_index": i,
-                                    "run_dir": run_dir, "state": "PENDING", "remote": self.remote})
+                    task_id = item.task["id"]
+                    array_of[task_id] = job_id
+                    records.append({"task_id": task_id, "session": item.task.get("session"), "array_index": i,
+                                    **common})
                 if dry is None:
                     self.ledger.record(records)
                     records = []

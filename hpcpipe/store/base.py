@@ -16,9 +16,13 @@ from __future__ import annotations
 import abc
 import contextlib
 from pathlib import Path
-from typing import Any, ContextManager, Iterable
+from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Sequence
 
+from ..errors import NotFound
 from ..status import check_status
+
+if TYPE_CHECKING:
+    from ..session import SessionRef
 
 #: Alyx task fields, in Alyx's response order.
 TASK_FIELDS = ("id", "parents", "session", "data_repository", "status", "name", "priority",
@@ -77,6 +81,20 @@ class TaskStore(abc.ABC):
     def session_path(self, session_id: str) -> Path | None:
         """The local folder of a session id, when this store knows it."""
 
+    def session_ids(self, refs: "Sequence[SessionRef]", create: bool = False) -> list[str | None]:
+        """``session_id`` of many checked session folders, in order; ``None`` for a session the
+        store does not know when ``create`` is False. The embedded store answers in two
+        statements whatever the number of sessions; the default asks one by one."""
+        out: list[str | None] = []
+        for ref in refs:
+            try:
+                out.append(self.session_id(ref.path, create=create))
+            except NotFound:
+                if create:
+                    raise
+                out.append(None)
+        return out
+
     # ------------------------------------------------------------------ tasks
     @abc.abstractmethod
     def list_tasks(self, session: str | None = None, status: Iterable[str] | str | None = None,
@@ -85,6 +103,10 @@ class TaskStore(abc.ABC):
 
         One round trip for the lot (Alyx: one paginated query), never one per task.
         """
+
+    def tasks_by_session(self, sessions: Sequence[str], graph: str | None = None) -> dict[str, list[dict]]:
+        """``list_tasks(session=s, graph=graph)`` for many sessions (the embedded store: one query)."""
+        return {s: self.list_tasks(session=s, graph=graph) for s in sessions}
 
     @abc.abstractmethod
     def get_task(self, task_id: str) -> dict:
@@ -101,6 +123,23 @@ class TaskStore(abc.ABC):
         (the default here).
         """
         return [self.create_task(r) for r in records]
+
+    def stamp_tasks(self, template: Sequence[dict], sessions: Sequence[str]) -> list[list[dict]]:
+        """Create one pipeline's graph for many sessions that have none of its tasks yet.
+
+        ``template``: the task records without ``session``, parents *by name*, parents listed
+        first (``pipeline.graph_template``); it has been checked once, for every session. Returns
+        each session's records in template order, parents as ids. The embedded store writes
+        each task type for all sessions in one statement; the default creates them round by
+        round with ``create_tasks`` (Alyx: one request per task).
+        """
+        made: list[dict[str, dict]] = [{} for _ in sessions]
+        for item in template:
+            created = self.create_tasks([dict(item, session=eid, parents=[made[k][p]["id"] for p in item["parents"]])
+                                         for k, eid in enumerate(sessions)])
+            for k, rec in enumerate(created):
+                made[k][item["name"]] = rec
+        return [[m[item["name"]] for item in template] for m in made]
 
     @abc.abstractmethod
     def update_task(self, task_id: str, **fields: Any) -> dict:

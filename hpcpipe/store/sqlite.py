@@ -32,8 +32,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     level INTEGER, gpu INTEGER, cpu INTEGER, ram INTEGER, time_out_secs INTEGER,
     time_elapsed_secs REAL, executable TEXT, graph TEXT, log TEXT, version TEXT,
     datetime TEXT, arguments TEXT,
-    UNIQUE (name, session, arguments));
-CREATE INDEX IF NOT EXISTS tasks_session ON tasks(session);
+    UNIQUE (session, name, arguments));
 CREATE TABLE IF NOT EXISTS datasets (
     id TEXT PRIMARY KEY, session TEXT REFERENCES sessions(id) ON DELETE CASCADE,
     name TEXT NOT NULL, collection TEXT NOT NULL, revision TEXT NOT NULL,
@@ -45,6 +44,16 @@ _JSON_FIELDS = ("parents", "arguments")
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None).isoformat()
+
+
+def _id_block() -> str:
+    """The first 24 characters of a block of task or session ids, random per bulk write.
+
+    A bulk write numbers its rows ``<block><12 hex digits>``: ids keep the UUID shape Alyx uses
+    and stay unique (the block is 74 random bits), and consecutive ids land next to each other
+    in the primary-key index, so inserting 60,000 of them appends instead of scattering.
+    """
+    return str(uuid.uuid4())[:24]
 
 
 def _canonical(value: Any) -> str | None:
@@ -182,6 +191,23 @@ class SQLiteStore(TaskStore):
         row = self._db.execute("SELECT path FROM sessions WHERE id = ?", (session_id,)).fetchone()
         return Path(row["path"]) if row else None
 
+    def session_ids(self, refs, create: bool = False) -> list[str | None]:
+        """One query for the known sessions and one insert for the new ones, whatever their number."""
+        paths = [str(r.path) for r in refs]
+        known_sql = "SELECT path, id FROM sessions WHERE path IN (SELECT value FROM json_each(?))"
+        known = dict(self._db.execute(known_sql, (json.dumps(paths),)).fetchall())
+        new = [r for r in refs if str(r.path) not in known]
+        if new and create:
+            with self._tx() as db:
+                db.execute("INSERT OR IGNORE INTO sessions SELECT printf('%s%012x', ?, key), json_extract(value, '$[0]'), "
+                           "json_extract(value, '$[1]'), json_extract(value, '$[2]'), "
+                           "json_extract(value, '$[3]'), json_extract(value, '$[4]') FROM json_each(?)",
+                           (_id_block(), json.dumps([[str(r.path), r.subject, r.date, r.number, r.lab]
+                                                     for r in new])))
+                # a concurrent writer may have registered some of them first: read back all
+                known.update(db.execute(known_sql, (json.dumps([str(r.path) for r in new]),)).fetchall())
+        return [known.get(p) for p in paths]
+
     # ------------------------------------------------------------------ tasks
     def list_tasks(self, session: str | None = None, status: Iterable[str] | str | None = None,
                    name: str | None = None, graph: str | None = None) -> list[dict]:
@@ -197,6 +223,19 @@ class SQLiteStore(TaskStore):
         sql = "SELECT * FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY level IS NULL, level ASC, priority IS NOT NULL, priority DESC, rowid"
         return [self._row(r) for r in self._db.execute(sql, args)]
+
+    def tasks_by_session(self, sessions, graph: str | None = None) -> dict[str, list[dict]]:
+        """One query for all the sessions (a backfill's thousands), through the session index."""
+        sql = "SELECT * FROM tasks WHERE session IN (SELECT value FROM json_each(?))"
+        args: list = [json.dumps(list(sessions))]
+        if graph is not None:
+            sql += " AND graph = ?"
+            args.append(graph)
+        out: dict[str, list[dict]] = {s: [] for s in sessions}
+        sql += " ORDER BY level IS NULL, level ASC, priority IS NOT NULL, priority DESC, rowid"
+        for row in self._db.execute(sql, args):
+            out[row["session"]].append(self._row(row))
+        return out
 
     def get_task(self, task_id: str) -> dict:
         row = self._db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -236,6 +275,59 @@ class SQLiteStore(TaskStore):
                                    f"with these arguments already exists for its session") from None
                 raise
         return prepared
+
+    def stamp_tasks(self, template, sessions) -> list[list[dict]]:
+        """One ``INSERT ... SELECT`` per task type for every session at once.
+
+        The template's fields are checked and encoded once; ids, parents and the session of each
+        row are made by SQLite from the session list (one JSON parameter), so the cost per
+        session is a few rows written in C, not Python work per task.
+        """
+        template = [dict(item) for item in template]
+        for item in template:
+            check_fields({k: v for k, v in item.items() if k not in ("id", "datetime")})
+            if "status" not in item:
+                raise BadInput("a task needs a 'status' when it is created")
+        index = {item["name"]: j for j, item in enumerate(template)}
+        n_types, block, now = len(template), _id_block(), _now()
+        sessions = list(sessions)
+        if not sessions or not template:
+            return [[] for _ in sessions]
+        cols = [k for k in TASK_FIELDS if k not in ("id", "parents", "session", "datetime")]
+        listing = json.dumps(sessions)
+        with self._tx() as db:
+            missing = db.execute("SELECT value FROM json_each(?) WHERE value NOT IN (SELECT id FROM sessions) "
+                                 "LIMIT 1", (listing,)).fetchone()
+            if missing:
+                raise BadInput(f"session {missing[0]} does not exist")
+            for j, item in enumerate(template):
+                self._stamp_one(db, j, item, index, n_types, block, now, listing, cols)
+        records = [{k: item.get(k) for k in TASK_FIELDS} | {"datetime": now} for item in template]
+        parent_index = [[index[p] for p in item.get("parents") or []] for item in template]
+        out = []
+        for k, eid in enumerate(sessions):
+            ids = [f"{block}{k * n_types + j:012x}" for j in range(n_types)]
+            out.append([rec | {"id": ids[j], "session": eid, "parents": [ids[p] for p in parent_index[j]]}
+                        for j, rec in enumerate(records)])
+        return out
+
+    def _stamp_one(self, db: sqlite3.Connection, j: int, item: dict, index: dict[str, int], n_types: int,
+                   block: str, now: str, listing: str, cols: list[str]) -> None:
+        """Task type ``j`` of a template, for every session, in one statement."""
+        parents = [index[p] for p in item.get("parents") or []]
+        parents_sql = (f"printf('[{','.join(chr(34) + '%s%012x' + chr(34) for _ in parents)}]'"
+                       + "".join(f", :block, key * {n_types} + {p}" for p in parents) + ")")
+        try:
+            db.execute(f"INSERT INTO tasks (id, parents, session, datetime, {','.join(cols)}) "
+                       f"SELECT printf('%s%012x', :block, key * {n_types} + {j}), {parents_sql}, value, :now, "
+                       f"{','.join(':' + c for c in cols)} FROM json_each(:sessions)",
+                       {"block": block, "now": now, "sessions": listing,
+                        **{c: self._encode(c, item.get(c)) for c in cols}})
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" in str(exc):
+                raise Conflict(f"a task named {item['name']!r} with these arguments already exists "
+                               "in one of the sessions") from None
+            raise
 
     def update_task(self, task_id: str, **fields: Any) -> dict:
         check_fields(fields)

@@ -1,117 +1,181 @@
 #!/usr/bin/env python3
-"""Backfill benchmark against the real test cluster: job arrays versus one sbatch per task.
+"""Backfill benchmark, measured as the user runs it, against the real test cluster.
 
-Both ways run in the same process, on the same cluster, with the same 6-task pipeline; jobs are
-submitted held (``--hold``) so the cluster only queues them, and everything is cancelled at the
-end. Prints sessions, tasks, sbatch calls, wall time of each way, the client's own share (store
-writes, planning, rendering), the per-session ratio, and how many SLURM queries one status poll
-of the whole backfill takes.
+* ``hpcpipe backfill --sessions-file F`` as a whole process (start to exit, embedded store), for
+  ``--small`` and ``--sessions`` sessions (the growth between them), with its peak memory (the
+  child's ``ru_maxrss``);
+* the same backfill in-process (``plan_sessions`` + ``SlurmBackend.backfill``), what the CLI adds
+  being process start, imports, argument parsing and the session-file read;
+* ``hpcpipe status --json`` over every task of the big backfill;
+* the per-job baseline in the same run: a plain shell loop of one ``sbatch`` per task with
+  ``--dependency=afterok`` on its parents, over ``--baseline-sessions`` sessions.
+
+The cluster's node is drained for the run (``scontrol update nodename=$HPCPIPE_SLURM_NODE
+state=drain``) so nothing starts, and resumed at the end; every job is cancelled by name.
 
     eval "$(bash scripts/slurm-up)"
-    python scripts/bench/backfill.py --sessions 10000 --baseline-sessions 1000
-
-The per-job baseline is measured on ``--baseline-sessions`` sessions (all of them if you give the
-same number as ``--sessions``; 10,000 sessions one job per task means 60,000 sbatch calls) and
-its per-session time is what the ratio compares.
+    python scripts/bench/backfill.py --sessions 10000 --small 1000 --baseline-sessions 500
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "scripts" / "bench")]
+BENCH = REPO / "scripts" / "bench"
+PIPELINE = "pipelines.SixTasks"  # Raw -> (Sync -> Trials), Spikes; (Trials, Spikes) -> QC -> Summary
+#: the same graph for the shell loop: task -> parents
+GRAPH = {"Raw": [], "Sync": ["Raw"], "Spikes": ["Raw"], "Trials": ["Sync"], "QC": ["Trials", "Spikes"],
+         "Summary": ["QC"]}
 
 
-def make_sessions(root: Path, n: int, prefix: str) -> list[Path]:
-    paths = []
+def make_sessions(root: Path, n: int) -> Path:
+    """``n`` session folders and a sessions file listing them (one path a line)."""
+    lines = []
     for i in range(n):
-        p = root / "lab" / "Subjects" / f"{prefix}{i:05d}" / "2026-11-20" / "001"
+        p = root / "lab" / "Subjects" / f"S{i:05d}" / "2026-11-20" / "001"
         p.mkdir(parents=True)
-        paths.append(p)
-    return paths
+        lines.append(str(p))
+    listing = root / "sessions.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    return listing
 
 
-def run_way(kind: str, sessions: list[Path], profile) -> dict:
+def env_for(home: Path) -> dict:
+    env = dict(os.environ, HPCPIPE_HOME=str(home), HPCPIPE_CONFIG=str(home / "none.toml"))
+    env["PYTHONPATH"] = os.pathsep.join([str(BENCH), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def timed(argv: list[str], env: dict) -> tuple[float, float, str]:
+    """Run a command to its end: wall seconds, its own peak resident memory (MB), stdout."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage alone
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            sys.exit(f"bench: {' '.join(argv[2:5])}... failed ({proc.returncode}): {err.read().strip()[-500:]}")
+        return wall, usage.ru_maxrss / 1024, out.read()
+
+
+def cli_backfill(root: Path, n: int, runs: list[str]) -> dict:
+    listing = make_sessions(root / "data", n)
+    home = root / "home"
+    argv = [sys.executable, "-m", "hpcpipe.cli", "backfill", "--sessions-file", str(listing), "--pipeline", PIPELINE]
+    wall, peak, out = timed(argv, env_for(home))
+    run_id = re.search(r"run (\S+):", out).group(1)
+    runs.append(run_id)
+    calls = int(re.search(r"in (\d+) sbatch call", out).group(1))
+    return {"sessions": n, "tasks": 6 * n, "wall": wall, "peak": peak, "sbatch": calls, "home": home}
+
+
+def in_process(root: Path, n: int, runs: list[str]) -> dict:
+    """plan_sessions + backend.backfill in this process (a fresh store), as the old figure did."""
+    listing = make_sessions(root / "data", n)
+    os.environ.update({k: v for k, v in env_for(root / "home").items() if k.startswith("HPCPIPE")})
+    sys.path[:0] = [str(BENCH)]
     from hpcpipe.ledger import Ledger
     from hpcpipe.slurm.backend import SlurmBackend
     from hpcpipe.store import open_store
     from hpcpipe.submission import Run, plan_sessions
 
     store, ledger = open_store(), Ledger()
-    backend = SlurmBackend(store, ledger, profile=profile)
-    _ = backend.limits  # read once, outside the timing (both ways pay it once)
+    backend = SlurmBackend(store, ledger)
+    _ = backend.limits
+    sessions = listing.read_text().split()
     t0 = time.perf_counter()
-    plans = plan_sessions(sessions, "pipelines.SixTasks", store, ledger, live_backend="slurm")
-    t_plan = time.perf_counter() - t0
-    run = Run.new(prefix=f"bench-{kind}")
-    report = (backend.backfill(plans, run.id) if kind == "arrays" else backend.submit(plans, run.id))
+    plans = plan_sessions(sessions, PIPELINE, store, ledger, live_backend="slurm")
+    run = Run.new(prefix="bf")
+    report = backend.backfill(plans, run.id)
     wall = time.perf_counter() - t0
-    out = {"sessions": len(sessions), "tasks": report.elements, "sbatch": report.jobs, "wall": wall,
-           "plan": t_plan, "sbatch_time": report.sbatch_seconds, "run_id": run.id, "chunks": report.chunks}
-    if kind == "arrays":
-        t1 = time.perf_counter()
-        refreshed = backend.refresh()
-        out["status_queries"] = refreshed["queries"]
-        out["status_time"] = time.perf_counter() - t1
-        out["status_jobs"] = len(refreshed["states"])
-    return out
+    runs.append(run.id)
+    return {"sessions": n, "tasks": report.elements, "wall": wall, "sbatch": report.jobs}
 
 
-def cancel(run_ids: list[str]) -> None:
-    from hpcpipe.slurm.cancel import cancel_by_name
-    from hpcpipe.slurm.transport import LocalTransport
+def status_json(home: Path) -> dict:
+    argv = [sys.executable, "-m", "hpcpipe.cli", "status", "--json"]
+    wall, peak, out = timed(argv, env_for(home))
+    return {"wall": wall, "tasks": len(json.loads(out)), "peak": peak}
 
-    for run_id in run_ids:
-        cancel_by_name(LocalTransport(), run_id)
+
+def sbatch_loop(root: Path, n: int, name: str) -> dict:
+    """One sbatch per task, afterok on its parents: a plain shell loop, timed as a whole."""
+    lines = ["set -e"]
+    for i in range(n):
+        for task, parents in GRAPH.items():
+            dep = ":".join(f"${p}_{i}" for p in parents)
+            lines.append(f"{task}_{i}=$(sbatch --parsable --job-name={name} -o /dev/null "
+                         + (f"--dependency=afterok:{dep} " if dep else "") + "--wrap=true)")
+    script = root / "loop.sh"
+    script.write_text("\n".join(lines) + "\n")
+    t0 = time.perf_counter()
+    subprocess.run(["bash", str(script)], check=True)
+    return {"sessions": n, "tasks": 6 * n, "wall": time.perf_counter() - t0, "sbatch": 6 * n}
+
+
+def scontrol_node(state: str) -> None:
+    node = os.environ.get("HPCPIPE_SLURM_NODE")
+    if node:
+        subprocess.run(["scontrol", "update", f"nodename={node}", f"state={state}"]
+                       + (["reason=bench"] if state == "drain" else []), check=False)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=10000)
-    parser.add_argument("--baseline-sessions", type=int, default=1000)
+    parser.add_argument("--small", type=int, default=1000, help="the smaller backfill, for the growth")
+    parser.add_argument("--baseline-sessions", type=int, default=500)
     args = parser.parse_args()
-    if not os.environ.get("SLURM_CONF"):
-        sys.exit('backfill bench: no SLURM_CONF; start the test cluster: eval "$(bash scripts/slurm-up)"')
-    from hpcpipe.slurm.profiles import load_profile
-
-    profile = load_profile("generic", overrides={"extra_directives": ["--hold"]})
-    with tempfile.TemporaryDirectory(prefix="hpcpipe-bench-") as tmp:
-        root = Path(tmp)
-        os.environ["HPCPIPE_HOME"] = str(root / "home")
-        os.environ["HPCPIPE_CONFIG"] = str(root / "none.toml")
-        print(f"making {args.sessions} + {args.baseline_sessions} session folders...", file=sys.stderr)
-        array_sessions = make_sessions(root / "data", args.sessions, "A")
-        job_sessions = make_sessions(root / "data", args.baseline_sessions, "J")
-        runs = []
-        try:
-            arrays = run_way("arrays", array_sessions, profile)
-            runs.append(arrays["run_id"])
-            perjob = run_way("per-job", job_sessions, profile)
-            runs.append(perjob["run_id"])
-        finally:
-            cancel(runs)
-    per_session_jobs = perjob["wall"] / perjob["sessions"]
-    per_session_arrays = arrays["wall"] / arrays["sessions"]
-    rows = [("way", "sessions", "tasks", "sbatch calls", "wall s", "sbatch s", "client s", "per session ms")]
-    for name, r in (("arrays", arrays), ("per-job", perjob)):
-        rows.append((name, r["sessions"], r["tasks"], r["sbatch"], f"{r['wall']:.2f}", f"{r['sbatch_time']:.2f}",
-                     f"{r['wall'] - r['sbatch_time']:.2f}", f"{1000 * r['wall'] / r['sessions']:.3f}"))
+    if not os.environ.get("SLURM_CONF") or not os.environ.get("HPCPIPE_SLURM_NODE"):
+        sys.exit('backfill bench: start the test cluster first: eval "$(bash scripts/slurm-up)"')
+    runs: list[str] = []
+    loop_name = f"bench-loop-{os.getpid()}"
+    tmp = Path(tempfile.mkdtemp(prefix="hpcpipe-bench-"))
+    scontrol_node("drain")  # nothing starts: the figures are submission only
+    try:
+        print(f"bench: {args.small} and {args.sessions} sessions, baseline {args.baseline_sessions}...",
+              file=sys.stderr)
+        small = cli_backfill(tmp / "small", args.small, runs)
+        big = cli_backfill(tmp / "big", args.sessions, runs)
+        status = status_json(big["home"])
+        inproc = in_process(tmp / "inproc", args.sessions, runs)
+        loop = sbatch_loop(tmp, args.baseline_sessions, loop_name)
+    finally:
+        for name in runs + [loop_name]:
+            subprocess.run(["scancel", "--name", name], check=False)
+        scontrol_node("resume")
+        shutil.rmtree(tmp, ignore_errors=True)
     from tabulate import tabulate
 
-    print(tabulate(rows, headers="firstrow"))
-    print(f"arrays: {arrays['chunks']} chunk(s), {arrays['sbatch'] / max(1, arrays['chunks']):.1f} sbatch calls per chunk; "
-          f"client share {100 * (1 - arrays['sbatch_time'] / arrays['wall']):.0f}% "
-          f"(planning and store writes {arrays['plan']:.2f} s)")
-    print(f"per-session ratio (per-job / arrays): {per_session_jobs / per_session_arrays:.1f}x")
-    print(f"sbatch-time ratio per session: "
-          f"{(perjob['sbatch_time'] / perjob['sessions']) / (arrays['sbatch_time'] / arrays['sessions']):.0f}x")
-    print(f"status of all {arrays['status_jobs']} backfill tasks: {arrays['status_queries']} SLURM queries "
-          f"in one poll ({arrays['status_time']:.2f} s)")
+    ms = lambda r: 1000 * r["wall"] / r["sessions"]  # noqa: E731
+    rows = [["hpcpipe backfill (process)", small["sessions"], small["tasks"], small["sbatch"], f"{small['wall']:.2f}",
+             f"{ms(small):.3f}", f"{small['peak']:.0f}"],
+            ["hpcpipe backfill (process)", big["sessions"], big["tasks"], big["sbatch"], f"{big['wall']:.2f}",
+             f"{ms(big):.3f}", f"{big['peak']:.0f}"],
+            ["backfill in-process", inproc["sessions"], inproc["tasks"], inproc["sbatch"], f"{inproc['wall']:.2f}",
+             f"{ms(inproc):.3f}", ""],
+            ["sbatch loop, afterok (shell)", loop["sessions"], loop["tasks"], loop["sbatch"], f"{loop['wall']:.2f}",
+             f"{ms(loop):.3f}", ""],
+            ["hpcpipe status --json (process)", big["sessions"], status["tasks"], "", f"{status['wall']:.2f}", "",
+             f"{status['peak']:.0f}"]]
+    print(tabulate(rows, headers=["what", "sessions", "tasks", "sbatch calls", "wall s", "per session ms",
+                                  "peak MB"]))
+    print(f"per-session ratio, sbatch loop / hpcpipe backfill of {big['sessions']}: {ms(loop) / ms(big):.0f}x")
+    print(f"growth {small['sessions']} -> {big['sessions']} sessions: time x{big['wall'] / small['wall']:.1f}, "
+          f"peak memory x{big['peak'] / small['peak']:.1f} (sessions x{big['sessions'] / small['sessions']:.0f})")
+    print(f"process cost over in-process at {big['sessions']}: {big['wall'] - inproc['wall']:.2f} s")
     return 0
 
 

@@ -182,7 +182,9 @@ def test_memory_kill_errored_child_held_and_escalation_doubles_ram(tmp_path):
     run = next(p for p in (Path(env["HPCPIPE_HOME"]) / "runs").iterdir() if p.name not in before)
     script = next(run.glob("scripts/MemoryHog.*.sh")).read_text()
     assert "#SBATCH --mem=205M" in script  # 0.2 GB, in MB rounded up
-    entry = json.loads((run / "sessions" / "c0.json").read_text())["0"]
+    from hpcpipe.jobside.runfolder import load_session_entry
+
+    entry = load_session_entry(run, "c0", 0)
     assert next(x for x in entry["tasks"] if x["name"] == "MemoryHog")["ram"] == 0.2
     t = by_name(env)["MemoryHog"]
     assert t["ram"] == 0.2 and "[hpcpipe:ESCALATE]" in t["log"]
@@ -234,11 +236,12 @@ def test_backfill_array_element_picks_its_session(tmp_path):
     wait_final(env)
     hp(env, "status")
     run = next((Path(env["HPCPIPE_HOME"]) / "runs").iterdir())
-    chunk = json.loads((run / "sessions" / "c0.json").read_text())
+    from hpcpipe.jobside.runfolder import load_session_entry
+
     for p in paths:
         who = json.loads((p / "whoami.json").read_text())
         index = int(who["array_task_id"])
-        assert who["session"] == str(p) == chunk[str(index)]["path"]
+        assert who["session"] == str(p) == load_session_entry(run, "c0", index)["path"]
     assert {t["status"] for t in tasks(env).values()} == {"Complete"}
     assert "#SBATCH --array=0-2" in next(run.glob("scripts/*.sh")).read_text()
 
@@ -256,7 +259,7 @@ def _run_folder(tmp_path: Path, seconds: float) -> tuple[Path, str, Path]:
     run = tmp_path / "run"
     (run / "sessions").mkdir(parents=True)
     (run / "run.json").write_text(runfolder.run_json("r1", "sqlite", "server"))
-    (run / "sessions" / "c0.json").write_text(json.dumps({"0": {"eid": eid, "path": str(s), "tasks": [record]}}))
+    (run / "sessions" / "c0.json").write_text(runfolder.sessions_json({0: runfolder.session_entry(eid, str(s), [record])}))
     return run, tid, s
 
 
@@ -324,7 +327,7 @@ def test_requeue_records_waiting_then_the_restart_continues_the_result(tmp_path)
     # SLURM runs the job again: it carries on in the same result file
     chunk = run / "sessions" / "c0.json"
     data = json.loads(chunk.read_text())
-    data["0"]["tasks"][0]["arguments"] = {"seconds": 0}
+    data["types"][0]["arguments"] = {"seconds": 0}
     chunk.write_text(json.dumps(data))
     proc, _ = _start(run, tmp_path, dict(fake, SLURM_RESTART_COUNT="1"), name="out2")
     assert proc.wait(60) == 0
@@ -337,13 +340,13 @@ def test_requeue_records_waiting_then_the_restart_continues_the_result(tmp_path)
 
 def test_fold_sees_every_op_across_a_requeue(tmp_path):
     """The login node counts folded ops: a restarted job must not shrink its result file."""
-    from hpcpipe.jobside.runfolder import RunFolderStore, fold
+    from hpcpipe.jobside.runfolder import RunFolderStore, fold, load_session_entry
     from hpcpipe.store.sqlite import SQLiteStore
 
     run, tid, s = _run_folder(tmp_path, 0)
     store = SQLiteStore(tmp_path / "t.sqlite")
     eid = store.session_id(s, create=True)
-    entry = json.loads((run / "sessions" / "c0.json").read_text())["0"]
+    entry = load_session_entry(run, "c0", 0)
     rec = dict(entry["tasks"][0], session=eid)
     rec.pop("id")
     created = store.create_task({k: v for k, v in rec.items() if k not in ("version",)})

@@ -359,3 +359,36 @@ def test_sqlite_does_not_reuse_a_connection_across_fork(store):
     proc.join(30)
     assert reused is False
     assert len(store.store.list_tasks()) == 1  # the parent's connection still works
+
+
+# --------------------------------------------------------------------------- bulk (backfills)
+def _template():
+    base = {"status": "Waiting", "arguments": {"probe": "p0"}, "graph": "g", "executable": "pkg.mod.T",
+            "priority": 30, "cpu": 1, "ram": 2, "level": 0}
+    return [dict(base, name="A", parents=[]), dict(base, name="B", parents=["A"], level=1),
+            dict(base, name="C", parents=["A", "B"], level=2, status="Held")]
+
+
+def test_stamp_tasks_creates_the_graph_in_every_session(store):
+    other_path, other = store.new_session("SW002")
+    made = store.store.stamp_tasks(_template(), [store.eid, other])
+    assert [[r["name"] for r in recs] for recs in made] == [["A", "B", "C"]] * 2
+    ids = [r["id"] for recs in made for r in recs]
+    assert len(set(ids)) == 6 and all(uuid.UUID(i) for i in ids)
+    for eid, (a, b, c) in zip([store.eid, other], made):
+        assert (a["session"], b["parents"], c["parents"], c["status"]) == (eid, [a["id"]], [a["id"], b["id"]], "Held")
+        assert {t["id"]: t for t in store.store.list_tasks(session=eid)} == {t["id"]: t for t in (a, b, c)}
+    with pytest.raises(Conflict):  # the same graph again: (name, session, arguments) is taken
+        store.store.stamp_tasks(_template(), [other])
+
+
+def test_session_ids_and_tasks_by_session_answer_for_many(store, tmp_path):
+    other_path, other = store.new_session("SW003")
+    from hpcpipe.session import parse_session_paths
+
+    refs = parse_session_paths([store.session_path, other_path])
+    assert store.store.session_ids(refs) == [store.eid, other]
+    store.store.stamp_tasks(_template()[:1], [other])
+    found = store.store.tasks_by_session([store.eid, other], graph="g")
+    assert found[store.eid] == [] and [t["name"] for t in found[other]] == ["A"]
+    assert store.store.tasks_by_session([other], graph="nope") == {other: []}

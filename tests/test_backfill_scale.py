@@ -1,0 +1,159 @@
+"""What makes a 10,000-session backfill cheap, pinned as mechanisms (the timings themselves are
+printed by scripts/bench/backfill.py, never asserted): the store statements of a backfill do not
+grow with its sessions, the pipeline's Task objects are built once per class, session paths are
+checked in one pass, and a chunk file holds each task type once."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hpcpipe.errors import BadInput
+from hpcpipe.jobside import runfolder
+from hpcpipe.ledger import Ledger
+from hpcpipe.session import parse_session_path, parse_session_paths
+from hpcpipe.store.sqlite import SQLiteStore
+from hpcpipe.submission import plan_sessions
+from hpcpipe.task import Task
+
+PIPELINE = "tests.test_backfill_scale.Six"
+
+
+class _T(Task):
+    def _run(self, overwrite=False):
+        return []
+
+
+Raw, Sync, Spikes, Trials, QC, Summary = (type(n, (_T,), {"__module__": __name__})
+                                          for n in ("Raw", "Sync", "Spikes", "Trials", "QC", "Summary"))
+
+
+def _six():
+    from collections import OrderedDict
+
+    from hpcpipe.pipeline import Pipeline
+
+    class Six(Pipeline):
+        _name = "six"
+
+        def __init__(self, session_path=None, **kwargs):
+            super().__init__(session_path, **kwargs)
+            raw = Raw(self.session_path)
+            sync, spikes = Sync(self.session_path, parents=[raw]), Spikes(self.session_path, parents=[raw])
+            trials = Trials(self.session_path, parents=[sync])
+            qc = QC(self.session_path, parents=[trials, spikes])
+            self.tasks = OrderedDict((t.name, t) for t in (raw, sync, spikes, trials, qc,
+                                                           Summary(self.session_path, parents=[qc])))
+
+    Six.__module__ = __name__
+    return Six
+
+
+Six = _six()
+
+
+def sessions(root: Path, n: int, start: int = 0) -> list[Path]:
+    out = []
+    for i in range(start, start + n):
+        p = root / "lab" / "Subjects" / f"S{i:04d}" / "2026-11-20" / "001"
+        p.mkdir(parents=True)
+        out.append(p)
+    return out
+
+
+@pytest.fixture()
+def stores(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPCPIPE_HOME", str(tmp_path / "home"))
+    store = SQLiteStore(tmp_path / "tasks.sqlite")
+    yield store, Ledger(tmp_path / "jobs.sqlite")
+    store.close()
+
+
+def statements(store: SQLiteStore, fn) -> tuple[list[str], object]:
+    seen: list[str] = []
+    store._db.set_trace_callback(seen.append)
+    try:
+        result = fn()
+    finally:
+        store._db.set_trace_callback(None)
+    return seen, result
+
+
+def test_backfill_store_statements_do_not_grow_with_sessions(stores, tmp_path):
+    store, ledger = stores
+    few, _ = statements(store, lambda: plan_sessions(sessions(tmp_path / "a", 3), PIPELINE, store, ledger))
+    many, plans = statements(store, lambda: plan_sessions(sessions(tmp_path / "b", 300, 3), PIPELINE, store, ledger))
+    # a transaction, 3 for the sessions, 1 for their tasks, 1 check, 6 inserts (one per task type), savepoints
+    assert len(many) == len(few) <= 20, many
+    assert sum(len(p.items) for p in plans) == 1800
+    assert len(store.list_tasks()) == 1800 + 18
+
+
+def test_backfill_builds_the_task_objects_once_per_pipeline_class(stores, tmp_path, monkeypatch):
+    store, ledger = stores
+    built = []
+    init = Task.__init__
+    monkeypatch.setattr(Task, "__init__", lambda self, *a, **k: (built.append(type(self).__name__),
+                                                                 init(self, *a, **k))[1])
+    plans = plan_sessions(sessions(tmp_path, 50), PIPELINE, store, ledger)
+    assert sorted(built) == sorted(["Raw", "Sync", "Spikes", "Trials", "QC", "Summary"])
+    assert len(plans) == 50 and all(len(p.items) == 6 for p in plans)
+
+
+def test_stamped_records_and_plans_are_those_of_the_general_rules(stores, tmp_path):
+    """A fresh session gets the same records and plan stamped as one recorded task by task."""
+    store, ledger = stores
+    (fresh,) = plan_sessions(sessions(tmp_path / "a", 1), PIPELINE, store, ledger, names=["Raw", "Sync", "QC"])
+    assert [i.task["name"] for i in fresh.items] == ["Raw", "Sync"]
+    assert [(t["name"], t["status"]) for t, _ in fresh.held] == [("QC", "Held")]
+    by_id = {t["id"]: t for t in store.list_tasks(session=fresh.session)}
+    assert by_id == {t["id"]: t for t in fresh.deck}
+    sync = next(i for i in fresh.items if i.task["name"] == "Sync")
+    assert sync.parents_in_plan == [fresh.items[0].id] and sync.task["parents"] == [fresh.items[0].id]
+    # planning the same session again goes through the general rules (records exist): same plan
+    (again,) = plan_sessions([fresh.session_path], PIPELINE, store, ledger, names=["Raw", "Sync", "QC"])
+    assert [i.id for i in again.items] == [i.id for i in fresh.items]
+    assert again.held == []  # QC is Held already: not requested, as the rules say
+
+
+def test_a_bad_path_among_many_records_nothing(stores, tmp_path):
+    store, ledger = stores
+    paths = sessions(tmp_path, 20) + [tmp_path / "lab" / "Subjects" / "S9" / "2026-11-20" / "001"]
+    with pytest.raises(BadInput, match="does not exist"):
+        plan_sessions(paths, PIPELINE, store, ledger)
+    assert store.list_tasks() == [] and store._db.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0
+
+
+def test_parse_session_paths_agrees_with_parse_session_path(tmp_path, monkeypatch):
+    (a, b) = sessions(tmp_path / "real", 2)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    linked = tmp_path / "link" / "lab" / "Subjects" / "S0001" / "2026-11-20" / "001"
+    (tmp_path / "sess-link").symlink_to(a)
+    monkeypatch.chdir(tmp_path)
+    given = [a, f"{b}/", linked, "real/lab/Subjects/S0000/2026-11-20/001"]
+    refs = parse_session_paths(given)
+    assert refs == list(dict.fromkeys(parse_session_path(p) for p in given))
+    assert [r.path for r in refs] == [a.resolve(), b.resolve()]  # duplicates after resolving dropped
+    (tmp_path / "f").write_text("")
+    for bad, why in ((tmp_path / "nope", "does not exist"), (tmp_path / "f", "not a folder"),
+                     (tmp_path / "real", "not a session path")):
+        with pytest.raises(BadInput, match=why):
+            parse_session_paths([a, bad])
+
+
+def test_chunk_file_holds_each_task_type_once(stores, tmp_path):
+    store, ledger = stores
+    plans = plan_sessions(sessions(tmp_path, 40), PIPELINE, store, ledger)
+    entries = {i: runfolder.session_entry(p.session, str(p.session_path), p.deck) for i, p in enumerate(plans)}
+    text = runfolder.sessions_json(entries)
+    assert len(json.loads(text)["types"]) == 6
+    run = tmp_path / "run"
+    (run / "sessions").mkdir(parents=True)
+    (run / "sessions" / "c0.json").write_text(text)
+    entry = runfolder.load_session_entry(run, "c0", 7)
+    keep = set(runfolder._TYPE_FIELDS) | {"id", "status", "parents", "session"}
+    assert entry["eid"] == plans[7].session and entry["path"] == str(plans[7].session_path)
+    assert entry["tasks"] == [{k: t[k] for k in keep} for t in plans[7].deck]
+    assert os.path.getsize(run / "sessions" / "c0.json") < 40 * 6 * 200  # ids and statuses, not whole records
