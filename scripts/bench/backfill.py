@@ -51,12 +51,15 @@ def make_sessions(root: Path, n: int) -> Path:
 
 def env_for(home: Path) -> dict:
     env = dict(os.environ, HPCPIPE_HOME=str(home), HPCPIPE_CONFIG=str(home / "none.toml"))
+    # as an installed hpcpipe runs: with its bytecode cached (the warm-up run writes it)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = os.pathsep.join([str(BENCH), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
 
-def timed(argv: list[str], env: dict) -> tuple[float, float, str]:
-    """Run a command to its end: wall seconds, its own peak resident memory (MB), stdout."""
+def timed(argv: list[str], env: dict) -> tuple[float, float, str, float]:
+    """Run a command to its end: wall seconds, its own peak resident memory (MB), stdout, and its
+    CPU seconds (user + system: what the wall time would be on an idle machine, about)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err, text=True)
@@ -67,18 +70,18 @@ def timed(argv: list[str], env: dict) -> tuple[float, float, str]:
         err.seek(0)
         if proc.returncode != 0:
             sys.exit(f"bench: {' '.join(argv[2:5])}... failed ({proc.returncode}): {err.read().strip()[-500:]}")
-        return wall, usage.ru_maxrss / 1024, out.read()
+        return wall, usage.ru_maxrss / 1024, out.read(), usage.ru_utime + usage.ru_stime
 
 
 def cli_backfill(root: Path, n: int, runs: list[str]) -> dict:
     listing = make_sessions(root / "data", n)
     home = root / "home"
     argv = [sys.executable, "-m", "hpcpipe.cli", "backfill", "--sessions-file", str(listing), "--pipeline", PIPELINE]
-    wall, peak, out = timed(argv, env_for(home))
+    wall, peak, out, cpu = timed(argv, env_for(home))
     run_id = re.search(r"run (\S+):", out).group(1)
     runs.append(run_id)
     calls = int(re.search(r"in (\d+) sbatch call", out).group(1))
-    return {"sessions": n, "tasks": 6 * n, "wall": wall, "peak": peak, "sbatch": calls, "home": home}
+    return {"sessions": n, "tasks": 6 * n, "wall": wall, "peak": peak, "sbatch": calls, "home": home, "cpu": cpu}
 
 
 def in_process(root: Path, n: int, runs: list[str]) -> dict:
@@ -95,19 +98,19 @@ def in_process(root: Path, n: int, runs: list[str]) -> dict:
     backend = SlurmBackend(store, ledger)
     _ = backend.limits
     sessions = listing.read_text().split()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     plans = plan_sessions(sessions, PIPELINE, store, ledger, live_backend="slurm")
     run = Run.new(prefix="bf")
     report = backend.backfill(plans, run.id)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     runs.append(run.id)
-    return {"sessions": n, "tasks": report.elements, "wall": wall, "sbatch": report.jobs}
+    return {"sessions": n, "tasks": report.elements, "wall": wall, "sbatch": report.jobs, "cpu": cpu}
 
 
 def status_json(home: Path) -> dict:
     argv = [sys.executable, "-m", "hpcpipe.cli", "status", "--json"]
-    wall, peak, out = timed(argv, env_for(home))
-    return {"wall": wall, "tasks": len(json.loads(out)), "peak": peak}
+    wall, peak, out, cpu = timed(argv, env_for(home))
+    return {"wall": wall, "tasks": len(json.loads(out)), "peak": peak, "cpu": cpu}
 
 
 def sbatch_loop(root: Path, n: int, name: str) -> dict:
@@ -147,6 +150,7 @@ def main() -> int:
     try:
         print(f"bench: {args.small} and {args.sessions} sessions, baseline {args.baseline_sessions}...",
               file=sys.stderr)
+        cli_backfill(tmp / "warm-up", 1, runs)  # bytecode written, SLURM's caches warm
         small = cli_backfill(tmp / "small", args.small, runs)
         big = cli_backfill(tmp / "big", args.sessions, runs)
         status = status_json(big["home"])
@@ -160,17 +164,15 @@ def main() -> int:
     from tabulate import tabulate
 
     ms = lambda r: 1000 * r["wall"] / r["sessions"]  # noqa: E731
-    rows = [["hpcpipe backfill (process)", small["sessions"], small["tasks"], small["sbatch"], f"{small['wall']:.2f}",
-             f"{ms(small):.3f}", f"{small['peak']:.0f}"],
-            ["hpcpipe backfill (process)", big["sessions"], big["tasks"], big["sbatch"], f"{big['wall']:.2f}",
-             f"{ms(big):.3f}", f"{big['peak']:.0f}"],
-            ["backfill in-process", inproc["sessions"], inproc["tasks"], inproc["sbatch"], f"{inproc['wall']:.2f}",
-             f"{ms(inproc):.3f}", ""],
-            ["sbatch loop, afterok (shell)", loop["sessions"], loop["tasks"], loop["sbatch"], f"{loop['wall']:.2f}",
-             f"{ms(loop):.3f}", ""],
-            ["hpcpipe status --json (process)", big["sessions"], status["tasks"], "", f"{status['wall']:.2f}", "",
-             f"{status['peak']:.0f}"]]
-    print(tabulate(rows, headers=["what", "sessions", "tasks", "sbatch calls", "wall s", "per session ms",
+    def row(what, r, tasks=None, per_session=True):
+        return [what, r["sessions"], tasks or r["tasks"], r.get("sbatch", ""), f"{r['wall']:.2f}",
+                f"{r['cpu']:.2f}" if "cpu" in r else "", f"{ms(r):.3f}" if per_session else "",
+                f"{r['peak']:.0f}" if "peak" in r else ""]
+
+    rows = [row("hpcpipe backfill (process)", small), row("hpcpipe backfill (process)", big),
+            row("backfill in-process", inproc), row("sbatch loop, afterok (shell)", loop),
+            row("hpcpipe status --json (process)", dict(status, sessions=big["sessions"]), per_session=False)]
+    print(tabulate(rows, headers=["what", "sessions", "tasks", "sbatch calls", "wall s", "cpu s", "per session ms",
                                   "peak MB"]))
     print(f"per-session ratio, sbatch loop / hpcpipe backfill of {big['sessions']}: {ms(loop) / ms(big):.0f}x")
     print(f"growth {small['sessions']} -> {big['sessions']} sessions: time x{big['wall'] / small['wall']:.1f}, "
