@@ -104,19 +104,26 @@ class Ledger:
     def record(self, jobs: Iterable[dict]) -> None:
         """Insert or replace job rows (keys of ``JobRecord``; state defaults to SUBMITTED)."""
         now = _now()
+        names = ("task_id", "session", "task_name", "run_id", "backend", "job_id", "array_index", "state",
+                 "reason", "run_dir", "remote")
         rows = [(j["task_id"], j.get("session"), j.get("task_name"), j["run_id"], j["backend"],
                  str(j["job_id"]), j.get("array_index"), j.get("state", "SUBMITTED"), j.get("reason"),
                  j.get("run_dir"), j.get("remote")) for j in jobs]
-        # one statement for all the rows (a backfill's 60,000 array elements): SQLite reads them
-        # from one JSON parameter, instead of Python binding 15 values per row
-        columns = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(rows[0]) if rows else 0))
+        if not rows:
+            return
+        # one statement for all the rows (a backfill's 60,000 array elements): a column with one
+        # value in every row (the run, the array, the state...) is bound once, the others are
+        # read by SQLite from one JSON parameter, instead of Python binding 15 values per row
+        same = [all(r[i] == rows[0][i] for r in rows) for i in range(len(names))]
+        varying = [i for i in range(len(names)) if not same[i]]
+        values = [f":{names[i]}" if same[i] else f"json_extract(value, '$[{varying.index(i)}]')"
+                  for i in range(len(names))]
+        params = {"now": now, "rows": json.dumps([[r[i] for i in varying] for r in rows]),
+                  **{names[i]: rows[0][i] for i in range(len(names)) if same[i]}}
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            if rows:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO jobs (task_id, session, task_name, run_id, backend, job_id, array_index, "
-                    "state, reason, run_dir, remote, submitted, updated, folded_ops, folded) "
-                    f"SELECT {columns}, ?1, ?1, 0, 0 FROM json_each(?2)", (now, json.dumps(rows)))
+            self._db.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(names)}, submitted, updated, folded_ops, "
+                             f"folded) SELECT {', '.join(values)}, :now, :now, 0, 0 FROM json_each(:rows)", params)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")

@@ -157,3 +157,18 @@ def test_chunk_file_holds_each_task_type_once(stores, tmp_path):
     assert entry["eid"] == plans[7].session and entry["path"] == str(plans[7].session_path)
     assert entry["tasks"] == [{k: t[k] for k in keep} for t in plans[7].deck]
     assert os.path.getsize(run / "sessions" / "c0.json") < 40 * 6 * 200  # ids and statuses, not whole records
+
+
+def test_ledger_records_an_array_in_one_statement(tmp_path):
+    ledger = Ledger(tmp_path / "jobs.sqlite")
+    rows = [{"task_id": f"t{i}", "session": f"s{i // 6}", "task_name": "Raw", "run_id": "bf-1", "backend": "slurm",
+             "job_id": "42", "array_index": i, "state": "PENDING", "run_dir": "/r", "remote": None}
+            for i in range(3000)]
+    seen: list[str] = []
+    ledger._db.set_trace_callback(seen.append)
+    ledger.record(rows + [dict(rows[0], task_id="other", job_id="43", remote="hpc")])
+    ledger._db.set_trace_callback(None)
+    assert len([s for s in seen if s.startswith("INSERT")]) == 1
+    jobs = {j.task_id: j for j in ledger.run("bf-1")}
+    assert len(jobs) == 3001 and jobs["t7"].backend_id == "42_7" and jobs["t7"].session == "s1"
+    assert (jobs["other"].job_id, jobs["other"].remote, jobs["t7"].remote) == ("43", "hpc", None)
