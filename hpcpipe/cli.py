@@ -122,6 +122,8 @@ def _prepare_slurm(store, ledger, backend, dry_run: bool) -> None:
 
 
 def _rows(store, ledger, session: str | None, statuses: list[str], live: dict | None = None) -> list[dict]:
+    from .report.collect import failure_reason
+
     tasks = store.list_tasks(session=session, status=statuses or None)
     jobs = ledger.latest(t["id"] for t in tasks)
     live = live or {}
@@ -133,24 +135,42 @@ def _rows(store, ledger, session: str | None, statuses: list[str], live: dict | 
                      "time_elapsed_secs": t["time_elapsed_secs"], "backend": job.backend if job else None,
                      "job_id": job.backend_id if job else None,
                      "job_state": live[t["id"]].display() if t["id"] in live else (job.state if job else None),
-                     "reason": job.reason if job else None})
+                     "reason": None if t["status"] in DONE else (failure_reason(t, job) or (job.reason if job else None))})
     return rows
 
 
-def _print_table(rows: list[dict], store) -> None:
+def _print_table(rows: list[dict], store, reasons: bool = False) -> None:
+    """The status table; sessions in their shortest distinguishing form (``session.short_names``)."""
     from tabulate import tabulate
 
-    paths: dict[str, str] = {}
+    from .session import short_names
+
+    paths = {s: store.session_path(s) if s else None for s in {r["session"] for r in rows}}
+    names = short_names([str(p) for p in paths.values() if p])
     table = []
     for r in rows:
-        if r["session"] not in paths:
-            p = store.session_path(r["session"]) if r["session"] else None
-            paths[r["session"]] = "/".join(Path(p).parts[-3:]) if p else str(r["session"])
+        p = paths[r["session"]]
         elapsed = "" if r["time_elapsed_secs"] is None else f"{r['time_elapsed_secs']:.1f}s"
-        table.append([paths[r["session"]], r["name"], r["status"], r["level"], r["cpu"], r["gpu"], r["ram"],
-                      elapsed, r["backend"] or "", r["job_id"] or "", r["job_state"] or ""])
+        table.append([names[str(p)] if p else str(r["session"]), r["name"], r["status"], r["level"], r["cpu"],
+                      r["gpu"], r["ram"], elapsed, r["backend"] or "", r["job_id"] or "", r["job_state"] or ""]
+                     + ([(r["reason"] or "")[:100]] if reasons else []))
     print(tabulate(table, headers=["session", "task", "status", "level", "cpu", "gpu", "ram", "elapsed",
-                                   "backend", "job id", "job state"]))
+                                   "backend", "job id", "job state"] + (["reason"] if reasons else [])))
+
+
+def _where_for(backend):
+    """Where a task's job runs, as resource suggestions name it: ``local`` or ``slurm:<partition>``."""
+    if backend is None:
+        return lambda task: "local"
+    return lambda task: f"slurm:{backend.partition_of(task)}"
+
+
+def _apply_resources(args, plans, store, backend, keep=None) -> None:
+    """Resource suggestions the user opted in to, applied to the planned records and printed."""
+    from . import resources
+
+    for line in resources.apply(plans, store, _where_for(backend), dry_run=args.dry_run, keep=keep):
+        print(line)
 
 
 # ---------------------------------------------------------------------- commands
@@ -174,6 +194,7 @@ def cmd_submit(args) -> int:
     plans = plan_sessions(sessions, pipeline, store, ledger, statuses=args.status or ["Waiting"],
                           names=args.task, dry_run=args.dry_run, rerun_statuses=args.rerun,
                           live_backend=backend.name if backend else "local")
+    _apply_resources(args, plans, store, backend)
     return _execute(args, plans, store, ledger, backend)
 
 
@@ -242,14 +263,27 @@ def cmd_rerun(args) -> int:
 
         failed = [t for t in store.list_tasks(session=store.session_id(session), status=rerun)
                   if not args.task or t["name"] in args.task]
-        escalations = escalate.plan(failed, backend)
+        escalations = escalate.plan(failed, backend, floors=_suggested(failed, backend))
     plans = plan_sessions([session], pipeline, store, ledger, statuses=["Waiting"] + rerun,
                           names=args.task, dry_run=args.dry_run, rerun_statuses=rerun,
                           live_backend=backend.name if backend else "local")
+    _apply_resources(args, plans, store, backend,
+                     keep={tid: {e.field} for tid, e in escalations.items() if e.raised})
     if escalations:
         for esc in (escalate.apply(store, plans, escalations) if not args.dry_run else escalations.values()):
             print(f"{esc.name}: {esc.line()}")
     return _execute(args, plans, store, ledger, backend)
+
+
+def _suggested(tasks: list[dict], backend) -> dict[str, dict]:
+    """The suggestion for each task's class and place, when the user applies suggestions."""
+    from . import resources
+
+    if not resources.opted_in():
+        return {}
+    table, where = resources.load(), _where_for(backend)
+    return {t["id"]: table[(t.get("executable") or "", where(t))] for t in tasks
+            if (t.get("executable") or "", where(t)) in table}
 
 
 def cmd_status(args) -> int:
@@ -267,9 +301,10 @@ def cmd_status(args) -> int:
         live = _slurm_refresh(store, ledger)
         rows = _rows(store, ledger, session, statuses, live)
         if args.json:
-            print(json.dumps([{k: r[k] for k in TABLE_KEYS} | {"session": r["session"]} for r in rows], indent=1))
+            print(json.dumps([{k: r[k] for k in TABLE_KEYS} | {"session": r["session"]}
+                              | ({"reason": r["reason"]} if args.reason else {}) for r in rows], indent=1))
         else:
-            _print_table(rows, store)
+            _print_table(rows, store, reasons=args.reason)
         if not args.watch:
             return 0
         try:
@@ -354,6 +389,7 @@ def cmd_backfill(args) -> int:
     statuses = ["Waiting"] + check_statuses(args.rerun)
     plans = plan_sessions(refs, pipeline, store, ledger, statuses=statuses, names=args.task,
                           dry_run=args.dry_run, rerun_statuses=args.rerun, live_backend="slurm")
+    _apply_resources(args, plans, store, backend)
     if not any(plans):
         print("nothing to submit")
         return 0
@@ -410,6 +446,142 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def _transport_for(store, ledger):
+    """sacct's way to each cluster: this machine, or the ``--remote`` target's connection."""
+    opened: dict = {}
+
+    def transport_for(remote):
+        if remote not in opened:
+            if remote is None:
+                from .slurm.transport import LocalTransport
+
+                opened[remote] = LocalTransport()
+            else:
+                opened[remote] = _remote_backend(remote, store, ledger).transport
+        return opened[remote]
+
+    return transport_for
+
+
+def _selection(args, store) -> dict:
+    from .report.collect import parse_when
+
+    selection = {"run": getattr(args, "run", None), "pipeline": args.pipeline,
+                 "since": parse_when(args.since) if args.since else None,
+                 "until": parse_when(args.until) if args.until else None, "session": None}
+    if args.session:
+        from .session import parse_session_path
+
+        selection["session"] = store.session_id(parse_session_path(args.session).path)
+    return selection
+
+
+def cmd_report(args) -> int:
+    from .report import table
+    from .report.collect import collect
+    from .sweep import sweep
+
+    if args.html:
+        from .report.html import _need_extra
+
+        _need_extra()  # before any work: a missing extra is one line
+    store, ledger = _store(), _ledger()
+    selection = _selection(args, store)
+    sweep(store, ledger)
+    _slurm_refresh(store, ledger)
+    report = collect(store, ledger, transport_for=_transport_for(store, ledger), history=args.all_attempts,
+                     **selection)
+    report.title = "hpcpipe report: " + ", ".join(f"{k} {v}" for k, v in
+                                                  (("run", args.run), ("session", args.session),
+                                                   ("pipeline", args.pipeline), ("since", args.since),
+                                                   ("until", args.until)) if v) if any(
+        (args.run, args.session, args.pipeline, args.since, args.until)) else "hpcpipe report: every task"
+    if not report.rows:
+        print("no task matches")
+        return 0
+    print(table.render(report))
+    if args.html:
+        from .report import html
+
+        print(f"report written to {html.write(report, args.html, group_by=args.group_by)}")
+    return 0
+
+
+def cmd_resources(args) -> int:
+    from tabulate import tabulate
+
+    from . import resources
+    from .report.collect import collect
+
+    store, ledger = _store(), _ledger()
+    selection = _selection(args, store)
+    _slurm_refresh(store, ledger)
+    report = collect(store, ledger, transport_for=_transport_for(store, ledger), history=True, **selection)
+    limits: dict = {}
+
+    def caps_for(where: str):
+        if not where.startswith("slurm:"):
+            return None, None
+        if "limits" not in limits:
+            from .errors import BackendError
+            from .slurm.limits import ClusterLimits
+            from .slurm.transport import LocalTransport
+
+            try:
+                limits["limits"] = ClusterLimits.read(LocalTransport())
+            except BackendError:
+                limits["limits"] = None
+        return limits["limits"].caps(where.split(":", 1)[1]) if limits["limits"] else (None, None)
+
+    found = resources.from_rows(report.rows, caps_for)
+    for note in report.notes:
+        print(f"note: {note}")
+    if not found:
+        print("no successful measured run to learn from")
+        return 0
+    print(tabulate([[s.name, s.where, s.runs, f"{s.req_cpu} -> {s.cpu}", f"{s.req_ram:g} -> {s.ram:g}",
+                     f"{s.req_time_out_secs:g} -> {s.time_out_secs}", f"{s.max_rss_mb:.1f}", f"{s.max_elapsed_secs:.0f}"]
+                    for s in found],
+                   headers=["task class", "where", "runs", "cpu", "ram GB", "time s", "max rss MB", "max elapsed s"],
+                   disable_numparse=True))
+    if args.write is not None:
+        path = resources.write(found, args.write or None)
+        print(f"suggestions written to {path}; submissions apply them with [resources] apply = true")
+    return 0
+
+
+def cmd_log(args) -> int:
+    from .report.tasklog import find_tasks, task_log
+
+    if not args.id and not (args.session and args.task):
+        raise BadInput("say which task: --id TASK_ID, or --session PATH --task NAME")
+    store, ledger = _store(), _ledger()
+    session = None
+    if args.session:
+        from .session import parse_session_path
+
+        session = store.session_id(parse_session_path(args.session).path)
+    _slurm_refresh(store, ledger)
+    transport_for = _transport_for(store, ledger)
+    for task in find_tasks(store, args.id, session, args.task):
+        tl = task_log(task, ledger, transport_for)
+        print(f"task {task['name']} ({task['id']}): {task['status']}")
+        if tl.job is not None:
+            print(f"job: {tl.job.backend} {tl.job.backend_id}, run {tl.job.run_id}")
+            u = tl.usage
+            if u is not None and u.state:
+                code = "" if u.exit_code is None else f", exit code {u.exit_code}:{u.signal or 0}"
+                print(f"ended: {u.state}{code}" + (f", reason {u.reason}" if u.reason else ""))
+            elif tl.job.state:
+                print(f"state: {tl.job.state}" + (f" ({tl.job.reason})" if tl.job.reason else ""))
+            print(f"stdout/stderr: {tl.output or 'unknown (the job did not start or saved no result)'}")
+        lines = tl.lines(args.tail)
+        what = "log" if task.get("log") else "job output (the task recorded no log)"
+        print(f"----- {what}" + (f", last {args.tail} lines" if args.tail else "") + " -----")
+        print("\n".join(lines))
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def _add_remote_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remote", metavar="CLUSTER", help="submit through a login node over SSH: a [clusters.NAME] "
@@ -447,8 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--failed", action="store_true", help="rerun Errored tasks (same as --status Errored)")
     p.add_argument("--escalate", action="store_true",
-                   help="more RAM after a memory kill, more time after a timeout ([escalate] ram_factor, "
-                        "time_factor; capped by the partition's limits)")
+                   help="by the cause of each ending: more RAM after a memory kill, more time after a timeout "
+                        "([escalate] ram_factor, time_factor; capped by the partition's limits), the same after "
+                        "preemption or a node failure, no escalation after a Python error")
     p.set_defaults(func=cmd_rerun)
 
     p = sub.add_parser("backfill", help="submit many sessions to SLURM as job arrays")
@@ -476,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="append", metavar="S")
     p.add_argument("--json", action="store_true", help="JSON list of task records, for scripts")
     p.add_argument("--watch", type=float, metavar="SECS", help="refresh every SECS seconds")
+    p.add_argument("--reason", action="store_true", help="show why each task that did not complete ended")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("sweep", help="fold job results; record tasks whose job died (for cron)")
@@ -495,6 +669,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sync", help="replay reports queued while the store was unreachable")
     p.set_defaults(func=cmd_sync)
+
+    def _select_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--session", metavar="PATH")
+        p.add_argument("--pipeline", metavar="NAME", help="tasks of this graph only")
+        p.add_argument("--since", metavar="WHEN", help="jobs submitted since: YYYY-MM-DD[THH:MM] or an age (6h, 2d)")
+        p.add_argument("--until", metavar="WHEN")
+
+    p = sub.add_parser("report", help="what the jobs used: requested vs measured, efficiency, failures")
+    p.add_argument("--run", metavar="ID", help="the tasks of one run")
+    _select_args(p)
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page (timeline, graph)")
+    p.add_argument("--group-by", choices=("session", "task"), default="session", help="timeline grouping")
+    p.add_argument("--all-attempts", action="store_true", help="one row per job, not per task")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("resources", help="suggest cpu/ram/time per task class from past runs")
+    _select_args(p)
+    p.add_argument("--write", nargs="?", const="", metavar="FILE",
+                   help="save the suggestions (default [resources] file, <home>/resources.toml)")
+    p.set_defaults(func=cmd_resources)
+
+    p = sub.add_parser("log", help="a task's log, its job's output file and how the job ended")
+    p.add_argument("--id", metavar="TASK_ID")
+    p.add_argument("--session", metavar="PATH")
+    p.add_argument("--task", metavar="NAME")
+    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    p.set_defaults(func=cmd_log)
     return parser
 
 

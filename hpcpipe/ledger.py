@@ -160,13 +160,18 @@ class Ledger:
         sql = "SELECT * FROM jobs" + (f" WHERE {where}" if where else "") + " ORDER BY submitted, rowid"
         return [JobRecord(**dict(r)) for r in self._db.execute(sql, args)]
 
+    def history(self, task_ids: Iterable[str] | None = None) -> list[JobRecord]:
+        """Every job of these tasks (all tasks when None), oldest first: each attempt."""
+        if task_ids is None:
+            return self._select()
+        rows = [r for chunk in _chunks(list(task_ids), 500)
+                for r in self._select(f"task_id IN ({','.join('?' * len(chunk))})", tuple(chunk))]
+        return sorted(rows, key=lambda r: r.submitted or "")
+
     def latest(self, task_ids: Iterable[str] | None = None) -> dict[str, JobRecord]:
         """The most recent job of each task (all tasks when ``task_ids`` is None)."""
         out: dict[str, JobRecord] = {}
-        rows = self._select() if task_ids is None else [
-            r for chunk in _chunks(list(task_ids), 500)
-            for r in self._select(f"task_id IN ({','.join('?' * len(chunk))})", tuple(chunk))]
-        for rec in rows:
+        for rec in self.history(task_ids):
             out[rec.task_id] = rec  # ordered by submission time: the last one wins
         return out
 

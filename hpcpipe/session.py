@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -123,3 +124,25 @@ def _real_dir(folder: str, real: dict[str, str]) -> str:
                 pass  # reported for the session path itself
         real[folder] = found
     return found
+
+
+def short_names(paths) -> dict[str, str]:
+    """The shortest distinguishing form of each session path: its last three parts
+    (``subject/date/number``) when that is unique among ``paths``, else as many more leading
+    parts (lab, ``Subjects``, root...) as it takes to tell it from every other one.
+
+    One count of suffixes per extra part, not a comparison of every pair: a status table of a
+    10,000-session backfill stays cheap.
+    """
+    parts = {str(p): Path(str(p)).parts for p in paths if p is not None}
+    out: dict[str, str] = {}
+    pending = dict(parts)
+    n = 3
+    while pending:
+        counts = Counter(own[-n:] for own in parts.values())
+        for key, own in list(pending.items()):
+            if n >= len(own) or counts[own[-n:]] == 1:
+                out[key] = "/".join(own[-n:]) if n < len(own) else key
+                del pending[key]
+        n += 1
+    return out

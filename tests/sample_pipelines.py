@@ -184,3 +184,34 @@ class DayLongPipeline(Pipeline):
     def __init__(self, session_path=None, **kwargs):
         super().__init__(session_path, **kwargs)
         self.tasks = OrderedDict([("DayLong", DayLong(self.session_path))])
+
+
+class Hungry(Task):
+    """Asks for 2 GB (over-sized on purpose) and touches only ``mb`` MB (argument, default 60)
+    for about ``seconds`` (default 1) while keeping one CPU busy: for reports and right-sizing."""
+
+    cpu = 1
+    ram = 2
+    time_out_secs = 600
+
+    def _run(self, overwrite=False):
+        buf = bytearray(int(self.kwargs.get("mb", 60)) * 2**20)
+        buf[::4096] = b"x" * len(buf[::4096])
+        end = time.time() + float(self.kwargs.get("seconds", 1))
+        while time.time() < end:
+            pass
+        return []
+
+
+class OversizedDemo(Pipeline):
+    """The demo pipeline plus Hungry, an over-sized task with no parents."""
+
+    _name = "oversized"
+
+    def __init__(self, session_path=None, **kwargs):
+        from hpcpipe.demo.pipeline import DemoPipeline
+
+        super().__init__(session_path, **kwargs)
+        tasks = DemoPipeline(session_path, **kwargs).tasks
+        tasks["Hungry"] = Hungry(self.session_path)
+        self.tasks = tasks

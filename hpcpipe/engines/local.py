@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import config
+from .. import config, usage
 from ..errors import BadInput, Unreachable
 from ..jobside import runfolder
 from ..ledger import Ledger
@@ -71,6 +71,8 @@ class _Running:
     log_path: Path
     need: dict[str, float]
     run_dir: Path
+    #: epoch seconds at launch, for the usage record
+    wall_start: float = 0.0
 
 
 @dataclass
@@ -216,13 +218,13 @@ class LocalEngine:
                              "run_id": run_id, "backend": self.backend, "job_id": proc.pid, "state": "RUNNING",
                              "run_dir": str(run_dir)}])
         _logger.info("started %s (pid %d), log %s", task["name"], proc.pid, log_path)
-        return _Running(item, proc, time.monotonic(), log_path, need, run_dir)
+        return _Running(item, proc, time.monotonic(), log_path, need, run_dir, time.time())
 
     # ------------------------------------------------------------------ completion
     def _reap(self, running: dict[str, _Running], final: dict[str, str], run_id: str) -> None:
         for tid, r in list(running.items()):
             timeout = time_out_secs(r.item.task) or 0
-            code = r.proc.poll()
+            code = self._wait(r)
             if code is None and timeout and time.monotonic() - r.started > timeout:
                 self._kill(r)
                 reason = f"killed by the local engine after time_out_secs={timeout} s"
@@ -240,6 +242,24 @@ class LocalEngine:
             self.ledger.set_state([(tid, run_id, "COMPLETED" if code == 0 else "FAILED", f"exit {code}")])
             final[tid] = status
             _logger.info("%s ended %s", r.item.task["name"], status)
+
+    @staticmethod
+    def _wait(r: _Running) -> int | None:
+        """``poll()`` through ``os.wait4``, which also gives the process's CPU time and peak RSS:
+        saved as the task's usage (``usage.save_local``) for ``hpcpipe report``/``resources``."""
+        if r.proc.returncode is not None:
+            return r.proc.returncode
+        try:
+            pid, status, ru = os.wait4(r.proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            return r.proc.poll()
+        if pid == 0:
+            return None
+        r.proc.returncode = os.waitstatus_to_exitcode(status)
+        measured = usage.from_rusage(pid, status, ru, r.wall_start, time.time(), r.wall_start, r.need,
+                                     time_out_secs(r.item.task) or None, str(r.log_path))
+        usage.save_local(r.run_dir, r.item.id, measured)
+        return r.proc.returncode
 
     def _fold(self, r: _Running, run_id: str) -> str | None:
         """Bring the job's result file into the store (or the outbox); its final status, if any."""

@@ -1,17 +1,25 @@
-"""``hpcpipe rerun --failed --escalate``: run a failed task again with more of what it ran out of.
+"""``hpcpipe rerun --failed --escalate``: each failed task rerun according to why it ended.
 
-The last tagged reason in the task's log (``[hpcpipe:MEMORY]``, ``[hpcpipe:TIMEOUT]``, written by
-the job side or the sweep, see ``reasons``) says what the last attempt lacked. Config rules::
+The cause is the last attempt's ending as its log says it (``reasons.last_cause``: the tagged
+line the job side or the sweep wrote, or the task's own traceback):
 
-    [escalate]
-    ram_factor = 2     # MEMORY: ram x 2
-    time_factor = 2    # TIMEOUT: time_out_secs x 2
+==========================  ==========================================================
+MEMORY (OOM, memory kill)   ram x ``[escalate] ram_factor`` (default 2)
+TIMEOUT                     time_out_secs x ``[escalate] time_factor`` (default 2)
+PREEMPTED, NODE_FAIL,       the same resources: they were not the problem
+REQUEUED, CANCELLED, KILLED
+a Python error (PYTHON)     no escalation: more resources will not fix the code or data
+anything else / unknown     no escalation
+==========================  ==========================================================
 
-capped by the partition's limits (``ClusterLimits``: MaxMemPerNode, node memory, MaxTime), and
-time by 32767 s (Alyx keeps ``time_out_secs`` as a SmallInteger).
-The new values start from the record's own ``ram``/``time_out_secs`` (so a second escalation
-doubles the first), are written to the store record and to the planned record (which is what
-the job script is rendered from), and the attempt is logged in the task's log.
+A raised value is at least the suggestion for the task's class when the user applies
+suggestions (``[resources] apply``; the suggestion rule, ``hpcpipe.resources``), and at most
+the partition's limit (``ClusterLimits.caps``: MaxMemPerNode, node memory, MaxTime), and time
+at most 32767 s (Alyx keeps ``time_out_secs`` as a SmallInteger). After ``[escalate]
+max_attempts`` raises (default 3) a task is rerun without raising again. Values start from the
+record's own ``ram``/``time_out_secs`` (a second escalation doubles the first), are written to
+the store record and to the planned record (which the job script is rendered from), and every
+attempt, raised or not, is logged in the task's log with its cause.
 """
 from __future__ import annotations
 
@@ -22,22 +30,40 @@ from .. import config
 from ..store.base import SMALLINT_MAX
 from . import reasons
 
+RAISES = {reasons.MEMORY: "ram", reasons.TIMEOUT: "time_out_secs"}
+#: endings where the resources were not the problem
+SAME = (reasons.PREEMPTED, reasons.NODE_FAIL, reasons.REQUEUED, reasons.CANCELLED, reasons.KILLED)
+_UNITS = {"ram": "GB", "time_out_secs": "s"}
+
 
 @dataclass
 class Escalation:
+    """What a rerun does about one failed task, and why."""
+
     task_id: str
     name: str
     kind: str
-    field: str
-    old: float
-    new: float
+    #: the resource raised (None: rerun with the same resources)
+    field: str | None
+    old: float | None
+    new: float | None
     capped: bool
+    attempt: int = 1
+    #: why nothing was raised, when nothing was
+    note: str = ""
+
+    @property
+    def raised(self) -> bool:
+        return self.field is not None
 
     def line(self) -> str:
-        unit = "GB" if self.field == "ram" else "s"
-        text = (f"escalated after {self.kind}: {self.field} {self.old:g} {unit} -> {self.new:g} {unit}"
-                + (" (capped by the partition's limit)" if self.capped else ""))
-        return f"[hpcpipe:ESCALATE] {text}"
+        if self.raised:
+            unit = _UNITS[self.field]
+            text = (f"escalated after {self.kind}: {self.field} {self.old:g} {unit} -> {self.new:g} {unit}"
+                    + (" (capped by the partition's limit)" if self.capped else ""))
+        else:
+            text = f"not escalated after {self.kind}: {self.note}"
+        return f"[hpcpipe:ESCALATE] attempt {self.attempt}: {text}"
 
 
 def factors() -> tuple[float, float]:
@@ -48,42 +74,41 @@ def caps(backend, task: dict) -> tuple[float | None, float | None]:
     """``(max ram GB, max time_out_secs)`` of the partition the task's job goes to (None: no cap)."""
     if backend is None:
         return None, None
-    from ..slurm.render import JobSpec, resolve_partition
-
-    spec = JobSpec(name="escalate", command=["true"], resources=_resources(task))
-    limits = backend.limits
-    name = resolve_partition(spec, backend.profile) or limits.default_partition
-    part = limits.partitions.get(name) if name else None
-    if part is None:
-        return None, None
-    mem = [m for m in (part.max_mem_per_node_mb,
-                       max((limits.nodes[n].real_memory_mb for n in part.nodes if n in limits.nodes), default=None))
-           if m is not None]
-    ram_cap = min(mem) / 1024 if mem else None
-    time_cap = part.max_time_min * 60 if part.max_time_min is not None else None
-    return ram_cap, time_cap
+    return backend.limits.caps(backend.partition_of(task))
 
 
-def _resources(task: dict):
-    from ..slurm.backend import _resources as resources
+def _note(kind: str, text: str) -> str:
+    if kind in SAME:
+        return f"same resources (the job {reasons.DESCRIPTIONS.get(kind, kind.lower())}; resources were not the problem)"
+    if kind == reasons.PYTHON:
+        return f"same resources: the task's code raised ({text}); more resources will not fix it"
+    return "same resources: " + (f"the ending ({text or kind}) says nothing about resources" if kind
+                                 else "no cause recorded in the task's log")
 
-    return resources(task)
 
+def plan(tasks: list[dict], backend=None, floors: dict[str, dict] | None = None) -> dict[str, Escalation]:
+    """What to do for each failed task, by the cause of its last ending.
 
-def plan(tasks: list[dict], backend=None) -> dict[str, Escalation]:
-    """What to raise for each failed task whose last attempt ran out of memory or time."""
+    ``floors`` (task id -> {field: value}): the suggestion for the task's class, a raised value's
+    lower bound.
+    """
     ram_factor, time_factor = factors()
+    max_attempts = int(config.get("escalate", "max_attempts", 3))
     out: dict[str, Escalation] = {}
     for task in tasks:
-        kind = reasons.last_kind(task.get("log"))
-        if kind == reasons.MEMORY:
-            field, factor = "ram", ram_factor
-        elif kind == reasons.TIMEOUT:
-            field, factor = "time_out_secs", time_factor
-        else:
+        kind, text = reasons.last_cause(task.get("log"))
+        attempt = (task.get("log") or "").count("[hpcpipe:ESCALATE]") + 1
+        field = RAISES.get(kind or "")
+        raised_before = (task.get("log") or "").count(" escalated after ")
+        if field is None or raised_before >= max_attempts:
+            note = _note(kind or "", text) if field is None else \
+                f"same resources: already raised {raised_before} time(s) ([escalate] max_attempts = {max_attempts})"
+            out[task["id"]] = Escalation(task["id"], task["name"], kind or "an unknown ending", None, None, None,
+                                         False, attempt, note)
             continue
+        factor = ram_factor if field == "ram" else time_factor
         old = float(task.get(field) or (4 if field == "ram" else 7200))
-        new = old * factor
+        new = max(old * factor, float((floors or {}).get(task["id"], {}).get(field) or 0))
         ram_cap, time_cap = caps(backend, task)
         if field == "time_out_secs":  # the store keeps time_out_secs as Alyx's SmallInteger
             time_cap = min(time_cap or SMALLINT_MAX, SMALLINT_MAX)
@@ -93,22 +118,25 @@ def plan(tasks: list[dict], backend=None) -> dict[str, Escalation]:
             new = math.floor(cap * 1000) / 1000 if field == "ram" else math.floor(cap)
         if field == "time_out_secs":
             new = int(new)
-        out[task["id"]] = Escalation(task["id"], task["name"], kind, field, old, new, capped)
+        out[task["id"]] = Escalation(task["id"], task["name"], kind, field, old, new, capped, attempt)
     return out
 
 
 def apply(store, plans, escalations: dict[str, Escalation]) -> list[Escalation]:
-    """Set the new resources on the planned records (rendered into the job scripts) and in the
-    store, and log the attempt in the task's log. Returns the escalations applied."""
+    """Set the raised resources on the planned records (rendered into the job scripts) and in the
+    store, and log every attempt in the task's log. Returns the escalations applied."""
     done = []
     for p in plans:
         for item in p.items:
             esc = escalations.get(item.id)
             if esc is None:
                 continue
-            item.task[esc.field] = esc.new
+            fields = {}
+            if esc.raised:
+                item.task[esc.field] = esc.new
+                fields[esc.field] = esc.new
             current = store.get_task(item.id)
             log = (current.get("log") or "")
-            store.update_task(item.id, **{esc.field: esc.new}, log=(log + "\n" if log else "") + esc.line() + "\n")
+            store.update_task(item.id, **fields, log=(log + "\n" if log else "") + esc.line() + "\n")
             done.append(esc)
     return done

@@ -68,3 +68,30 @@ DESCRIPTIONS = {
     REQUEUED: "was requeued by SLURM",
     FAILED: "failed",
 }
+
+
+#: not a job ending but a task's own failure: its ``_run`` raised (the traceback is in its log)
+PYTHON = "PYTHON"
+_TAGGED = re.compile(r"\[hpcpipe:([A-Z_]+)\] ?(.*)")
+_TRACEBACK = "Traceback (most recent call last)"
+_EXCEPTION = re.compile(r"^(?:[\w.]+(?:Error|Exception|Interrupt|Exit|Warning))\b.*$", re.M)
+#: tags recording what hpcpipe did (raised resources, applied suggestions), not why a job ended
+ACTIONS = ("ESCALATE", "RESOURCES")
+
+
+def last_cause(log: str | None) -> tuple[str | None, str]:
+    """Why the last attempt in a log ended: ``(kind, one line)``.
+
+    The later of the last tagged reason (``[hpcpipe:MEMORY] ...``) and the last Python traceback
+    wins: ``(PYTHON, "RuntimeError: ...")`` for a task whose code raised. ``(None, "")`` when the
+    log says neither.
+    """
+    log = log or ""
+    tagged = [m for m in _TAGGED.finditer(log) if m.group(1) not in ACTIONS]
+    trace = log.rfind(_TRACEBACK)
+    if tagged and tagged[-1].start() > trace:
+        return tagged[-1].group(1), tagged[-1].group(2).strip()
+    if trace >= 0:
+        found = _EXCEPTION.findall(log[trace:])
+        return PYTHON, (found[-1].strip() if found else "the task raised an exception")
+    return None, ""

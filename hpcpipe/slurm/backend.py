@@ -125,6 +125,20 @@ class SlurmBackend:
             self._limits = ClusterLimits.read(self.transport)
         return self._limits
 
+    def partition_of(self, task: dict) -> str | None:
+        """The partition a task's job goes to (its job_size, GPU, the profile, else the
+        cluster's default); None when that needs the cluster and it cannot be asked."""
+        from .render import resolve_partition
+
+        spec = JobSpec(name="partition", command=["true"], resources=_resources(task))
+        name = resolve_partition(spec, self.profile)
+        if name:
+            return name
+        try:
+            return self.limits.default_partition
+        except BackendError:
+            return None
+
     def _spec(self, run_id: str, run_dir: str, task: dict, command: list[str], log_name: str,
               dependencies=(), aftercorr=(), array=None, throttle=None) -> JobSpec:
         return JobSpec(name=run_id, command=command, resources=_resources(task),

@@ -255,6 +255,17 @@ class ClusterLimits:
                 return p.name
         return None
 
+    def caps(self, partition: str | None) -> tuple[float | None, float | None]:
+        """``(max ram GB, max time s)`` a job on ``partition`` (None: the default) may ask for:
+        MaxMemPerNode or the largest node's memory, whichever is lower, and MaxTime."""
+        name = partition or self.default_partition
+        part = self.partitions.get(name) if name else None
+        if part is None:
+            return None, None
+        node_mem = max((self.nodes[n].real_memory_mb for n in part.nodes if n in self.nodes), default=None)
+        mem = [m for m in (part.max_mem_per_node_mb, node_mem) if m is not None]
+        return (min(mem) / 1024 if mem else None), (part.max_time_min * 60 if part.max_time_min is not None else None)
+
     def max_array_elements(self) -> int:
         """Largest array (element count) one sbatch may carry: MaxArraySize and MaxSubmitJobs."""
         caps = [self.max_array_size, self.max_job_count]
