@@ -482,9 +482,9 @@ def cmd_report(args) -> int:
     from .sweep import sweep
 
     if args.html:
-        from .report.html import _need_extra
+        from .report.html import require_extra
 
-        _need_extra()  # before any work: a missing extra is one line
+        require_extra()  # before any work: a missing extra is one line
     store, ledger = _store(), _ledger()
     selection = _selection(args, store)
     sweep(store, ledger)

@@ -36,7 +36,8 @@ LOG_TAIL_LINES = 30
 _MISSING = "the HTML report needs the 'report' extra (matplotlib, graphviz): pip install 'hpcpipe[report]'"
 
 
-def _need_extra():
+def require_extra():
+    """matplotlib (set to draw without a display) and graphviz, or one clear line saying how to get them."""
     try:
         import graphviz  # noqa: F401
         import matplotlib
@@ -61,7 +62,7 @@ def timeline_svg(report: Report, group_by: str = "session") -> str:
     The x axis is seconds since the first submission (its clock time in the label): runs of a
     few seconds and of days read alike.
     """
-    plt = _need_extra()
+    plt = require_extra()
 
     rows = [r for r in report.rows if r.usage and r.usage.start is not None]
     key = (lambda r: (r.session, r.usage.start)) if group_by == "session" else \
@@ -111,7 +112,7 @@ def graph_svg(report: Report) -> str | None:
 
     None when Graphviz's ``dot`` program is not installed.
     """
-    _need_extra()
+    require_extra()
     import graphviz
 
     if shutil.which("dot") is None:
