@@ -114,11 +114,12 @@ class Ledger:
         # one statement for all the rows (a backfill's 60,000 array elements): a column with one
         # value in every row (the run, the array, the state...) is bound once, the others are
         # read by SQLite from one JSON parameter, instead of Python binding 15 values per row
-        same = [all(r[i] == rows[0][i] for r in rows) for i in range(len(names))]
+        columns = list(zip(*rows))
+        same = [c.count(c[0]) == len(c) for c in columns]
         varying = [i for i in range(len(names)) if not same[i]]
         values = [f":{names[i]}" if same[i] else f"json_extract(value, '$[{varying.index(i)}]')"
                   for i in range(len(names))]
-        params = {"now": now, "rows": json.dumps([[r[i] for i in varying] for r in rows]),
+        params = {"now": now, "rows": json.dumps(list(zip(*(columns[i] for i in varying)))),
                   **{names[i]: rows[0][i] for i in range(len(names)) if same[i]}}
         self._db.execute("BEGIN IMMEDIATE")
         try:

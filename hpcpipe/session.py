@@ -84,7 +84,10 @@ def parse_session_paths(paths: Iterable[Path | str | SessionRef]) -> list[Sessio
             seen.setdefault(str(path.path), path)
             continue
         text = os.path.expanduser(os.fspath(path))
-        head, tail = os.path.split(os.path.abspath(text))
+        full = text if text[:1] == "/" and "//" not in text and "/." not in text and text[-1:] != "/" \
+            else os.path.abspath(text)
+        head, _, tail = full.rpartition("/")
+        head = head or "/"
         try:
             resolved = _join(_real_dir(head, real), tail)
             st = os.lstat(resolved)
@@ -112,10 +115,11 @@ def _real_dir(folder: str, real: dict[str, str]) -> str:
     """``os.path.realpath(folder)`` (absolute, normalised), remembering every folder resolved."""
     found = real.get(folder)
     if found is None:
-        parent, name = os.path.split(folder)
+        parent, _, name = folder.rpartition("/")
         if not name:
             found = folder
         else:
+            parent = parent or "/"
             found = _join(_real_dir(parent, real), name)
             try:
                 if stat.S_ISLNK(os.lstat(found).st_mode):

@@ -44,6 +44,7 @@ def _atomic_write(path: Path, text: str) -> None:
 #: task of one type, so a chunk file holds them once per type (``sessions_json``)
 _TYPE_FIELDS = ("name", "executable", "level", "priority", "cpu", "gpu", "ram", "io_charge", "time_out_secs",
                 "graph", "version", "arguments")
+_SHARED = _TYPE_FIELDS[:-1]  # compared by value; arguments (a dict) by identity
 
 
 def session_entry(eid: str, path: str, deck: list[dict]) -> dict:
@@ -80,12 +81,12 @@ def sessions_json(entries: dict[int, dict]) -> str:
         rows = []
         for task in entry["tasks"]:
             # records of one type share their arguments dict (stamped): its id() keys the type
-            key = (*map(task.get, _TYPE_FIELDS[:-1]), id(task.get("arguments")))
+            key = (*map(task.get, _SHARED), id(task.get("arguments")))
             index = types.get(key)
             if index is None:
                 index = types[key] = len(fields)
                 fields.append({k: task.get(k) for k in _TYPE_FIELDS})
-            rows.append((index, task["id"], task["status"], task.get("parents") or []))
+            rows.append((index, task["id"], task["status"], task["parents"]))
         sessions[str(i)] = {"eid": entry["eid"], "path": entry["path"], "tasks": rows}
     return json.dumps({"types": fields, "sessions": sessions})
 
