@@ -115,7 +115,8 @@ class Ledger:
         # value in every row (the run, the array, the state...) is bound once, the others are
         # read by SQLite from one JSON parameter, instead of Python binding 15 values per row
         columns = list(zip(*rows))
-        same = [c.count(c[0]) == len(c) for c in columns]
+        # the task id always varies (one JSON row per job, even for a single row)
+        same = [False] + [c.count(c[0]) == len(c) for c in columns[1:]]
         varying = [i for i in range(len(names)) if not same[i]]
         values = [f":{names[i]}" if same[i] else f"json_extract(value, '$[{varying.index(i)}]')"
                   for i in range(len(names))]

@@ -172,3 +172,5 @@ def test_ledger_records_an_array_in_one_statement(tmp_path):
     jobs = {j.task_id: j for j in ledger.run("bf-1")}
     assert len(jobs) == 3001 and jobs["t7"].backend_id == "42_7" and jobs["t7"].session == "s1"
     assert (jobs["other"].job_id, jobs["other"].remote, jobs["t7"].remote) == ("43", "hpc", None)
+    ledger.record([dict(rows[0], run_id="one")])  # a single row: every value is shared
+    assert [j.task_id for j in ledger.run("one")] == ["t0"]
