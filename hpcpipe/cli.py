@@ -446,21 +446,29 @@ def cmd_cancel(args) -> int:
     return 0
 
 
-def _transport_for(store, ledger):
-    """sacct's way to each cluster: this machine, or the ``--remote`` target's connection."""
-    opened: dict = {}
+class _Transports:
+    """sacct's way to each cluster, opened on first use: this machine, or the ``--remote``
+    target's connection (one per target); closed when the command ends."""
 
-    def transport_for(remote):
-        if remote not in opened:
+    def __init__(self, store, ledger) -> None:
+        self.store, self.ledger, self.opened = store, ledger, {}
+
+    def __call__(self, remote):
+        if remote not in self.opened:
             if remote is None:
                 from .slurm.transport import LocalTransport
 
-                opened[remote] = LocalTransport()
+                self.opened[remote] = LocalTransport()
             else:
-                opened[remote] = _remote_backend(remote, store, ledger).transport
-        return opened[remote]
+                self.opened[remote] = _remote_backend(remote, self.store, self.ledger).transport
+        return self.opened[remote]
 
-    return transport_for
+    def __enter__(self) -> "_Transports":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for transport in self.opened.values():
+            transport.close()
 
 
 def _selection(args, store) -> dict:
@@ -489,8 +497,8 @@ def cmd_report(args) -> int:
     selection = _selection(args, store)
     sweep(store, ledger)
     _slurm_refresh(store, ledger)
-    report = collect(store, ledger, transport_for=_transport_for(store, ledger), history=args.all_attempts,
-                     **selection)
+    with _Transports(store, ledger) as transports:
+        report = collect(store, ledger, transport_for=transports, history=args.all_attempts, **selection)
     report.title = "hpcpipe report: " + ", ".join(f"{k} {v}" for k, v in
                                                   (("run", args.run), ("session", args.session),
                                                    ("pipeline", args.pipeline), ("since", args.since),
@@ -516,7 +524,8 @@ def cmd_resources(args) -> int:
     store, ledger = _store(), _ledger()
     selection = _selection(args, store)
     _slurm_refresh(store, ledger)
-    report = collect(store, ledger, transport_for=_transport_for(store, ledger), history=True, **selection)
+    with _Transports(store, ledger) as transports:
+        report = collect(store, ledger, transport_for=transports, history=True, **selection)
     limits: dict = {}
 
     def caps_for(where: str):
@@ -562,9 +571,10 @@ def cmd_log(args) -> int:
 
         session = store.session_id(parse_session_path(args.session).path)
     _slurm_refresh(store, ledger)
-    transport_for = _transport_for(store, ledger)
-    for task in find_tasks(store, args.id, session, args.task):
-        tl = task_log(task, ledger, transport_for)
+    with _Transports(store, ledger) as transports:
+        logs = [task_log(task, ledger, transports) for task in find_tasks(store, args.id, session, args.task)]
+    for tl in logs:
+        task = tl.task
         print(f"task {task['name']} ({task['id']}): {task['status']}")
         if tl.job is not None:
             print(f"job: {tl.job.backend} {tl.job.backend_id}, run {tl.job.run_id}")

@@ -110,6 +110,17 @@ def test_html_needs_the_report_extra_one_line(env, ran, tmp_path):
     assert not (tmp_path / "r.html").exists()
 
 
+def test_report_selects_by_run_and_time_window(env, ran):
+    run_id = next((Path(env["HPCPIPE_HOME"]) / "runs").iterdir()).name
+    # a run, or a window, holds the tasks that had a job in it (the Held ones had none)
+    assert "4 task(s), 4 measured" in hp(env, "report", "--run", run_id).stdout
+    assert "4 task(s), 4 measured" in hp(env, "report", "--since", "1h", "--pipeline", "oversized").stdout
+    assert hp(env, "report", "--until", "2000-01-01").stdout == "no task matches\n"
+    assert hp(env, "report", "--pipeline", "demo").stdout == "no task matches\n"  # the graph is 'oversized'
+    one = hp(env, "report", "--session", str(ran), "--all-attempts").stdout
+    assert "6 task(s)" in one
+
+
 def test_unknown_run_is_bad_input(env, ran):
     proc = hp(env, "report", "--run", "hp-nope", check=False)
     assert proc.returncode == 2 and "no job of run 'hp-nope'" in proc.stderr
