@@ -186,11 +186,14 @@ def cmd_submit(args) -> int:
     from .submission import plan_sessions
 
     sessions = [parse_session_path(s).path for s in args.session]
+    if _packed(args):
+        args.backend = "slurm"
+        _pack_shape(args)
     store, ledger = _store(), _ledger()
     pipeline = _pipeline_name(args, store, sessions[0])
     backend = _backend(args, store, ledger, sessions)
     if backend is not None:
-        _prepare_slurm(store, ledger, backend, args.dry_run)
+        _prepare_slurm(store, ledger, backend, args.dry_run or bool(args.emit))
     plans = plan_sessions(sessions, pipeline, store, ledger, statuses=args.status or ["Waiting"],
                           names=args.task, dry_run=args.dry_run, rerun_statuses=args.rerun,
                           live_backend=backend.name if backend else "local")
@@ -212,6 +215,8 @@ def _execute(args, plans, store, ledger, backend=None) -> int:
             print("nothing to submit")
             return 0
         run = Run.new(prefix="hp")
+        if _packed(args):
+            return _pack(args, backend, plans, run.id)
         report = backend.submit(plans, run.id, dry_run=args.dry_run)
         if args.dry_run:
             print("\n".join(report.commands))
@@ -244,6 +249,40 @@ def _execute(args, plans, store, ledger, backend=None) -> int:
         return 1
     _print_table(rows, store)
     return 0 if all(s in DONE for s in final.values()) else 1
+
+
+def _packed(args) -> bool:
+    return bool(getattr(args, "pack", False) or getattr(args, "emit", None))
+
+
+def _pack_shape(args):
+    """The allocation shape from the flags; checked before anything is recorded."""
+    from .slurm.pack import PackShape
+
+    if not _packed(args):
+        return None
+    if args.emit and (args.pack_allocations != 1 or args.pack_split != "none"):
+        raise BadInput("--emit writes one script for one allocation: drop --pack-allocations and --pack-split")
+    return PackShape(nodes=args.pack_nodes, cpus=args.pack_cpus, gpus=args.pack_gpus, ram=args.pack_mem,
+                     time_secs=args.pack_time * 60 if args.pack_time is not None else None,
+                     allocations=args.pack_allocations, split=args.pack_split)
+
+
+def _pack(args, backend, plans, run_id: str) -> int:
+    """``--pack`` / ``--emit DIR``: the plans as a few allocations (``slurm.pack``)."""
+    emit = str(Path(args.emit).expanduser().resolve()) if args.emit else None
+    report = backend.pack(plans, run_id, _pack_shape(args), dry_run=args.dry_run, emit_dir=emit)
+    if emit:
+        print(f"run {run_id}: {report.elements} task(s) in one script; nothing submitted. Submit it with:")
+        print(f"  {report.commands[0]}")
+        print("\n".join(report.commands[1:]))
+        return 0
+    if args.dry_run:
+        print("\n".join(report.commands))
+        print(f"dry run: scripts written to {report.run_dir}/scripts; nothing submitted")
+        return 0
+    print(report.summary())
+    return 0
 
 
 def cmd_rerun(args) -> int:
@@ -382,10 +421,11 @@ def cmd_backfill(args) -> int:
     paths = [r.path for r in refs]
     if args.throttle is not None and args.throttle < 1:
         raise BadInput(f"--throttle {args.throttle} must be at least 1")
+    _pack_shape(args)
     pipeline = _pipeline_name(args, store, paths[0])
     args.backend = "slurm"
     backend = _backend(args, store, ledger, paths)
-    _prepare_slurm(store, ledger, backend, args.dry_run)
+    _prepare_slurm(store, ledger, backend, args.dry_run or bool(args.emit))
     statuses = ["Waiting"] + check_statuses(args.rerun)
     plans = plan_sessions(refs, pipeline, store, ledger, statuses=statuses, names=args.task,
                           dry_run=args.dry_run, rerun_statuses=args.rerun, live_backend="slurm")
@@ -394,6 +434,8 @@ def cmd_backfill(args) -> int:
         print("nothing to submit")
         return 0
     run = Run.new(prefix="bf")
+    if _packed(args):
+        return _pack(args, backend, plans, run.id)
 
     def progress(done: int, total: int) -> None:
         bar = "#" * (30 * done // total)
@@ -600,6 +642,23 @@ def _add_remote_args(p: argparse.ArgumentParser) -> None:
                    help="accept and record the host key of a host seen for the first time")
 
 
+def _add_pack_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("packed execution (many tasks in a few allocations; docs/PACK.md)")
+    g.add_argument("--pack", action="store_true", help="run the tasks as job steps inside a few allocations")
+    g.add_argument("--emit", metavar="DIR", help="hand-submit mode: write one sbatch script and the run folder "
+                   "into DIR, submit nothing, print the command to type (implies --pack)")
+    g.add_argument("--pack-nodes", type=int, metavar="N", help="nodes per allocation (default 1)")
+    g.add_argument("--pack-cpus", type=int, metavar="N", help="CPUs per node (default: sized by the work)")
+    g.add_argument("--pack-gpus", type=int, metavar="N", help="GPUs per node (default: what GPU tasks ask)")
+    g.add_argument("--pack-mem", type=float, metavar="GB", help="memory per node (default: sized by the work)")
+    g.add_argument("--pack-time", type=int, metavar="MIN", help="time limit of each allocation, minutes")
+    g.add_argument("--pack-allocations", type=int, default=1, metavar="K",
+                   help="spread the sessions over K allocations per lane (default 1)")
+    g.add_argument("--pack-split", default="none", metavar="RULE",
+                   help="lanes with their own allocation: none (default), gpu, long:SECS (time_out_secs above), "
+                        "tasks:A,B (these task types)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpcpipe", description="Run session pipelines on this machine or SLURM.")
     parser.add_argument("--version", action="version", version=f"hpcpipe {__version__}")
@@ -615,6 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="append", metavar="S", help="reset tasks in this status to Waiting first")
     p.add_argument("--task", action="append", metavar="NAME", help="only these task names")
     _add_remote_args(p)
+    _add_pack_args(p)
     p.add_argument("--dry-run", action="store_true", help="say what would run; change nothing")
     p.set_defaults(func=cmd_submit)
 
@@ -645,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--throttle", type=int, metavar="N", help="at most N elements of an array at once (%%N)")
     p.add_argument("--profile")
     _add_remote_args(p)
+    _add_pack_args(p)
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=cmd_backfill)
 

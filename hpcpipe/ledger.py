@@ -154,6 +154,12 @@ class Ledger:
             self._db.execute("ROLLBACK")
             raise
 
+    def adopt(self, run_id: str, placeholder: str, job_id: str) -> None:
+        """Give the jobs recorded under ``placeholder`` (an emitted script nobody had submitted
+        yet) the SLURM job id that now runs them."""
+        self._db.execute("UPDATE jobs SET job_id=?, state='PENDING', updated=? WHERE run_id=? AND job_id=?",
+                         (str(job_id), _now(), run_id, placeholder))
+
     def unfolded(self) -> list[JobRecord]:
         """Jobs with a run folder whose result may still bring news."""
         return self._select("run_dir IS NOT NULL AND folded = 0")

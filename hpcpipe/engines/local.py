@@ -193,6 +193,11 @@ class LocalEngine:
     def _live_parent_done(self, task_id: str) -> bool:
         return self._status(task_id) in DONE
 
+    def _argv(self, item: PlanItem, index: int, run_dir: Path, log_path: Path) -> list[str]:
+        """The task's process: the job side on its run-folder entry."""
+        return [sys.executable, "-m", "hpcpipe.jobside", "--run-dir", str(run_dir), "--chunk", "c0",
+                "--index", str(index), "--task-name", item.task["name"]]
+
     def _write_run(self, plans: list[Plan], run_id: str, run_dir: Path) -> None:
         """The run folder the job side reads (the same layout as on SLURM, see ``runfolder``).
 
@@ -209,8 +214,7 @@ class LocalEngine:
     def _launch(self, item: PlanItem, index: int, need, run_id, run_dir: Path) -> _Running:
         task = item.task
         log_path = run_dir / "logs" / f"{task['name']}.{index}.log"
-        argv = [sys.executable, "-m", "hpcpipe.jobside", "--run-dir", str(run_dir), "--chunk", "c0",
-                "--index", str(index), "--task-name", task["name"]]
+        argv = self._argv(item, index, run_dir, log_path)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, preexec_fn=_die_with_parent)

@@ -252,6 +252,20 @@ class RunFolderStore(TaskStore):
         return []
 
 
+def append_op(run_dir: Path | str, task_id: str, fields: dict, delivered: bool = False,
+              final: bool = True) -> None:
+    """Add one ``update_task`` to a task's result file (created if absent), for a task the job
+    side could not report itself: Held inside a pack, or stopped with its allocation.
+
+    The operations already there are kept (the login node counts what it folded)."""
+    path = result_path(run_dir, task_id)
+    result = read_result(_read(path)) or {"task_id": task_id, "ops": [], "final": False, "upstream": delivered}
+    result["ops"].append({"op": "update_task", "payload": dict(fields, task_id=task_id), "delivered": delivered})
+    if final:
+        result.update(final=True, status=fields.get("status", result.get("status")))
+    _atomic_write(path, json.dumps(result))
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text()

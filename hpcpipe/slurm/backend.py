@@ -26,14 +26,16 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .. import config
-from ..errors import BackendError
-from ..jobside import runfolder
+from ..errors import BackendError, BadInput
+from ..jobside import reasons, runfolder
 from ..jobside.outcome import pending, swept, warn_signal
 from ..ledger import Ledger
 from ..pipeline import job_size, time_out_secs
 from ..plan import Plan, PlanItem
 from ..status import STARTED, WAITING
 from .limits import ClusterLimits
+from .pack import EMITTED, RUN_KEY, Pack, PackShape, binds_for, build_packs, environments, hand_command, step_argv
+from .pack import size as pack_size
 from .profiles import Profile, load_profile
 from .render import JobSpec, Resources, job_script
 from .status import JobWatcher
@@ -116,6 +118,7 @@ class SlurmBackend:
         #: the --remote target this backend submits through (recorded with every job)
         self.remote = remote
         self._limits: ClusterLimits | None = None
+        self._binds: list[str] = []
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -144,8 +147,14 @@ class SlurmBackend:
         return JobSpec(name=run_id, command=command, resources=_resources(task),
                        output=f"{run_dir}/logs/{log_name}", dependencies=list(dependencies),
                        aftercorr=list(aftercorr), array=array, array_throttle=throttle,
-                       env={"HPCPIPE_RUN_ID": run_id},
+                       env={"HPCPIPE_RUN_ID": run_id}, task_env=task["name"], binds=self._binds,
                        signal=warn_signal(time_out_secs(task), config.get("slurm", "signal_secs", 60)))
+
+    def _set_binds(self, plans: list[Plan], run_dir: str) -> None:
+        """The folders a wrapper must bind for this submission (none without a wrapper)."""
+        wraps = self.profile.wrapper or any(e.get("wrapper") for e in self.profile.task_env.values())
+        self._binds = binds_for([self.map_path(str(p.session_path)) for p in plans if p.items], run_dir) \
+            if wraps else []
 
     def _command(self, run_dir: str, chunk: str, task_name: str, index: int | None) -> list[str]:
         cmd = [self.python, "-m", "hpcpipe.jobside", "--run-dir", run_dir, "--chunk", chunk,
@@ -159,12 +168,13 @@ class SlurmBackend:
         for spec in specs:
             self.limits.check(spec, resolve_partition(spec, self.profile), self.profile.io_license or None)
 
-    def _write_run(self, run_id: str, run_dir: str, chunks: dict[str, dict[int, dict]]) -> None:
+    def _write_run(self, run_id: str, run_dir: str, chunks: dict[str, dict[int, dict]],
+                   extra: dict | None = None) -> None:
         self.transport.makedirs(f"{run_dir}/logs")
         self.transport.makedirs(f"{run_dir}/results")
         self.transport.write_file(f"{run_dir}/run.json",
                                   runfolder.run_json(run_id, getattr(self.store, "kind", "sqlite"),
-                                                     self.profile.location))
+                                                     self.profile.location, extra=extra))
         for chunk, entries in chunks.items():
             self.transport.write_file(f"{run_dir}/sessions/{chunk}.json", runfolder.sessions_json(entries))
 
@@ -192,6 +202,7 @@ class SlurmBackend:
         run_dir = f"{self.run_root}/{run_id}"
         report = SubmitReport(run_id, run_dir)
         plans = [p for p in plans if p.items]
+        self._set_binds(plans, run_dir)
         entries = {i: self._entry(p) for i, p in enumerate(plans)}
         specs: list[tuple[int, PlanItem, JobSpec]] = []
         for i, plan in enumerate(plans):
@@ -237,6 +248,7 @@ class SlurmBackend:
         run_dir = f"{self.run_root}/{run_id}"
         report = SubmitReport(run_id, run_dir)
         plans = [p for p in plans if p.items]
+        self._set_binds(plans, run_dir)
         try:
             limits = self.limits
             size = max(1, min(limits.max_array_size, limits.max_job_count))
@@ -322,6 +334,99 @@ class SlurmBackend:
                     self.ledger.record(records)
                     records = []
 
+    # ------------------------------------------------------------------ packs
+    def pack(self, plans: list[Plan], run_id: str, shape: PackShape | None = None, dry_run: bool = False,
+             emit_dir: str | None = None) -> SubmitReport:
+        """Packed execution: a few allocations, each running its tasks as job steps (``slurm.pack``).
+
+        ``emit_dir``: hand-submit mode. The run folder and one self-contained script go there,
+        nothing is submitted; the tasks' ledger rows wait (``EMITTED``) until the script runs and
+        its engine writes its job id into the run folder, which ``refresh`` adopts.
+        """
+        t0 = time.perf_counter()
+        shape = shape or PackShape()
+        run_dir = f"{emit_dir or self.run_root}/{run_id}"
+        report = SubmitReport(run_id, run_dir)
+        plans = [p for p in plans if p.items]
+        packs = build_packs(plans, shape, run_dir)
+        if emit_dir and len(packs) > 1:
+            raise BadInput(f"--emit writes one script for one allocation, but this plan needs {len(packs)} "
+                           "(a --pack-split rule or --pack-allocations above 1): drop them")
+        env = environments(self.profile, {it["name"] for pk in packs for it in pk.items})
+        self._set_binds(plans, run_dir)
+        binds = self._binds
+        # hand-submit mode may be prepared where the cluster cannot be asked: then sized without its caps
+        lenient = dry_run or bool(emit_dir)
+        specs = [self._pack_spec(run_id, run_dir, pk, shape, binds, lenient) for pk in packs]
+        self._check_or_warn(specs, lenient)
+        self._write_run(run_id, run_dir, {"c0": {i: self._entry(p) for i, p in enumerate(plans)}},
+                        extra={RUN_KEY: [pk.name for pk in packs]})
+        for pk in packs:
+            self.transport.write_file(f"{run_dir}/packs/{pk.name}.json", pk.text(env, self.python))
+        dry = _DryIds() if dry_run and not emit_dir else None
+        job_of: dict[str, str] = {}
+        for pk, spec in zip(packs, specs):
+            spec.after_any = sorted(pk.after_jobs) + [job_of[name] for name in sorted(pk.after)]
+            if emit_dir:
+                path = f"{emit_dir}/{run_id}.sbatch"
+                self.transport.write_file(path, job_script(spec, self.profile), mode=0o755)
+                report.commands.append(hand_command(path))
+                job_id, state = f"emitted:{pk.name}", EMITTED
+            else:
+                job_id = self._sbatch(report, spec, f"pack.{pk.name}", dry, f"pack {pk.name}")
+                state = "PENDING"
+            job_of[pk.name] = job_id
+            report.elements += len(pk.items)
+            if dry_run:
+                report.commands.extend(self._step_lines(pk, env, run_dir, binds))
+                continue
+            self.ledger.record([{"task_id": t["id"], "session": t.get("session"), "task_name": t["name"],
+                                 "run_id": run_id, "backend": BACKEND, "job_id": job_id, "run_dir": run_dir,
+                                 "state": state, "remote": self.remote} for t in pk.tasks])
+        if dry is not None:
+            report.commands.extend(f"# {jid} = {label}" for jid, label in dry.names.items())
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _pack_spec(self, run_id: str, run_dir: str, pk: Pack, shape: PackShape, binds: list[str],
+                   lenient: bool) -> JobSpec:
+        from .render import resolve_partition
+
+        sizes = {job_size(t) for t in pk.tasks}
+        probe = JobSpec(name=run_id, command=["true"], resources=Resources(
+            gpu=max(int(t.get("gpu") or 0) for t in pk.tasks), job_size=sizes.pop() if len(sizes) == 1 else None))
+        partition = resolve_partition(probe, self.profile)
+        try:
+            limits = self.limits
+        except BackendError:
+            if not lenient:
+                raise
+            limits = None
+        part = limits.partitions.get(partition or limits.default_partition or "") if limits else None
+        got = pack_size(pk.tasks, shape, limits, partition, part.max_time_min if part else None)
+        return JobSpec(name=run_id, command=[self.python, "-m", "hpcpipe.engines.pack", "--run-dir", run_dir,
+                                             "--pack", pk.name],
+                       resources=Resources(cpu=got["cpu"], gpu=got["gpu"], ram=got["ram"],
+                                           time_out_secs=got["time_out_secs"]),
+                       output=f"{run_dir}/logs/pack.{pk.name}.%j.out", env={"HPCPIPE_RUN_ID": run_id},
+                       partition=partition, nodes=got["nodes"], wrapped=False, binds=binds)
+
+    def _step_lines(self, pk: Pack, env: dict, run_dir: str, binds: list[str]) -> list[str]:
+        """For a dry run: the exact job step of the first task of each type in the pack."""
+        from .submit import format_command
+
+        seen, lines = set(), []
+        for item, task in zip(pk.items, pk.tasks):
+            if item["name"] in seen:
+                continue
+            seen.add(item["name"])
+            need = {"cpu": int(task.get("cpu") or 1), "ram": float(task.get("ram") or 1), "gpu": int(task.get("gpu") or 0)}
+            argv = step_argv(item, env.get(item["name"], {}), self.python, run_dir,
+                             f"{run_dir}/logs/{item['name']}.{item['index']}.log", need,
+                             ",".join(binds + ["$HPCPIPE_SCRATCH"]) if binds else "", True, True, True)
+            lines.append(f"# step of pack {pk.name}: {format_command(argv)}")
+        return lines
+
     # ------------------------------------------------------------------ after submission
     def watcher(self) -> JobWatcher:
         return JobWatcher(self.transport)
@@ -333,11 +438,12 @@ class SlurmBackend:
         Returns counts, and the SLURM state of each live task id (for the status table).
         """
         mine = lambda j: j.backend == BACKEND and j.remote == self.remote  # noqa: E731
+        self._adopt([j for j in self.ledger.live(BACKEND) if j.state == EMITTED and j.remote == self.remote])
         jobs = [j for j in self.ledger.unfolded() if mine(j)]
         texts = [(j, self.transport.read_file(str(runfolder.result_path(j.run_dir, j.task_id)))) for j in jobs]
         folded = runfolder.fold(self.store, [(j.task_id, t, j.folded_ops) for j, t in texts])
         self.ledger.set_folded([(j.task_id, j.run_id, *folded[j.task_id]) for j in jobs if j.task_id in folded])
-        live = [j for j in self.ledger.live(BACKEND) if j.remote == self.remote]
+        live = [j for j in self.ledger.live(BACKEND) if j.remote == self.remote and j.state != EMITTED]
         watcher = self.watcher()
         elements: dict[str, set[int]] = defaultdict(set)
         for j in live:  # an array is watched once, with the elements it really has
@@ -363,6 +469,23 @@ class SlurmBackend:
         return {"folded": len(folded), "queries": watcher.queries, "swept": swept,
                 "states": {j.task_id: states[j.backend_id] for j in live if j.backend_id in states}}
 
+    def _adopt(self, emitted: list) -> None:
+        """Hand-submitted scripts: a pack engine that started wrote its SLURM job id into the run
+        folder (``packs/<name>.job``); its tasks' ledger rows take that id."""
+        for run_id, run_dir, placeholder in sorted({(j.run_id, j.run_dir, j.job_id) for j in emitted}):
+            name = placeholder.partition(":")[2]
+            text = self.transport.read_file(f"{run_dir}/packs/{name}.job")
+            if text and text.strip().isdigit():
+                self.ledger.adopt(run_id, placeholder, text.strip())
+
+    def _packed(self, run_dir: str) -> bool:
+        """Whether a run's tasks ran in packs (its ``run.json`` says so)."""
+        cache = self.__dict__.setdefault("_packed_runs", {})
+        if run_dir not in cache:
+            data = runfolder.read_result(self.transport.read_file(f"{run_dir}/run.json")) or {}
+            cache[run_dir] = bool(data.get(RUN_KEY))
+        return cache[run_dir]
+
     def _sweep_one(self, job, st, applied: int) -> int:
         """A job SLURM ended without a final result: record why, so nothing stays Started.
 
@@ -375,7 +498,13 @@ class SlurmBackend:
             self.ledger.set_folded([(job.task_id, job.run_id, done[0], True)])
             return 0
         task = self.store.get_task(job.task_id)
-        status, why = swept(st, task["status"], text, self.transport.read_file)
+        if self._packed(job.run_dir) and not (runfolder.read_result(text) or {}).get("ops"):
+            # its allocation ended before its turn: nothing ran, nothing is wrong with the task
+            status, why = WAITING, reasons.line(reasons.CANCELLED, (
+                f"pack allocation SLURM job {st.job_id} ended {st.state} before this task ran; "
+                "Waiting for the next submission"))
+        else:
+            status, why = swept(st, task["status"], text, self.transport.read_file)
         if task["status"] in (STARTED, WAITING):
             self.store.update_task(job.task_id, status=status, log=(task.get("log") or "") + f"\n{why}\n")
         self.ledger.set_folded([(job.task_id, job.run_id, done[0] if done else applied, True)])

@@ -9,6 +9,15 @@ profiles ship in ``hpcpipe.slurm_templates/profiles``; users add folders with
 
 Unknown keys fail with the list of valid ones: a typo such as ``acount`` silently dropping
 the account would only show up as a rejected or mis-billed job, much later.
+
+Environments: ``setup`` (shell lines: ``module load``, ``conda activate``, a venv) and
+``wrapper`` (an argv the job side runs under, e.g. ``["apptainer", "exec", "--nv", "--bind",
+"{binds}", "/images/ibl.sif"]``; ``{binds}`` becomes the session roots, the run folder and the
+scratch folder, comma-separated) apply to every job of the profile; ``[task_env.<TaskName>]``
+tables give one task class its own wrapper (the spike sorter in its own image) and setup
+lines run after the profile's. Options hpcpipe
+sets itself (job name, resources, output, array, dependencies...) are refused in
+``extra_directives``: a second ``--mem`` would silently win over the task's own.
 """
 from __future__ import annotations
 
@@ -33,6 +42,37 @@ DEFAULT_TEMPLATE = "job.sh.tmpl"
 #: profile keys that ``[slurm] <key>`` in the config (or $HPCPIPE_SLURM_<KEY>) overrides,
 #: so a lab keeps the site's profile and only sets its own allocation
 CONFIG_OVERRIDES = ("partition", "account", "qos", "constraint")
+#: sbatch options hpcpipe writes itself, long and short forms (refused in extra_directives)
+RESERVED_OPTIONS = frozenset({
+    "--job-name", "-J", "--output", "-o", "--error", "-e", "--array", "-a", "--dependency", "-d",
+    "--kill-on-invalid-dep", "--nodes", "-N", "--ntasks", "-n", "--ntasks-per-node", "--cpus-per-task", "-c",
+    "--mem", "--mem-per-cpu", "--mem-per-gpu", "--gres", "--gpus", "-G", "--time", "-t", "--signal",
+    "--nice", "--licenses", "-L", "--partition", "-p", "--account", "-A", "--qos", "-q", "--constraint", "-C",
+    "--chdir", "-D", "--wrap", "--parsable", "--export",
+})
+#: the wrapper placeholder for the folders a container must see
+BINDS = "{binds}"
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What a job runs in: shell setup lines, then the job side under ``wrapper`` (argv prefix)."""
+
+    setup: tuple[str, ...] = ()
+    wrapper: tuple[str, ...] = ()
+
+    def wrapped(self, command: list[str], binds: str) -> list[str]:
+        """``command`` run under the wrapper, ``{binds}`` filled in (an argv: nothing expanded)."""
+        return [w.replace(BINDS, binds) for w in self.wrapper] + list(command)
+
+
+def _lines(owner: str, key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise BadInput(f"{owner}: {key} must be a list of strings")
+    for line in value:
+        if any(c in line for c in "\n\r\0"):
+            raise BadInput(f"{owner}: a {key} entry holds a line break or NUL; give one line per entry")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -54,6 +94,10 @@ class Profile:
     nice_step: int = 10
     extra_directives: tuple[str, ...] = ()
     job_size: dict[str, str] = field(default_factory=dict)
+    #: argv prefix the job side runs under (e.g. ``apptainer exec --nv --bind {binds} IMAGE``)
+    wrapper: tuple[str, ...] = ()
+    #: per task class: ``{TaskName: {"setup": [...], "wrapper": [...]}}`` (either key optional)
+    task_env: dict[str, dict] = field(default_factory=dict)
     template: str = DEFAULT_TEMPLATE
     #: folder the profile was read from (templates are looked up there first)
     source: str = ""
@@ -65,17 +109,21 @@ class Profile:
             raise BadInput(f"profile {self.name}: location {self.location!r} is not one of {', '.join(LOCATIONS)}")
         if not isinstance(self.nice_step, int) or self.nice_step < 0:
             raise BadInput(f"profile {self.name}: nice_step must be a non-negative integer")
-        for key in ("setup", "extra_directives"):
-            value = getattr(self, key)
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-                raise BadInput(f"profile {self.name}: {key} must be a list of strings")
-            object.__setattr__(self, key, tuple(value))
-        for line in self.setup:
-            if "\n" in line or "\r" in line:
-                raise BadInput(f"profile {self.name}: a setup line holds a newline; give one line per entry")
+        for key in ("setup", "extra_directives", "wrapper"):
+            object.__setattr__(self, key, _lines(f"profile {self.name}", key, getattr(self, key)))
         for opt in self.extra_directives:
-            if not opt.startswith("--") or any(c in opt for c in "\n\r\0"):
+            if not opt.startswith("--"):
                 raise BadInput(f"profile {self.name}: extra directive {opt!r} must be one '--option[=value]'")
+            if opt.partition("=")[0] in RESERVED_OPTIONS:
+                raise BadInput(f"profile {self.name}: extra directive {opt!r} sets an option hpcpipe writes "
+                               "itself (from the task's resources, the run or the profile's own keys)")
+        if not isinstance(self.task_env, dict):
+            raise BadInput(f"profile {self.name}: [task_env] must map task class names to tables")
+        for task, table in self.task_env.items():
+            if not isinstance(table, dict) or set(table) - {"setup", "wrapper"}:
+                raise BadInput(f"profile {self.name}: [task_env.{task}] may hold only setup and wrapper")
+            for key, value in table.items():
+                _lines(f"profile {self.name} [task_env.{task}]", key, value)
         if not isinstance(self.job_size, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.job_size.items()
         ):
@@ -95,6 +143,18 @@ class Profile:
                 f"profile {name}: unknown key(s) {', '.join(unknown)}; valid keys are: {', '.join(valid)}"
             )
         return cls(name=name, source=source, **data)
+
+    def environment(self, task_name: str | None = None) -> Environment:
+        """The setup lines and wrapper of a task class: the profile's setup then the class's own
+        (``[task_env]``), and the class's wrapper instead of the profile's.
+
+        Setup lines add up rather than replace, so that a job and a job step inside a pack (which
+        inherits the allocation's environment) see the same thing; a class that must undo the
+        profile's modules says ``module purge`` first.
+        """
+        own = self.task_env.get(task_name or "", {})
+        return Environment(setup=self.setup + tuple(own.get("setup", ())),
+                           wrapper=tuple(own.get("wrapper", self.wrapper)))
 
     def template_text(self) -> str:
         """The job-script template: the profile's own folder first, then the built-in one."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import BadInput
-from .profiles import Profile, load_profile
+from .profiles import BINDS, Profile, load_profile
 
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")
 _ARRAY_ID = re.compile(r"^\d+$")
@@ -111,6 +111,9 @@ class JobSpec:
     error: str | None = None
     #: job ids this job needs COMPLETED with exit code 0 (``afterok``)
     dependencies: list[str] = field(default_factory=list)
+    #: job ids this job waits for, however they end (``afterany``: a pack after the packs
+    #: holding its tasks' parents; the engine reads how each parent ended)
+    after_any: list[str] = field(default_factory=list)
     #: array job ids whose element i this job's element i waits for (``aftercorr``)
     aftercorr: list[str] = field(default_factory=list)
     #: cancel the job when a dependency can never be met (else it pends forever)
@@ -125,6 +128,14 @@ class JobSpec:
     partition: str | None = None
     #: ``--signal`` value, e.g. ``B:USR2@60``: warn the batch shell before the time limit
     signal: str | None = None
+    #: the task class whose environment (``[task_env]`` of the profile) the job runs in
+    task_env: str | None = None
+    #: run the command under the environment's wrapper (False: a pack runner, which wraps each step)
+    wrapped: bool = True
+    #: folders a wrapper (container) must see: exported as ``$HPCPIPE_BINDS``, with the scratch
+    binds: list[str] = field(default_factory=list)
+    #: nodes of one allocation (a pack); resources are then per node
+    nodes: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.resources, Mapping):
@@ -148,6 +159,10 @@ class JobSpec:
                     raise BadInput(f"{label} must be a non-empty string or None")
                 _one_line(label, value)
         self.dependencies = [str(d) for d in self.dependencies]
+        self.after_any = [str(d) for d in self.after_any]
+        for dep in self.after_any:
+            if not _JOB_ID.match(dep):
+                raise BadInput(f"dependency {dep!r} is not a SLURM job id (123 or 123_4)")
         self.aftercorr = [str(d) for d in self.aftercorr]
         for dep in self.dependencies:
             if not _JOB_ID.match(dep):
@@ -172,6 +187,11 @@ class JobSpec:
                 raise BadInput(f"array_throttle must be a positive integer, not {self.array_throttle!r}")
         if self.signal is not None and (not isinstance(self.signal, str) or not _SIGNAL.match(self.signal)):
             raise BadInput(f"signal {self.signal!r} is not a --signal value like B:USR2@60")
+        if isinstance(self.nodes, bool) or not isinstance(self.nodes, int) or self.nodes < 1:
+            raise BadInput(f"nodes must be a positive integer, not {self.nodes!r}")
+        self.binds = [str(b) for b in self.binds]
+        if any(c in b for b in self.binds for c in (",", "\0")):
+            raise BadInput("a bind folder cannot hold a comma (binds are comma-separated) or NUL")
         for key, value in self.env.items():
             if not isinstance(key, str) or not _ENV_NAME.match(key):
                 raise BadInput(f"environment variable name {key!r} is not valid")
@@ -291,8 +311,8 @@ def sbatch_options(spec: JobSpec, profile: Profile) -> list[tuple[str, str | Non
         opts.append(("--error", spec.error))
     if spec.workdir:
         opts.append(("--chdir", spec.workdir))
-    opts.append(("--nodes", "1"))
-    opts.append(("--ntasks", "1"))
+    opts.append(("--nodes", str(spec.nodes)))
+    opts.append(("--ntasks", str(spec.nodes)) if spec.nodes == 1 else ("--ntasks-per-node", "1"))
     opts.append(("--cpus-per-task", str(res.cpu)))
     if res.ram is not None:
         opts.append(("--mem", mem_option(res.ram)))
@@ -316,6 +336,8 @@ def sbatch_options(spec: JobSpec, profile: Profile) -> list[tuple[str, str | Non
         deps.append("afterok:" + ":".join(spec.dependencies))
     if spec.aftercorr:
         deps.append("aftercorr:" + ":".join(spec.aftercorr))
+    if spec.after_any:
+        deps.append("afterany:" + ":".join(spec.after_any))
     if deps:
         opts.append(("--dependency", ",".join(deps)))
         if spec.kill_on_invalid_dep:
@@ -328,6 +350,11 @@ def sbatch_options(spec: JobSpec, profile: Profile) -> list[tuple[str, str | Non
 
 def _directive(opt: str, value: str | None) -> str:
     return f"#SBATCH {opt}" if value is None else f"#SBATCH {opt}={shlex.quote(value)}"
+
+
+def _wrapper_word(word: str) -> str:
+    """One wrapper argument for the script: quoted, ``{binds}`` read from ``$HPCPIPE_BINDS``."""
+    return '"$HPCPIPE_BINDS"'.join(shlex.quote(part) if part else "" for part in word.split(BINDS)) or "''"
 
 
 def job_script(spec: JobSpec, profile: Profile | str | None = None) -> str:
@@ -345,12 +372,17 @@ def job_script(spec: JobSpec, profile: Profile | str | None = None) -> str:
         f"export HPCPIPE_SCRATCH={profile.scratch}" if profile.scratch else "",
     ]
     env_lines += [f"export {k}={shlex.quote(v)}" for k, v in spec.env.items()]
+    if spec.binds:  # the scratch folder is the administrator's shell text: expanded here, at run time
+        env_lines.append(f"export HPCPIPE_BINDS={shlex.quote(','.join(spec.binds))}"
+                         '"${HPCPIPE_SCRATCH:+,$HPCPIPE_SCRATCH}"')
+    environment = profile.environment(spec.task_env)
+    wrapper = environment.wrapper if spec.wrapped else ()
     values = {
         "directives": directives,
         "profile": profile.name,
         "environment": "\n".join(line for line in env_lines if line),
-        "setup": "\n".join(profile.setup) if profile.setup else "# (none)",
-        "command": shlex.join(spec.command),
+        "setup": "\n".join(environment.setup) if environment.setup else "# (none)",
+        "command": " ".join([_wrapper_word(w) for w in wrapper] + [shlex.join(spec.command)]),
         "job_name": shlex.quote(spec.name),
     }
     template = string.Template(profile.template_text())
