@@ -15,6 +15,7 @@ import pytest
 from hpcpipe.demo.session import make_session
 from hpcpipe.engines import pack as engine
 from hpcpipe.errors import BadInput
+from hpcpipe.jobside import runfolder
 from hpcpipe.slurm.pack import PackShape, lane_rule, size, step_argv
 from hpcpipe.slurm.profiles import Profile
 from hpcpipe.slurm.render import JobSpec, job_script
@@ -205,7 +206,8 @@ def test_child_of_a_parent_in_an_ended_pack_is_held(tmp_path):
               "cpu": 1, "gpu": 0, "ram": 1, "time_out_secs": 60, "priority": 0, "level": 1, "graph": "g"}]
     (run / "run.json").write_text(json.dumps({"run_id": "bf-x", "store": "sqlite", "location": "server",
                                               "upstream": False, "packs": ["gpu0", "cpu0"]}))
-    (run / "sessions" / "c0.json").write_text(json.dumps({"0": {"eid": "e", "path": str(tmp_path), "tasks": tasks}}))
+    (run / "sessions" / "c0.json").write_text(runfolder.sessions_json({0: {"eid": "e", "path": str(tmp_path),
+                                                                          "tasks": tasks}}))
     (run / "packs" / "cpu0.json").write_text(json.dumps({
         "pack": "cpu0", "lane": "cpu", "python": sys.executable, "env": {},
         "items": [{"id": "c1", "name": "Summary", "index": 0, "parents": [],

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     packs = run_dir / "packs"
     run = json.loads((run_dir / "run.json").read_text())
     pack = json.loads((packs / f"{args.pack}.json").read_text())
-    entries = json.loads((run_dir / "sessions" / "c0.json").read_text())
+    entries = runfolder.load_session_entries(run_dir, "c0")
     job_id = os.environ.get("SLURM_JOB_ID")
     if job_id:
         (packs / f"{args.pack}.job").write_text(job_id)

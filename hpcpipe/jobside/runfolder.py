@@ -96,10 +96,18 @@ def load_session_entry(run_dir: Path, chunk: str, index: int) -> dict:
     dict, every task a full record again."""
     data = json.loads((Path(run_dir) / "sessions" / f"{chunk}.json").read_text())
     try:
-        entry = data["sessions"][str(index)]
+        return _expand(data["types"], data["sessions"][str(index)])
     except KeyError:
         raise NotFound(f"no session with index {index} in {run_dir}/sessions/{chunk}.json") from None
-    types = data["types"]
+
+
+def load_session_entries(run_dir: Path, chunk: str) -> dict[str, dict]:
+    """Every session entry of a chunk file, by index (what a pack's engine reads once)."""
+    data = json.loads((Path(run_dir) / "sessions" / f"{chunk}.json").read_text())
+    return {i: _expand(data["types"], entry) for i, entry in data["sessions"].items()}
+
+
+def _expand(types: list[dict], entry: dict) -> dict:
     tasks = [dict(types[t], id=tid, status=status, parents=parents, session=entry["eid"])
              for t, tid, status, parents in entry["tasks"]]
     return session_entry(entry["eid"], entry["path"], tasks)

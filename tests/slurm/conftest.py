@@ -59,6 +59,21 @@ def slurm_cluster() -> dict:
 
 
 @pytest.fixture
+def env(tmp_path, slurm_cluster):
+    """The environment of an ``hpcpipe`` command run by a test: its own home, config and GPU
+    locks, no HPCPIPE_SLURM_* overrides; jobs a failing test left queued are cancelled."""
+    e = dict(os.environ, HPCPIPE_HOME=str(tmp_path / "home"), HPCPIPE_GPU_LOCK_DIR=str(tmp_path / "locks"),
+             PYTHONPATH=str(Path(__file__).resolve().parents[2]), HPCPIPE_CONFIG=str(tmp_path / "config.toml"))
+    for key in list(e):
+        if key.startswith("HPCPIPE_SLURM_") and key not in ("HPCPIPE_SLURM_BASE", "HPCPIPE_SLURM_SACCT"):
+            e.pop(key)
+    yield e
+    from tests.cliutil import cancel_left_jobs
+
+    cancel_left_jobs(e["HPCPIPE_HOME"])
+
+
+@pytest.fixture
 def transport(slurm_cluster) -> LocalTransport:
     return LocalTransport()
 

@@ -11,23 +11,10 @@ import pytest
 
 from hpcpipe.demo.session import make_session
 from hpcpipe.store.sqlite import SQLiteStore
-from tests.cliutil import cancel_left_jobs
 from tests.cliutil import run_hpcpipe as hp
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def env(tmp_path, slurm_cluster):
-    e = dict(os.environ, HPCPIPE_HOME=str(tmp_path / "home"), HPCPIPE_GPU_LOCK_DIR=str(tmp_path / "locks"),
-             PYTHONPATH=str(REPO), HPCPIPE_CONFIG=str(tmp_path / "config.toml"))
-    for key in list(e):
-        if key.startswith("HPCPIPE_SLURM_") and key not in ("HPCPIPE_SLURM_BASE", "HPCPIPE_SLURM_SACCT"):
-            e.pop(key)
-    yield e
-    cancel_left_jobs(e["HPCPIPE_HOME"])  # whatever a failing test left queued
-
 
 
 def store(env) -> SQLiteStore:
