@@ -17,7 +17,6 @@ import pytest
 
 from hpcpipe.demo.session import make_session
 from tests.cliutil import run_hpcpipe as hp
-from tests.slurm.test_backend import env  # noqa: F401 - the CLI environment fixture, shared
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Packed execution vs job arrays vs one job per task, run to the end on the real test cluster.
+
+For each way, the same number of fresh demo sessions (5 tasks each: real numpy work of about
+0.1 s, in a Python process of about 0.5 s), submitted as the user does and run to completion:
+
+* ``hpcpipe backfill --pack`` (one allocation, tasks as ``srun`` job steps);
+* ``hpcpipe backfill`` (one job array per task type, ``aftercorr``);
+* ``hpcpipe submit --backend slurm`` over every session (one job per task, ``afterok``).
+
+Measured per way: SLURM jobs created (``sacct``: an array element counts as a job), job steps,
+makespan (from the submitting command's start to the end of the run's last job, as ``sacct``
+has it, second-granular), the submitting command's own wall time (as a whole process), the
+scheduler commands hpcpipe ran (every ``sbatch``/``squeue``/``sacct``/``scontrol``/``srun``
+call, counted by shims on ``PATH``, inside the allocations too), split into submission,
+one ``status`` after the end, and the job steps; and the share of the allocations' CPU time
+spent in tasks: sum over tasks of ``_run`` time x cpu (the store's ``time_elapsed_secs``) over
+sum over SLURM jobs of ``ElapsedRaw x AllocCPUS`` (what the site's accounting charges).
+
+The user would poll ``hpcpipe status``; the benchmark waits with its own ``sacct`` loop
+(not counted) so the figures do not depend on a polling interval.
+
+    eval "$(bash scripts/slurm-up)"   # or: . /tmp/hps-14.env
+    python scripts/bench/pack.py --sessions 200 [--ways packed,arrays,jobs] [--jobs-sessions N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+COUNTED = ("sbatch", "squeue", "sacct", "scontrol", "srun", "sacctmgr", "scancel")
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
+
+
+def shims(folder: Path, log: Path) -> str:
+    """A PATH folder whose SLURM commands log their name, then run the real one."""
+    folder.mkdir(parents=True)
+    for name in COUNTED:
+        real = shutil.which(name)
+        if real:
+            # inside a job (srun in an allocation) the phase is "job", whatever was exported at sbatch
+            (folder / name).write_text(f'#!/bin/sh\nphase=${{SLURM_JOB_ID:+job}}\n'
+                                       f'echo "{name} ${{phase:-$HPCPIPE_BENCH_PHASE}}" >> {log}\n'
+                                       f'exec {real} "$@"\n')
+            (folder / name).chmod(0o755)
+    return str(folder)
+
+
+def count(log: Path) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        name, _, phase = line.partition(" ")
+        out.setdefault(phase or "job", {}).setdefault(name, 0)
+        out[phase or "job"][name] += 1
+    return out
+
+
+def sacct_rows(name: str) -> list[dict]:
+    out = subprocess.run(["sacct", "--parsable2", "--noheader", f"--name={name}", "--starttime=now-1days",
+                          "--format=JobID,State,ElapsedRaw,AllocCPUS,Start,End"], capture_output=True, text=True).stdout
+    keys = ("id", "state", "elapsed", "cpus", "start", "end")
+    return [dict(zip(keys, line.split("|"))) for line in out.splitlines() if line]
+
+
+def steps(job_ids: set[str]) -> int:
+    """Job steps of the run's allocations other than the batch/extern steps."""
+    if not job_ids:
+        return 0
+    out = subprocess.run(["sacct", "--parsable2", "--noheader", "-j", ",".join(sorted(job_ids)), "--format=JobID"],
+                         capture_output=True, text=True).stdout
+    return sum(1 for line in out.split() if "." in line and not line.endswith((".batch", ".extern")))
+
+
+def wait_done(name: str, tasks: int, timeout: float) -> list[dict]:
+    """Until sacct shows every job of the run final (array elements one by one), all tasks counted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [r for r in sacct_rows(name) if "." not in r["id"]]
+        pending = subprocess.run(["squeue", "--noheader", f"--name={name}", "-o", "%i"], capture_output=True,
+                                 text=True).stdout.split()
+        if rows and not pending and all(r["state"].split()[0] in FINAL for r in rows):
+            return rows
+        if time.monotonic() > deadline:
+            sys.exit(f"bench: run {name} not done after {timeout:.0f} s ({len(pending)} job(s) queued)")
+        time.sleep(3)
+
+
+def epoch(stamp: str) -> float:
+    return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+
+
+def one_way(way: str, n: int, root: Path, timeout: float) -> dict:
+    from hpcpipe.demo.session import make_session
+
+    base = root / way
+    paths = [make_session(base / "data" / "lab" / "Subjects" / f"S{i:04d}" / "2026-11-20" / "001", duration=12)
+             for i in range(n)]
+    listing = base / "sessions.txt"
+    listing.write_text("\n".join(map(str, paths)) + "\n")
+    log = base / "slurm-commands.log"
+    env = dict(os.environ, HPCPIPE_HOME=str(base / "home"), HPCPIPE_CONFIG=str(base / "none.toml"),
+               HPCPIPE_GPU_LOCK_DIR=str(base / "locks"), HPCPIPE_BENCH_PHASE="submit")
+    env["PATH"] = shims(base / "bin", log) + os.pathsep + env["PATH"]
+    cli = [sys.executable, "-m", "hpcpipe.cli"]
+    if way == "jobs":
+        argv = cli + ["submit", "--pipeline", "demo", "--backend", "slurm"] + [a for p in paths for a in ("--session", str(p))]
+    else:
+        argv = cli + ["backfill", "--sessions-file", str(listing), "--pipeline", "demo"] + (["--pack"] if way == "packed" else [])
+    t0 = time.time()
+    proc = subprocess.run(argv, env=dict(env), capture_output=True, text=True)
+    submit_wall = time.time() - t0
+    if proc.returncode:
+        sys.exit(f"bench: {way}: {proc.stderr.strip()[-400:]}")
+    name = next(w for w in proc.stdout.split() if w.startswith(("bf-", "hp-"))).rstrip(":")
+    rows = wait_done(name, 5 * n, timeout)
+    env["HPCPIPE_BENCH_PHASE"] = "status"
+    status = subprocess.run(cli + ["status", "--json"], env=env, capture_output=True, text=True)
+    tasks = json.loads(status.stdout)
+    db = sqlite3.connect(base / "home" / "tasks.sqlite")
+    in_tasks = sum((t or 0) * (c or 1) for t, c in db.execute("SELECT time_elapsed_secs, cpu FROM tasks"))
+    db.close()
+    charged = sum(int(r["elapsed"] or 0) * int(r["cpus"] or 0) for r in rows)
+    ends = [epoch(r["end"]) for r in rows if r["end"] not in ("", "Unknown", "None")]
+    queries = count(log)
+    return {"way": way, "sessions": n, "tasks": len(tasks),
+            "complete": sum(t["status"] == "Complete" for t in tasks), "jobs": len(rows),
+            "steps": steps({r["id"].split("_")[0] for r in rows}) if way == "packed" else 0,
+            "makespan": (max(ends) - t0) if ends else float("nan"), "submit_wall": submit_wall,
+            "submit_queries": sum(queries.get("submit", {}).values()),
+            "status_queries": sum(queries.get("status", {}).values()),
+            "job_queries": queries.get("job", {}), "cpu_share": in_tasks / charged if charged else float("nan"),
+            "in_tasks_cpu_s": in_tasks, "charged_cpu_s": charged, "run": name}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--jobs-sessions", type=int, help="sessions for one job per task (default --sessions)")
+    parser.add_argument("--ways", default="packed,arrays,jobs")
+    parser.add_argument("--timeout", type=float, default=3600)
+    args = parser.parse_args()
+    if not os.environ.get("SLURM_CONF"):
+        sys.exit('bench: SLURM_CONF is not set (eval "$(bash scripts/slurm-up)")')
+    sys.path.insert(0, str(REPO))
+    load = os.getloadavg()[0]
+    print(f"pack benchmark on {os.cpu_count()} CPUs (load {load:.1f}), SLURM node "
+          f"{os.environ.get('HPCPIPE_SLURM_NODE', '?')}; demo pipeline, 5 tasks per session")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="hpcpipe-bench-pack-") as tmp:
+        for way in args.ways.split(","):
+            n = args.jobs_sessions or args.sessions if way == "jobs" else args.sessions
+            res = one_way(way, n, Path(tmp), args.timeout)
+            results.append(res)
+            print(f"  {way}: {res['complete']}/{res['tasks']} Complete, run {res['run']}", flush=True)
+    print()
+    head = ("way", "sessions", "tasks", "SLURM jobs", "job steps", "makespan s", "submit s",
+            "queries: submit", "status", "in jobs", "CPU share in tasks")
+    table = [(r["way"], r["sessions"], r["tasks"], r["jobs"], r["steps"], f"{r['makespan']:.0f}",
+              f"{r['submit_wall']:.2f}", r["submit_queries"], r["status_queries"],
+              " ".join(f"{k}:{v}" for k, v in sorted(r["job_queries"].items())) or "0",
+              f"{100 * r['cpu_share']:.1f}% ({r['in_tasks_cpu_s']:.0f}/{r['charged_cpu_s']} s)") for r in results]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *table)]
+    for row in (head, *table):
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+    by = {r["way"]: r for r in results}
+    if "packed" in by and "arrays" in by:
+        p, a = by["packed"], by["arrays"]
+        print(f"\npacked: {p['jobs']} SLURM job(s) for {p['tasks']} tasks; makespan {p['makespan']:.0f} s vs arrays "
+              f"{a['makespan']:.0f} s ({'no later' if p['makespan'] <= a['makespan'] else 'LATER'})")
+    print(json.dumps(results), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
