@@ -37,7 +37,8 @@ def str2class(dotted: str) -> type:
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise BadInput(f"cannot import {dotted!r}: {exc}") from None
+        # chained: the job side records the import's own traceback in the task's log
+        raise BadInput(f"cannot import {dotted!r}: {exc}") from exc
 
 
 def check_graph(tasks: "OrderedDict[str, Task]") -> None:
@@ -335,6 +336,11 @@ def run_alyx_task(tdict=None, session_path=None, one=None, job_deck=None, max_md
     if session_path is None:
         session_path = store.session_path(tdict["session"])
     classe = str2class(tdict["executable"])
+    if not issubclass(classe, Task):  # an ibllib task: ibllib's own runner, over the store's ONE face
+        from .ibl import run_ibllib_task
+
+        return run_ibllib_task(store, tdict, session_path, job_deck=job_deck, max_md5_size=max_md5_size,
+                               machine=machine, clobber=clobber, location=location, mode=mode)
     task = classe(session_path, one=store, taskid=tdict["id"], machine=machine, clobber=clobber,
                   location=location, **(tdict.get("arguments") or {}))
     status = task.run()

@@ -4,12 +4,16 @@ Labs register their own pipelines in their package's metadata, without editing h
 
     [project.entry-points."hpcpipe.pipelines"]
     ephys = "mylab.pipelines:EphysPipeline"
+
+A pipeline is a subclass of hpcpipe's ``Pipeline`` or of ``ibllib.pipes.tasks.Pipeline``
+(recognised by its class hierarchy, so hpcpipe's own pipelines never import ibllib).
 """
 from __future__ import annotations
 
 from importlib.metadata import entry_points
 
 from .errors import BadInput
+from .ibl import is_ibllib_pipeline
 from .pipeline import Pipeline, str2class
 
 GROUP = "hpcpipe.pipelines"
@@ -20,7 +24,12 @@ def registered() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group=GROUP)}
 
 
-def find_pipeline(name: str) -> type[Pipeline]:
+def is_pipeline_class(cls: object) -> bool:
+    """A hpcpipe ``Pipeline`` subclass, or an ``ibllib.pipes.tasks.Pipeline`` subclass."""
+    return isinstance(cls, type) and (issubclass(cls, Pipeline) or is_ibllib_pipeline(cls))
+
+
+def find_pipeline(name: str) -> type:
     """The Pipeline class called ``name`` (entry-point name or ``package.module.Class``)."""
     eps = {ep.name: ep for ep in entry_points(group=GROUP)}
     if name in eps:
@@ -30,6 +39,7 @@ def find_pipeline(name: str) -> type[Pipeline]:
     else:
         known = ", ".join(sorted(eps)) or "none"
         raise BadInput(f"unknown pipeline {name!r}; registered pipelines: {known} (or give package.module.Class)")
-    if not (isinstance(cls, type) and issubclass(cls, Pipeline)):
-        raise BadInput(f"{name!r} is {cls!r}, not a hpcpipe Pipeline class")
+    if not is_pipeline_class(cls):
+        raise BadInput(f"{name!r} is {cls!r}, not a pipeline class: subclass hpcpipe.pipeline.Pipeline "
+                       "or ibllib.pipes.tasks.Pipeline")
     return cls

@@ -49,14 +49,33 @@ class SubmitResult:
     dry_run: bool = False
 
 
-def load_pipeline(session_path: Path | str, pipeline: str | type[Pipeline], store: TaskStore) -> Pipeline:
+def instantiate(cls: type, session_path: Path, store: TaskStore):
+    """A pipeline object of ``cls`` for a session: hpcpipe's get the store as ``one``, ibllib's
+    get the store's ONE face (which creates no session: recording does that)."""
+    if issubclass(cls, Pipeline):
+        return cls(session_path, one=store)
+    from .ibl import face_of
+
+    return cls(session_path, one=face_of(store, create_sessions=False))
+
+
+def template_of(pipe) -> list[dict]:
+    """The pipeline's task records without a session, parents by name, checked."""
+    if isinstance(pipe, Pipeline):
+        return graph_template(pipe)
+    from .ibl import ibllib_template
+
+    return ibllib_template(pipe)
+
+
+def load_pipeline(session_path: Path | str, pipeline: str | type[Pipeline], store: TaskStore):
     """Instantiate a pipeline (a name, or a class already found) on a checked session path.
 
     Errors come before any record is written.
     """
     ref = parse_session_path(session_path)
     cls = find_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
-    return cls(ref.path, one=store)
+    return instantiate(cls, ref.path, store)
 
 
 def dry_deck(template: list[dict], eid: str | None, existing: list[dict],
@@ -83,11 +102,12 @@ def session_templates(refs: list[SessionRef], classes: list[type[Pipeline]], sto
     by_class: dict[type, list[dict]] = {}
     out = []
     for ref, cls in zip(refs, classes):
-        if cls.graph_per_session:
-            out.append(graph_template(cls(ref.path, one=store)))
+        # an ibllib pipeline may build its tasks from the session (its default: one per session)
+        if getattr(cls, "graph_per_session", not issubclass(cls, Pipeline)):
+            out.append(template_of(instantiate(cls, ref.path, store)))
             continue
         if cls not in by_class:
-            by_class[cls] = graph_template(cls(ref.path, one=store))
+            by_class[cls] = template_of(instantiate(cls, ref.path, store))
         out.append(by_class[cls])
     return out
 

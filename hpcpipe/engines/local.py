@@ -216,7 +216,8 @@ class LocalEngine:
         log_path = run_dir / "logs" / f"{task['name']}.{index}.log"
         argv = self._argv(item, index, run_dir, log_path)
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # cwd: the run folder, so no folder of the submitting directory shadows a package
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=run_dir,
                                     start_new_session=True, preexec_fn=_die_with_parent)
         self.ledger.record([{"task_id": task["id"], "session": task.get("session"), "task_name": task["name"],
                              "run_id": run_id, "backend": self.backend, "job_id": proc.pid, "state": "RUNNING",

@@ -156,7 +156,32 @@ def main(argv: list[str] | None = None) -> int:
             store.finish(status, code, final=status != "Waiting")
         _logger.info("task %s stopped %s by signal %d (exit %d)", task_id, status, stop.signum, code)
         return code
+    except Exception:  # noqa: BLE001 - failed before reporting: import error, missing module, constructor
+        text = traceback.format_exc()
+        _logger.error("the task failed before reporting its outcome:\n%s", text)
+        if store is None or task_id is None:
+            return EXIT_FAILED  # no session entry to report to: the job's output file has it
+        status = _failed_early(store, task_id, text)
+        code = exit_code(status) if status != "Errored" else EXIT_FAILED
+        tdict = {"name": args.task_name}
     if hasattr(store, "finish"):
         store.finish(status, code)
     _logger.info("task %s ended %s (exit %d)", tdict["name"], status, code)
     return code
+
+
+def _failed_early(store, task_id: str, text: str) -> str:
+    """Record a failure the task could not report itself, traceback in its log: Errored, unless
+    the task had already recorded a final outcome (then only the log grows). Returns the status."""
+    try:
+        current = store.get_task(task_id)
+    except Exception:  # noqa: BLE001
+        current = {}
+    status = current.get("status") or "Started"
+    log = (current.get("log") or "") + f"\njob side: the task failed before reporting its outcome:\n{text}"
+    if status in ("Started", "Waiting", "Held"):
+        status = "Errored"
+        store.update_task(task_id, status=status, log=log)
+    else:
+        store.update_task(task_id, log=log)
+    return status

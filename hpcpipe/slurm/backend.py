@@ -146,6 +146,7 @@ class SlurmBackend:
               dependencies=(), aftercorr=(), array=None, throttle=None) -> JobSpec:
         return JobSpec(name=run_id, command=command, resources=_resources(task),
                        output=f"{run_dir}/logs/{log_name}", dependencies=list(dependencies),
+                       workdir=run_dir,  # jobs start where the submitting directory cannot shadow packages
                        aftercorr=list(aftercorr), array=array, array_throttle=throttle,
                        env={"HPCPIPE_RUN_ID": run_id}, task_env=task["name"], binds=self._binds,
                        signal=warn_signal(time_out_secs(task), config.get("slurm", "signal_secs", 60)))

@@ -26,6 +26,8 @@ def open_store(one: Any = None) -> TaskStore:
     """
     if isinstance(one, TaskStore):
         return one
+    if isinstance(getattr(one, "store", None), TaskStore):  # a OneFace handed to an ibllib class
+        return one.store
     if one is not None:
         rest_owner = getattr(one, "alyx", one)
         if not callable(getattr(rest_owner, "rest", None)):
