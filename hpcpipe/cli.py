@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import __version__, config
-from .errors import BadInput, HpcpipeError, NotFound, Unreachable
+from .errors import BadInput, HpcpipeError, Unreachable
 from .status import DONE, STATUSES, check_statuses
 
 _logger = logging.getLogger("hpcpipe")
@@ -39,24 +39,32 @@ def _ledger():
     return Ledger()
 
 
-def _pipeline_name(args, store, session_path: Path | None) -> str:
-    """--pipeline, else ``[submit] pipeline`` in config, else the graph recorded for the session."""
-    if getattr(args, "pipeline", None):
-        return args.pipeline
-    configured = config.get("submit", "pipeline", None)
-    if configured:
-        return configured
-    if session_path is not None:
-        try:
-            graphs = {t["graph"] for t in store.list_tasks(session=store.session_id(session_path)) if t["graph"]}
-        except NotFound:
-            graphs = set()
-        if len(graphs) == 1:
-            return graphs.pop()
-    from .pipelines import registered
+def _pipeline_name(args, store, session_path: Path) -> str:
+    """--pipeline, else the session's own (``resolve.resolve_pipeline``: config rule, experiment
+    description, recorded graph, the only registered pipeline)."""
+    from .resolve import resolve_pipeline
 
-    raise BadInput("no pipeline given: pass --pipeline NAME (registered: "
-                   f"{', '.join(sorted(registered())) or 'none'}) or set [submit] pipeline in the config")
+    return resolve_pipeline(session_path, store, getattr(args, "pipeline", None))
+
+
+def _pipelines(args, store, sessions) -> dict[str, list[int]]:
+    """Each session's pipeline (one submit or backfill may cover several): session indices by
+    pipeline name, every session resolved before anything is recorded."""
+    by_pipeline: dict[str, list[int]] = {}
+    for k, path in enumerate(sessions):
+        by_pipeline.setdefault(_pipeline_name(args, store, path), []).append(k)
+    return by_pipeline
+
+
+def _plan_each(pipelines: dict[str, list[int]], sessions, store, ledger, **kwargs) -> list:
+    """``plan_sessions`` once per pipeline; the plans in the sessions' order."""
+    from .submission import plan_sessions
+
+    plans: list = [None] * len(sessions)
+    for pipeline, ks in pipelines.items():
+        for k, plan in zip(ks, plan_sessions([sessions[k] for k in ks], pipeline, store, ledger, **kwargs)):
+            plans[k] = plan
+    return plans
 
 
 def _backend(args, store, ledger, sessions=()):
@@ -183,20 +191,19 @@ def cmd_demo_session(args) -> int:
 
 def cmd_submit(args) -> int:
     from .session import parse_session_path
-    from .submission import plan_sessions
 
     sessions = [parse_session_path(s).path for s in args.session]
     if _packed(args):
         args.backend = "slurm"
         _pack_shape(args)
     store, ledger = _store(), _ledger()
-    pipeline = _pipeline_name(args, store, sessions[0])
+    pipelines = _pipelines(args, store, sessions)
     backend = _backend(args, store, ledger, sessions)
     if backend is not None:
         _prepare_slurm(store, ledger, backend, args.dry_run or bool(args.emit))
-    plans = plan_sessions(sessions, pipeline, store, ledger, statuses=args.status or ["Waiting"],
-                          names=args.task, dry_run=args.dry_run, rerun_statuses=args.rerun,
-                          live_backend=backend.name if backend else "local")
+    plans = _plan_each(pipelines, sessions, store, ledger, statuses=args.status or ["Waiting"],
+                       names=args.task, dry_run=args.dry_run, rerun_statuses=args.rerun,
+                       live_backend=backend.name if backend else "local")
     _apply_resources(args, plans, store, backend)
     return _execute(args, plans, store, ledger, backend)
 
@@ -399,7 +406,7 @@ def cmd_backfill(args) -> int:
     import gc
 
     from .session import parse_session_paths
-    from .submission import Run, plan_sessions
+    from .submission import Run
 
     # a backfill makes hundreds of thousands of records that all stay alive until it ends: the
     # default collector thresholds would walk them again and again for no garbage
@@ -422,13 +429,13 @@ def cmd_backfill(args) -> int:
     if args.throttle is not None and args.throttle < 1:
         raise BadInput(f"--throttle {args.throttle} must be at least 1")
     _pack_shape(args)
-    pipeline = _pipeline_name(args, store, paths[0])
+    pipelines = _pipelines(args, store, paths)
     args.backend = "slurm"
     backend = _backend(args, store, ledger, paths)
     _prepare_slurm(store, ledger, backend, args.dry_run or bool(args.emit))
     statuses = ["Waiting"] + check_statuses(args.rerun)
-    plans = plan_sessions(refs, pipeline, store, ledger, statuses=statuses, names=args.task,
-                          dry_run=args.dry_run, rerun_statuses=args.rerun, live_backend="slurm")
+    plans = _plan_each(pipelines, refs, store, ledger, statuses=statuses, names=args.task,
+                       dry_run=args.dry_run, rerun_statuses=args.rerun, live_backend="slurm")
     _apply_resources(args, plans, store, backend)
     if not any(plans):
         print("nothing to submit")

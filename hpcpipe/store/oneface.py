@@ -18,6 +18,8 @@ semantics:
   ``sessions`` read: passed to Alyx when the store is (or reports upstream to) Alyx; answered
   here for the embedded store (one catch-all dataset type, the data formats of
   ``DATA_FORMATS`` plus ``[store] data_formats``, the lab of ``[store] lab``);
+* ``json_field_update`` (the experiment description's sign-off dict): Alyx's own; the embedded
+  store keeps no session JSON and says so in the task's log;
 * ``/check-protected``: hpcpipe keeps no protection tags, so nothing is protected;
 * ``/register-file``: the store's ``register_files`` (one request on Alyx), so the dataset
   records come back as Alyx returns them.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import getpass
+import logging
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -41,6 +44,7 @@ DATA_FORMATS = (".npy", ".npz", ".pqt", ".parquet", ".csv", ".tsv", ".ssv", ".js
                 ".mp4", ".png", ".jpg", ".jpeg", ".svg", ".pdf", ".tif", ".tiff", ".zip", ".nrrd", ".nii",
                 ".pt", ".pkl", ".sqlite", ".raw", ".wav", ".flac", ".flag")
 _TASK_KEYS = frozenset(TASK_FIELDS)
+_logger = logging.getLogger(__name__)
 
 
 def _alyx_behind(store: TaskStore) -> Any:
@@ -125,6 +129,24 @@ class AlyxFace:
             store.delete_task(task_id)
             return None
         raise NotImplementedError(f"tasks action {action!r} is not supported by the ONE face")
+
+    def json_field_update(self, endpoint: str, uuid: str, field_name: str = "json", data: dict | None = None) -> dict:
+        """Merge ``data`` into a record's JSON field (ibllib's experiment description sign-off).
+
+        On Alyx: Alyx's own (ONE's method, or read + PATCH). The embedded store keeps no session
+        JSON (sign-off is an Alyx session feature): the merged dict is returned, nothing kept.
+        """
+        data = dict(data or {})
+        if self._alyx is None:
+            _logger.info("%s %s: the embedded store keeps no %s field; %s not kept", endpoint, uuid, field_name,
+                         sorted(data))
+            return data
+        if callable(getattr(self._alyx, "json_field_update", None)):
+            return self._alyx.json_field_update(endpoint, uuid, field_name=field_name, data=data)
+        current = self._alyx.rest(endpoint, "read", id=uuid).get(field_name) or {}
+        merged = {**current, **data}
+        self._alyx.rest(endpoint, "partial_update", id=uuid, data={field_name: merged})
+        return merged
 
     def get(self, url: str, data: dict | None = None, **kwargs: Any) -> Any:
         """``/check-protected``: hpcpipe's stores keep no protection tags, so nothing is protected."""
