@@ -55,8 +55,28 @@ def test_bad_input_one_line_exit_2_no_record_changed(home, session, capsys, args
 
 def test_no_pipeline_for_a_new_session(home, session, capsys):
     assert main(["submit", "--session", str(session)]) == 2
-    assert "no pipeline given: pass --pipeline NAME (registered: demo)" in capsys.readouterr().err
+    assert "pass --pipeline NAME (registered: demo)" in capsys.readouterr().err
     assert snapshot(home) == []
+
+
+def test_experiment_description_without_ibllib_names_the_package(home, session, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ibllib" else real(name, *a))
+    (session / "_ibl_experiment.description.yaml").write_text("version: 1.0.0\n")
+    assert main(["submit", "--session", str(session)]) == 2
+    err = capsys.readouterr().err
+    assert "_ibl_experiment.description.yaml" in err and "pip install ibllib" in err
+    assert len(err.strip().splitlines()) == 1
+    assert snapshot(home) == []
+
+
+def test_config_rule_chooses_the_pipeline(home, session, tmp_path, monkeypatch):
+    cfg = tmp_path / "rules.toml"
+    cfg.write_text('[submit]\nrules = [{glob = "*/S1/*", pipeline = "demo"}]\n')
+    monkeypatch.setenv("HPCPIPE_CONFIG", str(cfg))
+    assert main(["submit", "--session", str(session), "--dry-run"]) == 0
 
 
 def test_not_a_session_path(home, tmp_path, capsys):

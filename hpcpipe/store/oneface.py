@@ -114,9 +114,7 @@ class AlyxFace:
                 raise NotImplementedError(f"tasks list filter(s) {sorted(unknown)} are not supported by the ONE face")
             records = store.list_tasks(session=filters.get("session"), status=filters.get("status"),
                                        name=filters.get("name"), graph=filters.get("graph"))
-            for rec in records:
-                self._face.saw(rec.get("session"))
-            return records
+            return [self._face.saw_record(rec) for rec in records]
         if action == "read":
             return self._face.saw_record(store.get_task(task_id))
         if action == "create":
@@ -214,8 +212,9 @@ class OneFace:
                 self._sessions[eid] = Path(path)
 
     def saw_record(self, record: dict) -> dict:
+        """A task record as Alyx returns it: every field (a job's session entry keeps fewer)."""
         self.saw(record.get("session"))
-        return record
+        return {**dict.fromkeys(TASK_FIELDS), **record}
 
     def session_folder(self, relative: str) -> Path:
         """The session folder whose ``subject/date/number`` is ``relative``."""

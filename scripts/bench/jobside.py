@@ -3,12 +3,19 @@
 to process exit, and how many store round trips one task costs.
 
     python scripts/bench/jobside.py [--runs 15] [--no-alyx]
+    "$HPCPIPE_IBLLIB_PYTHON" scripts/bench/jobside.py    # with the ibllib task too (scripts/ibllib-env)
 
 The job side runs as SLURM would start it (``python -m hpcpipe.jobside --run-dir ... --chunk c0
 --index 0 --task-name Stamp``), but as a local subprocess, so the figures hold the job side's
 own cost, not the scheduler's. The task (``tests.jobside.sample_tasks.Stamp``) writes the time
 ``_run`` started and ended; the process start is taken just before ``Popen`` (so it includes the
 interpreter's own start-up, printed separately as ``python -c pass``).
+
+Start-up is measured twice for each task kind (an hpcpipe ``Stamp``, and, where ibllib is
+installed, the ibllib twin ``tests.ibllib.ibl_tasks.Stamp``): process start to ``_run``, which
+*includes* the task's own module imports, and ``python -c "import <task module>"`` as a process,
+the same imports without hpcpipe's job side; the difference is what hpcpipe adds. The modules a
+task loads are listed (an hpcpipe task must load none of ibllib, pandas, ONE).
 
 Store round trips:
 
@@ -23,6 +30,7 @@ Prints figures; asserts nothing about time.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -76,12 +84,30 @@ def one_job(env: dict, run_dir: Path, session: Path) -> tuple[float, float, list
     return stamp["start"] - t0, t_exit - stamp["end"], stamp["modules"], proc.returncode
 
 
-def bench_sqlite(root: Path, runs: int) -> dict:
-    env = dict(os.environ, HPCPIPE_HOME=str(root / "home"), HPCPIPE_CONFIG=str(root / "none.toml"),
+def import_time(env: dict, module: str, runs: int) -> list[float]:
+    """``python -c "import MODULE"`` as a process: the task's own imports, no job side."""
+    out = []
+    for _ in range(runs):
+        t0 = time.time()
+        subprocess.run([sys.executable, "-c", f"import {module}"], env=env, check=True, capture_output=True)
+        out.append(time.time() - t0)
+    return out
+
+
+def record(pipeline: str, session: Path, store) -> None:
+    """The pipeline's records, the way submit makes them (ibllib classes get the ONE face)."""
+    from hpcpipe.ibl import face_of, is_ibllib_pipeline
+    from hpcpipe.pipelines import find_pipeline
+
+    cls = find_pipeline(pipeline)
+    cls(session, one=face_of(store) if is_ibllib_pipeline(cls) else store).create_alyx_tasks()
+
+
+def bench_sqlite(root: Path, runs: int, pipeline: str = PIPELINE, tag: str = "hpcpipe") -> dict:
+    env = dict(os.environ, HPCPIPE_HOME=str(root / f"home-{tag}"), HPCPIPE_CONFIG=str(root / "none.toml"),
                PYTHONPATH=str(REPO))
     os.environ.update(HPCPIPE_HOME=env["HPCPIPE_HOME"], HPCPIPE_CONFIG=env["HPCPIPE_CONFIG"])
     from hpcpipe.jobside import runfolder
-    from hpcpipe.pipelines import find_pipeline
     from hpcpipe.store.sqlite import SQLiteStore
 
     class Counting(SQLiteStore):
@@ -94,11 +120,11 @@ def bench_sqlite(root: Path, runs: int) -> dict:
                 type(self).calls += 1
             return attr
 
-    session = root / "data" / "lab" / "Subjects" / "B1" / "2026-01-01" / "001"
+    session = root / f"data-{tag}" / "lab" / "Subjects" / "B1" / "2026-01-01" / "001"
     session.mkdir(parents=True)
     store = SQLiteStore(Path(env["HPCPIPE_HOME"]) / "tasks.sqlite")
-    find_pipeline(PIPELINE)(session, one=store).create_alyx_tasks()
-    run_dir = root / "run-sqlite"
+    record(pipeline, session, store)
+    run_dir = root / f"run-sqlite-{tag}"
     task_id = write_run(run_dir, store, session, "sqlite")
     to_run, to_exit, modules = [], [], set()
     writes = folds = 0
@@ -113,8 +139,9 @@ def bench_sqlite(root: Path, runs: int) -> dict:
         Counting.calls = 0
         runfolder.fold(counting, [(task_id, text, 0)])
         folds = Counting.calls
+    imports = import_time(env, pipeline.rpartition(".")[0], runs)
     return {"to_run": to_run, "to_exit": to_exit, "modules": sorted(modules), "job_store_calls": 0,
-            "result_ops": writes, "fold_calls": folds, "env": env}
+            "result_ops": writes, "fold_calls": folds, "env": env, "imports": imports}
 
 
 def bench_alyx(root: Path, runs: int) -> dict | str:
@@ -140,11 +167,10 @@ def bench_alyx(root: Path, runs: int) -> dict | str:
         os.environ.update(HPCPIPE_HOME=env["HPCPIPE_HOME"], HPCPIPE_CONFIG=env["HPCPIPE_CONFIG"])
         client = admin_client(server)
         session, eid = make_session(client, root / "data-alyx", "BENCH01", date="2026-01-01")
-        from hpcpipe.pipelines import find_pipeline
         from hpcpipe.store import open_store
 
         store = open_store()
-        find_pipeline(PIPELINE)(session, one=store).create_alyx_tasks()
+        record(PIPELINE, session, store)
         run_dir = root / "run-alyx"
         task_id = write_run(run_dir, store, session, "alyx")
         # a first job logs in and caches the token (as the first job of a user does); not counted
@@ -183,6 +209,19 @@ def main() -> int:
               f"(result-file operations recorded: {sq['result_ops']})")
         print(f"  store calls to fold one result:          {sq['fold_calls']}")
         print(f"  heavy modules loaded by the job side:    {', '.join(sq['modules']) or 'none'}")
+        kinds = [("hpcpipe task (tests.jobside.sample_tasks.Stamp)", sq)]
+        if importlib.util.find_spec("ibllib") is not None:
+            kinds.append(("ibllib task (tests.ibllib.ibl_tasks.Stamp)",
+                          bench_sqlite(root, args.runs, "tests.ibllib.ibl_tasks.Bench", "ibllib")))
+        else:
+            print("ibllib task: skipped (ibllib not installed here; run with the python of scripts/ibllib-env)")
+        for label, res in kinds:
+            share = statistics.median(res["to_run"]) - statistics.median(res["imports"])
+            print(f"{label}, SQLite store")
+            print(f"  process start -> _run start (with the task's imports): {median_ms(res['to_run'])}")
+            print(f"  python -c 'import <task module>' (the task's imports): {median_ms(res['imports'])}")
+            print(f"  hpcpipe's own share (difference of medians):         {share * 1000:7.1f} ms")
+            print(f"  heavy modules loaded:                                {', '.join(res['modules']) or 'none'}")
         if args.no_alyx:
             print("Alyx test server: skipped (--no-alyx)")
             return 0

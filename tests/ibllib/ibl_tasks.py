@@ -80,6 +80,36 @@ class CrashesInJob(Task):
         return []
 
 
+class Stamp(Task):
+    """For scripts/bench/jobside.py: the ibllib twin of ``tests.jobside.sample_tasks.Stamp``."""
+
+    ram = 1
+    time_out_secs = 600
+    io_charge = 0
+    signature = {"input_files": [], "output_files": [("_bench_qc.metrics.json", "alf", True)]}
+
+    def _run(self, overwrite=False):
+        import json
+        import time
+
+        from tests.jobside.sample_tasks import HEAVY
+
+        start = time.time()
+        out = self.session_path / "alf" / "_bench_qc.metrics.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps({"start": start, "modules": sorted(m for m in HEAVY if m in sys.modules),
+                                   "end": time.time()}))
+        return [out]
+
+
+class Bench(Pipeline):
+    """One ``Stamp`` (scripts/bench/jobside.py)."""
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        self.tasks = OrderedDict(Stamp=Stamp(self.session_path))
+
+
 class IblTestPipeline(Pipeline):
     """Extract -> Nothing; Fails -> AfterFails."""
 

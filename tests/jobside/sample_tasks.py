@@ -101,6 +101,10 @@ Hog = _pipeline("Hog", (MemoryHog, False), (AfterHog, True))
 Who = _pipeline("Who", (WhoAmI, False))
 
 
+#: modules a job side should load only for a task that needs them (scripts/bench/jobside.py)
+HEAVY = ("numpy", "requests", "boto3", "paramiko", "sqlite3", "filelock", "pandas", "ibllib", "one")
+
+
 class Stamp(Task):
     """For scripts/bench/jobside.py: writes when ``_run`` started and ended (``alf/_bench_qc.metrics.json``), and
     registers one small output."""
@@ -115,7 +119,7 @@ class Stamp(Task):
         out = Path(self.session_path) / "alf" / "_bench_qc.metrics.json"
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps({"start": start, "modules": sorted(
-            m for m in ("numpy", "requests", "boto3", "paramiko", "sqlite3", "filelock") if m in sys.modules)}))
+            m for m in HEAVY if m in sys.modules)}))
         data = json.loads(out.read_text())
         data["end"] = time.time()
         out.write_text(json.dumps(data))
