@@ -478,7 +478,10 @@ def cmd_cancel(args) -> int:
         print("no live job matches")
         return 0
     for remote in {j.remote for j in jobs}:
-        ids = sorted({j.backend_id for j in jobs if j.remote == remote})
+        # an emitted script nobody submitted yet has no SLURM job to cancel
+        ids = sorted({j.backend_id for j in jobs if j.remote == remote and j.state != "EMITTED"})
+        if not ids:
+            continue
         if remote is None:
             cancel(LocalTransport(), ids)
         else:

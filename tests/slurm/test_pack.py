@@ -150,6 +150,8 @@ def test_emitted_script_submitted_by_hand(env, tmp_path):
     rows = by_task(env)
     assert {r["status"] for r in rows.values()} == {"Complete"} and len(rows) == 10
     assert {r["job_id"] for r in rows.values()} == set(states)
+    report = hp(env, "report", "--run", name).stdout  # the adopted job, as any run's
+    assert report.count("Complete") == 10 and f"slurm {next(iter(states))}" in report
 
 
 RECORDER = """#!/bin/bash
