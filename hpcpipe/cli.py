@@ -1,8 +1,13 @@
 """The ``hpcpipe`` command line.
 
 Thin: parses arguments, opens the store and ledger, calls ``submission``/backends, prints.
-Every expected failure (``HpcpipeError``) becomes one line on stderr and exit code 2; ``--verbose``
-shows logs (and tracebacks of unexpected errors).
+Every expected failure (``HpcpipeError``) becomes one line on stderr and exit code 2 (bad input),
+or 3 when the task store cannot be reached; ``--verbose`` shows logs (and tracebacks of
+unexpected errors).
+
+Exit codes: 0 success; 1 some task did not complete; 2 bad input; 3 the task store could not
+be reached (a run whose tasks all completed but whose reports wait in the outbox; ``status``
+showing what this machine knows); 130 interrupted.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from .status import DONE, STATUSES, check_statuses
 
 _logger = logging.getLogger("hpcpipe")
 BACKENDS = ("local", "slurm")
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 TABLE_KEYS = ("name", "status", "level", "cpu", "gpu", "ram", "time_elapsed_secs", "backend", "job_id")
 
 
@@ -27,7 +33,7 @@ def _store():
     from .store import open_store, outbox
 
     store = open_store()
-    replayed = outbox.sync(store)
+    replayed = outbox.sync(store, force=False)
     if replayed:
         _logger.info("replayed %d queued report(s) from the outbox", replayed)
     return store
@@ -65,6 +71,20 @@ def _plan_each(pipelines: dict[str, list[int]], sessions, store, ledger, **kwarg
         for k, plan in zip(ks, plan_sessions([sessions[k] for k in ks], pipeline, store, ledger, **kwargs)):
             plans[k] = plan
     return plans
+
+
+def _alyx_check(store, sessions: list[Path], pipeline: str, create: bool | None = None) -> None:
+    """With Alyx: everything the pipeline needs that the server lacks, in one message, before
+    anything is recorded (``hpcpipe.alyx.check``). ``create`` (default ``[alyx] create_missing``)
+    creates the missing sessions and dataset types."""
+    if getattr(store, "kind", "") != "alyx" or not sessions:
+        return
+    from .alyx import check
+    from .submission import load_pipeline
+
+    tasks = list(load_pipeline(sessions[0], pipeline, store).tasks.values())
+    create = bool(config.get("alyx", "create_missing", False)) if create is None else create
+    check.check(store, sessions, tasks, create=create)
 
 
 def _backend(args, store, ledger, sessions=()):
@@ -147,6 +167,16 @@ def _rows(store, ledger, session: str | None, statuses: list[str], live: dict | 
     return rows
 
 
+def _print_local(rows: list[dict], store, why: str, reasons: bool = False) -> None:
+    """The table from local knowledge, marked as such, and why (stderr)."""
+    from .store import outbox
+
+    _print_table(rows, store, reasons=reasons)
+    print(f"(local: the task store cannot be reached ({why}); statuses from this machine's job results "
+          f"and its outbox, {len(outbox.pending(store))} report(s) queued: run `hpcpipe sync` when it is back)",
+          file=sys.stderr)
+
+
 def _print_table(rows: list[dict], store, reasons: bool = False) -> None:
     """The status table; sessions in their shortest distinguishing form (``session.short_names``)."""
     from tabulate import tabulate
@@ -198,6 +228,8 @@ def cmd_submit(args) -> int:
         _pack_shape(args)
     store, ledger = _store(), _ledger()
     pipelines = _pipelines(args, store, sessions)
+    for pipeline, ks in pipelines.items():
+        _alyx_check(store, [sessions[k] for k in ks], pipeline)
     backend = _backend(args, store, ledger, sessions)
     if backend is not None:
         _prepare_slurm(store, ledger, backend, args.dry_run or bool(args.emit))
@@ -246,16 +278,20 @@ def _execute(args, plans, store, ledger, backend=None) -> int:
     engine = LocalEngine(store, ledger)
     print(f"run {run.id}: logs in {run.dir / 'logs'}")
     final = engine.run(plans, run.id, run.dir)
-    try:
-        rows = [r for s in {p.session for p in plans} for r in _rows(store, ledger, s, [])]
-    except Unreachable as exc:
-        from .store import outbox
+    done = EXIT_OK if all(s in DONE for s in final.values()) else EXIT_FAILED
+    from .store import outbox
 
-        print(f"hpcpipe: the task store cannot be reached ({exc}); {len(outbox.pending(store))} report(s) "
-              "kept in the outbox: run `hpcpipe sync` when it is back", file=sys.stderr)
-        return 1
-    _print_table(rows, store)
-    return 0 if all(s in DONE for s in final.values()) else 1
+    why = "reports could not be delivered"
+    if not outbox.pending(store):
+        try:
+            _print_table([r for s in {p.session for p in plans} for r in _rows(store, ledger, s, [])], store)
+            return done
+        except Unreachable as exc:
+            why = str(exc)
+    from .localview import local_rows
+
+    _print_local(local_rows(store, ledger, [it.task for p in plans for it in p.items], final), store, why)
+    return EXIT_UNREACHABLE if done == EXIT_OK else done
 
 
 def _packed(args) -> bool:
@@ -337,27 +373,45 @@ def cmd_status(args) -> int:
 
     statuses = check_statuses(args.status)
     store, ledger = _store(), _ledger()
-    session = None
-    if args.session:
-        from .session import parse_session_path
-
-        session = store.session_id(parse_session_path(args.session).path)
     while True:
-        sweep(store, ledger)
-        live = _slurm_refresh(store, ledger)
-        rows = _rows(store, ledger, session, statuses, live)
+        try:
+            session = None
+            if args.session:
+                from .session import parse_session_path
+
+                session = store.session_id(parse_session_path(args.session).path)
+            sweep(store, ledger)
+            live = _slurm_refresh(store, ledger)
+            rows = _rows(store, ledger, session, statuses, live)
+            why = None
+        except Unreachable as exc:  # show what this machine knows, marked as such
+            rows, why = _local_status(store, ledger, args.session, statuses), str(exc)
         if args.json:
-            print(json.dumps([{k: r[k] for k in TABLE_KEYS} | {"session": r["session"]}
+            print(json.dumps([{k: r[k] for k in TABLE_KEYS} | {"session": r["session"], "local": why is not None}
                               | ({"reason": r["reason"]} if args.reason else {}) for r in rows], indent=1))
-        else:
+        elif why is None:
             _print_table(rows, store, reasons=args.reason)
+        else:
+            _print_local(rows, store, why, reasons=args.reason)
         if not args.watch:
-            return 0
+            return EXIT_OK if why is None else EXIT_UNREACHABLE
         try:
             time.sleep(args.watch)
         except KeyboardInterrupt:  # Ctrl-C ends --watch; nothing runs here to stop
             return 0
         print()
+
+
+def _local_status(store, ledger, session_arg: str | None, statuses: list[str]) -> list[dict]:
+    from .localview import local_rows
+
+    rows = local_rows(store, ledger)
+    if session_arg:
+        from .session import parse_session_path
+
+        want = parse_session_path(session_arg, must_exist=False).path
+        rows = [r for r in rows if r["session"] and store.session_path(r["session"]) == want]
+    return [r for r in rows if not statuses or r["status"] in statuses]
 
 
 def cmd_sweep(args) -> int:
@@ -388,9 +442,22 @@ def cmd_sync(args) -> int:
     from .store import open_store, outbox
 
     store, ledger = open_store(), _ledger()
-    replayed = outbox.sync(store)
+    replayed = outbox.sync(store, force=True)
     _slurm_refresh(store, ledger)
     print(f"replayed {replayed} report(s); {len(outbox.pending(store))} still queued")
+    return 0
+
+
+def cmd_alyx_check(args) -> int:
+    from .session import parse_session_path
+
+    store = _store()
+    if getattr(store, "kind", "") != "alyx":
+        raise BadInput("the task store is not Alyx: set [store] backend = \"alyx\" (README, With Alyx)")
+    sessions = [parse_session_path(s, must_exist=False).path for s in args.session]
+    pipeline = _pipeline_name(args, store, None)
+    _alyx_check(store, sessions, pipeline, create=args.create)
+    print(f"Alyx at {store.base_url} has everything pipeline {pipeline} needs for {len(sessions)} session(s)")
     return 0
 
 
@@ -430,6 +497,8 @@ def cmd_backfill(args) -> int:
         raise BadInput(f"--throttle {args.throttle} must be at least 1")
     _pack_shape(args)
     pipelines = _pipelines(args, store, paths)
+    for pipeline, ks in pipelines.items():
+        _alyx_check(store, [paths[k] for k in ks], pipeline)
     args.backend = "slurm"
     backend = _backend(args, store, ledger, paths)
     _prepare_slurm(store, ledger, backend, args.dry_run or bool(args.emit))
@@ -748,6 +817,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=120.0, metavar="SECS", help="recording length (size)")
     p.set_defaults(func=cmd_demo_session)
 
+    p = sub.add_parser("alyx", help="Alyx set-up: `hpcpipe alyx check` lists what the server lacks")
+    alyx_sub = p.add_subparsers(dest="alyx_command", required=True, metavar="ACTION")
+    p = alyx_sub.add_parser("check", help="everything a pipeline needs that the Alyx server lacks, in one message")
+    p.add_argument("--session", action="append", required=True, metavar="PATH", help="session folder (repeatable)")
+    p.add_argument("--pipeline")
+    p.add_argument("--create", action="store_true",
+                   help="create the missing sessions (and subjects) and dataset types, where you have the rights")
+    p.set_defaults(func=cmd_alyx_check)
+
     p = sub.add_parser("sync", help="replay reports queued while the store was unreachable")
     p.set_defaults(func=cmd_sync)
 
@@ -792,11 +870,11 @@ def main(argv: list[str] | None = None) -> int:
             _logger.exception("failed")
         one_line = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"hpcpipe: error: {one_line}", file=sys.stderr)
-        return 2
+        return EXIT_UNREACHABLE if isinstance(exc, Unreachable) else EXIT_BAD_INPUT
     except KeyboardInterrupt as exc:
         print(f"hpcpipe: interrupted ({exc or 'Ctrl-C'}); running tasks stopped and set back to Waiting",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -215,3 +215,37 @@ class OversizedDemo(Pipeline):
         tasks = DemoPipeline(session_path, **kwargs).tasks
         tasks["Hungry"] = Hungry(self.session_path)
         self.tasks = tasks
+
+
+class BenchWork(Task):
+    """A few seconds of work (``$HPCPIPE_BENCH_TASK_SECS``, default 4), then one ALF dataset of
+    fixed content in its own collection, for scripts/bench/outage.py."""
+
+    cpu = 1
+    ram = 1
+    time_out_secs = 600
+    signature = {"input_files": [], "output_files": [("_bench_hpcpipe.output.npy", "alf/*", True)]}
+
+    def _run(self, overwrite=False):
+        time.sleep(float(os.environ.get("HPCPIPE_BENCH_TASK_SECS", "4")))
+        out = Path(self.session_path) / "alf" / self.name.lower() / "_bench_hpcpipe.output.npy"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(f"output of {self.name}\n".encode())
+        return [out]
+
+
+Work1, Work2, Work3, Work4, Work5 = (type(f"Work{i}", (BenchWork,), {"__module__": __name__}) for i in range(1, 6))
+
+
+class OutageBench(Pipeline):
+    """Five tasks shaped like the demo: 1 and 2 first, 3 after 1, 4 after 3, 5 after 4 and 2."""
+
+    _name = "outagebench"
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        t1, t2 = Work1(self.session_path), Work2(self.session_path)
+        t3 = Work3(self.session_path, parents=[t1])
+        t4 = Work4(self.session_path, parents=[t3])
+        t5 = Work5(self.session_path, parents=[t4, t2])
+        self.tasks = OrderedDict((t.name, t) for t in (t1, t2, t3, t4, t5))

@@ -31,12 +31,14 @@ Retry policy (the decision, in one place):
 """
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import random
 import re
+import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
@@ -173,6 +175,7 @@ class AlyxClient:
         self.session.mount("https://", adapter)
         self.n_requests = 0
         self.n_calls = 0
+        self._local = threading.local()  # a report's budget, per thread (``budget``)
 
     @classmethod
     def from_config(cls, **kwargs: Any) -> "AlyxClient":
@@ -189,6 +192,17 @@ class AlyxClient:
     @property
     def url_key(self) -> str:
         return alyx_params.url_key(self.base_url)
+
+    @contextlib.contextmanager
+    def budget(self, retries: int, seconds: float) -> Iterator[None]:
+        """Temporarily at most ``retries`` retries and ``seconds`` of waiting per call (reports:
+        what cannot go now is queued, rather than holding a task back)."""
+        old = getattr(self._local, "budget", None)
+        self._local.budget = (min(self.retries, retries), min(self.retry_budget, seconds))
+        try:
+            yield
+        finally:
+            self._local.budget = old
 
     def reset_counters(self) -> None:
         self.n_requests = 0
@@ -358,10 +372,11 @@ class AlyxClient:
             elapsed = time.monotonic() - started
             if wait is None:
                 wait = self._backoff(attempt)
-            if attempt > self.retries or elapsed + wait > self.retry_budget:
+            retries, budget = getattr(self._local, "budget", None) or (self.retries, self.retry_budget)
+            if attempt > retries or elapsed + wait > budget:
                 raise AlyxUnreachable(
                     f"Alyx {where}: {reason}; gave up after {attempt} attempt(s) in {elapsed:.1f}s "
-                    f"(retry budget: {self.retries} retries / {self.retry_budget:g}s)",
+                    f"(retry budget: {retries} retries / {budget:g}s)",
                     status_code=None if "429" not in reason else 429, method=method, url=full,
                     maybe_landed=maybe_landed)
             _logger.warning("Alyx %s: %s; retrying in %.1fs", where, reason, wait)

@@ -63,6 +63,12 @@ def split_filename(relative: str) -> tuple[str, str, str]:
     return "/".join(folders), revision, name
 
 
+def alf_object_attribute(filename: str) -> str | None:
+    """The ALF ``object.attribute`` of a file name (the dataset type's name), or None."""
+    m = _ALF_RE.match(filename)
+    return f"{m['object']}.{m['attribute']}" if m else None
+
+
 def match_dataset_type(filename: str, types: Iterable[dict]) -> tuple[str | None, str | None]:
     """``(type name, None)`` or ``(None, reason)`` for a file *name* (no folders).
 
@@ -70,8 +76,7 @@ def match_dataset_type(filename: str, types: Iterable[dict]) -> tuple[str | None
     or, with an empty pattern, when its name is the file's ALF ``object.attribute``; exactly one
     must match (as ``one.registration.get_dataset_type``).
     """
-    m = _ALF_RE.match(filename)
-    objattr = f"{m['object']}.{m['attribute']}" if m else None
+    objattr = alf_object_attribute(filename)
     matches = []
     for dtype in types:
         pattern = (dtype.get("filename_pattern") or "").strip()

@@ -8,6 +8,12 @@ if this process dies, via PR_SET_PDEATHSIG) and records no task as Started.
 
 Without a GPU on the machine, tasks that ask for one run on the CPU one at a time: they take the
 GPU lock anyway (see ``Task``), so running two together would only make one wait.
+
+An outage of the store (Alyx) costs no time: children are scheduled from the jobs' own result
+files, never from the store; reports the store cannot take go to the outbox without waiting
+(``store.health`` marks it down after the first failure), and queued reports are replayed in a
+background thread once the mark has expired, never inside the scheduling loop; what is still
+queued when the last task ends gets one more try then.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +35,13 @@ from ..ledger import Ledger
 from ..pipeline import time_out_secs
 from ..plan import Plan, PlanItem
 from ..status import DONE, ERRORED, HELD, WAITING
-from ..store import outbox
+from ..store import health, outbox
 
 _logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 KILL_GRACE_SECS = 5.0
+#: how often the scheduling loop looks whether queued reports can be replayed (seconds)
+REPLAY_CHECK_SECS = 2.0
 
 
 def machine_budget() -> dict[str, float]:
@@ -84,6 +93,8 @@ class LocalEngine:
     budget: dict[str, float] = field(default_factory=machine_budget)
     poll_secs: float = 0.1
     backend: str = "local"
+    _replayer: threading.Thread | None = field(default=None, repr=False)
+    _replay_checked: float = field(default=0.0, repr=False)
 
     def needs(self, task: dict) -> dict[str, float]:
         """What a task takes from the budget (a GPU task on a GPU-less machine: one CPU-GPU slot)."""
@@ -123,6 +134,7 @@ class LocalEngine:
                 self._reap(running, final, run_id)
                 self._hold_blocked(items, final)
                 self._start_ready(items, running, final, index, run_id, run_dir)
+                self._replay_when_back()
                 if running:
                     time.sleep(self.poll_secs)
                 elif items:  # nothing running and nothing could start: parents never finished
@@ -131,7 +143,38 @@ class LocalEngine:
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
+        self._replay_at_end()
         return final
+
+    # ------------------------------------------------------------------ reports
+    def _store_down(self) -> bool:
+        return health.is_down(outbox.store_key(self.store))
+
+    def _replay_when_back(self) -> None:
+        """Queued reports go in a background thread once the store is no longer marked down."""
+        now = time.monotonic()
+        if now - self._replay_checked < REPLAY_CHECK_SECS:
+            return
+        self._replay_checked = now
+        if (self._replayer is not None and self._replayer.is_alive()) or self._store_down() \
+                or not outbox.pending(self.store):
+            return
+        self._replayer = threading.Thread(target=self._replay, name="hpcpipe-replay", daemon=True)
+        self._replayer.start()
+
+    def _replay(self) -> None:
+        try:
+            outbox.sync(self.store, force=False)
+        except Exception:  # noqa: BLE001 - the reports stay queued; `hpcpipe sync` says why
+            _logger.exception("replaying queued reports failed")
+
+    def _replay_at_end(self) -> None:
+        """After the last task: wait for a replay under way, then give the queue one more try."""
+        if self._replayer is not None:
+            self._replayer.join()
+            self._replayer = None
+        if outbox.pending(self.store):
+            self._replay()
 
     # ------------------------------------------------------------------ scheduling
     def _free(self, running: dict[str, _Running]) -> dict[str, float]:
@@ -159,10 +202,15 @@ class LocalEngine:
         final[task["id"]] = HELD
 
     def _status(self, task_id: str) -> str | None:
-        """The stored status, or None while the store cannot be reached."""
+        """The stored status, or None while the store cannot be reached (no request while it
+        is marked down)."""
+        if self._store_down():
+            return None
         try:
-            return self.store.get_task(task_id)["status"]
-        except Unreachable:
+            with health.reporting(self.store):
+                return self.store.get_task(task_id)["status"]
+        except Unreachable as exc:
+            health.mark_down(outbox.store_key(self.store), str(exc))
             return None
 
     def _patch(self, task_id: str, note: str | None = None, **fields) -> None:
@@ -170,12 +218,16 @@ class LocalEngine:
 
         ``note`` is appended to the task's log when the log can be read.
         """
-        if note is not None:
+        if note is not None and self._store_down():
+            _logger.warning("store unreachable: %s", note)
+        elif note is not None:
             try:
-                fields["log"] = (self.store.get_task(task_id).get("log") or "") + f"\n{note}\n"
-            except Unreachable:
+                with health.reporting(self.store):
+                    fields["log"] = (self.store.get_task(task_id).get("log") or "") + f"\n{note}\n"
+            except Unreachable as exc:
+                health.mark_down(outbox.store_key(self.store), str(exc))
                 _logger.warning("store unreachable: %s", note)
-        outbox.deliver(self.store, "update_task", task_id=task_id, **fields)
+        outbox.deliver(self.store, "update_task", _replay=False, task_id=task_id, **fields)
 
     def _start_ready(self, items, running, final, index, run_id, run_dir) -> None:
         ready = [it for it in items.values()
@@ -270,7 +322,7 @@ class LocalEngine:
         """Bring the job's result file into the store (or the outbox); its final status, if any."""
         path = runfolder.result_path(r.run_dir, r.item.id)
         text = path.read_text() if path.exists() else None
-        done = runfolder.fold(self.store, [(r.item.id, text, 0)]).get(r.item.id)
+        done = runfolder.fold(self.store, [(r.item.id, text, 0)], replay=False).get(r.item.id)
         if done is None or not done[1]:
             return None
         self.ledger.set_folded([(r.item.id, run_id, done[0], True)])

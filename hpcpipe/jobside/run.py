@@ -130,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILED
         upstream = None
         if run.get("upstream", run["store"] != "sqlite"):
+            from ..errors import Unreachable
             from ..store import open_store
 
-            upstream = open_store()
+            try:
+                upstream = open_store()
+            except Unreachable as exc:  # every report then waits in the result file
+                _logger.warning("task store unreachable at start: %s", exc)
         task_id = tdict["id"]
         store = RunFolderStore(run_dir, entry, task_id, upstream, job=job_info(), guard=guard)
         tdict = store.get_task(task_id)  # a requeued attempt sees what the last one recorded

@@ -20,16 +20,19 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import NotFound, StoreError, Unreachable
 from ..status import DONE
-from ..store import outbox
+from ..store import health, outbox
 from ..store.base import TaskStore, check_fields
 
 _writes = itertools.count()
+_logger = logging.getLogger(__name__)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -154,6 +157,7 @@ class RunFolderStore(TaskStore):
         self.upstream = upstream
         self.guard = guard
         self.tasks = {t["id"]: dict(t) for t in entry["tasks"]}
+        self._inflight: tuple | None = None  # (thread, op index, outcome) of a report being sent
         self.result = {"task_id": task_id, "ops": [], "final": False, "upstream": upstream is not None}
         previous = read_result(_read(result_path(self.run_dir, task_id)))
         if previous is not None and previous.get("ops") and not previous.get("final"):
@@ -184,6 +188,7 @@ class RunFolderStore(TaskStore):
         ``final=False`` (a requeued job): the outcome is saved but more will come.
         """
         with self._critical():
+            self._settle_inflight()
             self.result.update(final=final, status=status, exit_code=exit_code)
             self._save()
 
@@ -244,15 +249,60 @@ class RunFolderStore(TaskStore):
         return result if isinstance(result, list) else [{"name": f} for f in filenames]
 
     def _upstream(self, op: str, payload: dict):
+        """Send an operation upstream within the report budget, or keep it for the login node.
+
+        Nothing is sent while the store is marked down (``health``); the first failure marks
+        it. The Started report goes in the background, so the task's work never waits on it.
+        """
         if self.upstream is not None:
-            try:
-                result = _apply(self.upstream, op, payload)
-                self._record(op, payload, delivered=True)
-                return result
-            except Unreachable:
-                pass
+            self._settle_inflight()
+            key = outbox.store_key(self.upstream)
+            if not health.is_down(key):
+                if op == "update_task" and set(payload) == {"task_id", "status"} and payload["status"] == "Started" \
+                        and getattr(self.upstream, "kind", "") == "alyx":  # a REST store (SQLite: one thread)
+                    self._send_in_background(op, payload, key)
+                    return None
+                try:
+                    with health.reporting(self.upstream):
+                        result = _apply(self.upstream, op, payload)
+                except Unreachable as exc:
+                    health.mark_down(key, str(exc))
+                else:
+                    self._record(op, payload, delivered=True)
+                    return result
         self._record(op, payload, delivered=False)
         return None
+
+    def _send_in_background(self, op: str, payload: dict, key: str) -> None:
+        """Record the operation (kept if the job dies first), then send it from a thread; the
+        next operation (or ``finish``) waits for it, so reports still reach the store in order."""
+        index = len(self.result["ops"])
+        self._record(op, payload, delivered=False)
+        outcome: dict[str, bool] = {}
+
+        def send() -> None:
+            try:
+                with health.reporting(self.upstream):
+                    _apply(self.upstream, op, payload)
+                outcome["delivered"] = True
+            except Unreachable as exc:
+                health.mark_down(key, str(exc))
+            except Exception:  # noqa: BLE001 - kept undelivered: the login node's replay says why
+                _logger.exception("%s report of task %s not delivered", payload.get("status"), self.task_id)
+
+        thread = threading.Thread(target=send, name="hpcpipe-report", daemon=True)
+        self._inflight = (thread, index, outcome)
+        thread.start()
+
+    def _settle_inflight(self) -> None:
+        if self._inflight is None:
+            return
+        thread, index, outcome = self._inflight
+        thread.join()
+        self._inflight = None
+        if outcome.get("delivered"):
+            self.result["ops"][index]["delivered"] = True
+            self._save()
 
     def list_datasets(self, session: str) -> list[dict]:
         if self.upstream is not None:
@@ -303,13 +353,15 @@ def _apply(store: TaskStore, op: str, payload: dict):
     return store.register_files(**payload)
 
 
-def fold(store: TaskStore, results: Iterable[tuple[str, str | None, int]]) -> dict[str, tuple[int, bool]]:
+def fold(store: TaskStore, results: Iterable[tuple[str, str | None, int]],
+         replay: bool = True) -> dict[str, tuple[int, bool]]:
     """Apply result files to the store: ``(task_id, text, ops already applied)`` each.
 
     Only operations beyond those already applied are replayed, and those the job delivered
     upstream itself are skipped, so folding twice changes nothing. Returns, per task id with a
     readable result, ``(ops applied in total, final)``. An operation the store cannot take now
     (``Unreachable``) goes to the outbox, so the file counts as folded either way.
+    ``replay=False``: queued reports are not replayed first (``outbox.deliver``).
     """
     out: dict[str, tuple[int, bool]] = {}
     for task_id, text, applied in results:
@@ -319,6 +371,6 @@ def fold(store: TaskStore, results: Iterable[tuple[str, str | None, int]]) -> di
         ops = res["ops"]
         for op in ops[applied:]:
             if not op.get("delivered"):  # kept in the outbox if the store cannot take it now
-                outbox.deliver(store, op["op"], **store_payload(store, op["op"], op["payload"]))
+                outbox.deliver(store, op["op"], _replay=replay, **store_payload(store, op["op"], op["payload"]))
         out[task_id] = (len(ops), bool(res.get("final")))
     return out

@@ -18,6 +18,7 @@ ONE just works. Every call is written to the behaviour in ``shared/alyx/ALYX-API
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,11 +26,11 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, ContextManager, Iterable
 
 from .. import config
 from ..alyx import register as reg
-from ..alyx.client import AlyxClient, AlyxError, AlyxNotFound, AlyxServerError, AlyxUnreachable, error_detail
+from ..alyx.client import PAGE_LIMIT, AlyxClient, AlyxError, AlyxNotFound, AlyxServerError, AlyxUnreachable, error_detail
 from ..alyx.params import url_key
 from ..errors import BadInput, Conflict, NotFound, StoreError, Unreachable
 from ..session import parse_session_path
@@ -83,6 +84,15 @@ def _translate(exc: Exception) -> Exception | None:
     return None
 
 
+def configured_client() -> Any:
+    """hpcpipe's own ``AlyxClient``, or the user's ONE with ``[alyx] client = "one"``."""
+    from ..alyx import oneclient
+
+    if oneclient.client_kind() == "one":
+        return oneclient.one_from_config()
+    return AlyxClient.from_config()
+
+
 class AlyxStore(TaskStore):
     """Task records on an Alyx server."""
 
@@ -90,7 +100,7 @@ class AlyxStore(TaskStore):
 
     def __init__(self, alyx: Any = None, repository: str | None = None) -> None:
         if alyx is None:
-            alyx = AlyxClient.from_config()
+            alyx = configured_client()
         owner = getattr(alyx, "alyx", alyx)  # a ONE instance → its AlyxClient
         if not callable(getattr(owner, "rest", None)):
             raise BadInput(f"{type(alyx).__name__} has no rest(url, action, ...) method")
@@ -105,7 +115,7 @@ class AlyxStore(TaskStore):
 
     @classmethod
     def from_config(cls) -> "AlyxStore":
-        return cls(AlyxClient.from_config())
+        return cls(configured_client())
 
     def __repr__(self) -> str:
         return f"AlyxStore({self.base_url!r})"
@@ -120,12 +130,30 @@ class AlyxStore(TaskStore):
         """HTTP requests sent so far (None for a foreign client that does not count them)."""
         return getattr(self.alyx, "n_requests", None)
 
+    def reporting(self) -> ContextManager[None]:
+        """A report's budget: ``[alyx] report_retries`` (1) retries within ``report_budget``
+        (2 s). A report that cannot go now is queued (outbox, result file) and replayed later,
+        so an outage never holds a task's work or the scheduler back. ONE itself retries only
+        429/503 and never a refused connection, so it is left as it is."""
+        if not isinstance(self.alyx, AlyxClient):
+            return contextlib.nullcontext()
+        return self.alyx.budget(int(config.get("alyx", "report_retries", 1)),
+                                float(config.get("alyx", "report_budget", 2.0)))
+
     def close(self) -> None:
         if isinstance(self.alyx, AlyxClient):
             self.alyx.close()
 
     # ------------------------------------------------------------------ plumbing
     def _rest(self, url: str, action: str, **kwargs: Any) -> Any:
+        """One REST call. Reads bypass ONE's REST cache (``no_cache=True``): every read here
+        decides something (which tasks exist, which types, which session), and a 5-minute-old
+        answer made ``create_alyx_tasks`` create every task again (ALYX-API.md §5). Lists ask
+        for Alyx's largest page: 1,100 tasks are 2 requests through either client."""
+        if action in ("list", "read"):
+            kwargs["no_cache"] = True
+        if action == "list":  # ONE pages by the first page's size: ask Alyx's cap, as our client does
+            kwargs.setdefault("limit", PAGE_LIMIT)
         try:
             out = self.alyx.rest(url, action, **kwargs)
         except Exception as exc:
@@ -136,6 +164,14 @@ class AlyxStore(TaskStore):
         if action == "list" and out is not None and not isinstance(out, list):
             out = list(out)  # ONE's lazy paginated list
         return out
+
+    def rest(self, url: str, action: str, **kwargs: Any) -> Any:
+        """A REST call with the store's error mapping and cache bypass (``hpcpipe.alyx.check``)."""
+        return self._rest(url, action, **kwargs)
+
+    def catalog(self, refresh: bool = False) -> tuple[list[dict], list[dict]]:
+        """The dataset types and data formats (cached; ``refresh`` reads them again)."""
+        return self._catalog(refresh)
 
     def _state_dir(self) -> Path:
         path = config.home() / "alyx" / self.url_key

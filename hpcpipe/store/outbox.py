@@ -10,8 +10,10 @@ files returns the same datasets), so a replay interrupted halfway can simply run
 Each report records which store it is for (``store.outbox_key``, e.g. ``alyx:<url key>``):
 ``sync(store)`` replays only that store's reports, so ``hpcpipe status`` on the embedded store
 never applies a report meant for Alyx, nor one Alyx server's reports to another. A file lock
-(``outbox/.lock``) serialises replays and queueing across processes, so two jobs finishing at
-once cannot replay an older status after a newer one.
+(``outbox/.lock``) serialises replays across processes; a report made while older ones of its
+store wait is queued behind them rather than sent, so nothing overtakes an older status. A
+store that could not be reached is marked down for a short while (``health``): reports then go
+straight to the outbox, without a request, and the replays wait until it is back.
 
 Contract used by ``run_alyx_task``: ``deliver`` returns the store's result when delivered now,
 and None when the report was queued.
@@ -29,6 +31,7 @@ from typing import Any
 
 from .. import config
 from ..errors import Unreachable
+from . import health
 from .held import release_held_children
 
 _logger = logging.getLogger(__name__)
@@ -101,69 +104,100 @@ def _report_key(path: Path) -> str | None:
         return "(unreadable)"
 
 
-def deliver(store, op: str, **payload: Any) -> Any:
-    """Send a report now; queue it when the store cannot be reached.
+def deliver(store, op: str, _replay: bool = True, **payload: Any) -> Any:
+    """Send a report now; queue it when the store cannot take it now. Never waits long.
 
-    Earlier queued reports of this store go first (a later status must not be overwritten by
-    an older one replayed afterwards): if some are queued, they are replayed first, and this
-    report is queued behind them when they cannot all be delivered.
+    * the store is marked down (``health``): queued at once, no request;
+    * older reports of this store are queued: they are replayed first when the outbox lock is
+      free at once (never waited for), and this one goes behind those still queued (``sync``
+      replays in order, so a later status is never overwritten by an older one);
+    * otherwise sent within the store's report budget; if it cannot go, the store is marked
+      down and the report queued.
+
+    ``_replay=False`` (the local engine's scheduling loop, which replays in the background
+    when the store is back) never replays here.
     """
     if getattr(store, "keeps_undelivered", False):
         # the store records what it could not deliver itself (a job's run-folder store): no
-        # outbox lock or listing on a compute node's shared home folder
+        # outbox listing on a compute node's shared home folder
         return _call(store, op, payload)
     key = store_key(store)
-    with _lock():
-        if pending(store):
-            _sync_locked(store)
-            if pending(store):
-                path = queue(op, payload, key)
-                _logger.warning("store still unreachable: %s queued behind earlier reports in %s",
-                                op, path)
-                return None
-        try:
-            return _call(store, op, payload)
-        except Unreachable as exc:
-            path = queue(op, payload, key)
-            _logger.warning("store unreachable (%s): %s queued in %s", exc, op, path)
-            return None
+    if not health.is_down(key) and _replay and pending(store):
+        _try_sync(store)
+    if health.is_down(key) or pending(store):
+        path = queue(op, payload, key)
+        _logger.info("store unreachable or reports waiting: %s queued in %s", op, path)
+        return None
+    try:
+        with health.reporting(store):
+            result = _call(store, op, payload)
+    except Unreachable as exc:
+        health.mark_down(key, str(exc))
+        path = queue(op, payload, key)
+        _logger.warning("store unreachable: %s queued in %s", op, path)
+        return None
+    health.mark_up(key)
+    return result
 
 
-def sync(store) -> int:
+def sync(store, force: bool = True) -> int:
     """Replay queued reports of ``store`` in order; stop at the first that still cannot be delivered.
 
     Returns how many were delivered. A report the store refuses for a reason other than being
     unreachable (e.g. the task was deleted) is moved to ``failed/`` with the error, not retried
-    forever and not silently dropped.
+    forever and not silently dropped. ``force=False`` does nothing while the store is marked
+    down (the start of every command); ``hpcpipe sync`` tries anyway.
     """
     if not pending(store):  # cheap path for every `hpcpipe status`: no lock, no network
+        return 0
+    if not force and health.is_down(store_key(store)):
         return 0
     with _lock():
         return _sync_locked(store)
 
 
+def _try_sync(store) -> int:
+    """``sync`` if no other process is replaying right now (the lock is not waited for)."""
+    from filelock import Timeout
+
+    try:
+        with _lock().acquire(timeout=0):
+            return _sync_locked(store)
+    except Timeout:
+        return 0
+
+
 def _sync_locked(store) -> int:
     done = 0
-    for path in pending(store):
-        try:
-            report = json.loads(path.read_text())
-        except FileNotFoundError:  # replayed concurrently by another process
-            continue
-        except ValueError as exc:
-            _move_failed(path, {"raw": path.read_text(errors="replace")}, f"unreadable report: {exc}")
-            continue
-        try:
-            result = _call(store, report["op"], report["payload"])
-        except Unreachable:
-            break
-        except Exception as exc:  # noqa: BLE001 - keep the report and say why
-            _move_failed(path, report, str(exc))
-            continue
-        path.unlink(missing_ok=True)
-        done += 1
-        if report["op"] == "update_task":
-            _release_children(store, result)
-    return done
+    key = store_key(store)
+    while True:
+        batch = pending(store)
+        progress = False
+        for path in batch:
+            try:
+                report = json.loads(path.read_text())
+            except FileNotFoundError:  # replayed concurrently by another process
+                continue
+            except ValueError as exc:
+                _move_failed(path, {"raw": path.read_text(errors="replace")}, f"unreadable report: {exc}")
+                continue
+            try:
+                with health.reporting(store):
+                    result = _call(store, report["op"], report["payload"])
+            except Unreachable as exc:
+                health.mark_down(key, str(exc))
+                return done
+            except Exception as exc:  # noqa: BLE001 - keep the report and say why
+                _move_failed(path, report, str(exc))
+                continue
+            health.mark_up(key)
+            path.unlink(missing_ok=True)
+            done += 1
+            progress = True
+            if report["op"] == "update_task":
+                _release_children(store, result)
+        if not progress or not batch:  # reports queued meanwhile (behind these) go in the next round
+            return done
 
 
 def _release_children(store, tdict: Any) -> None:

@@ -9,7 +9,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: tests.alyx_server
 
-from tests.alyx_server.fixtures import _alyx_server_session, admin_client, alyx_fresh_server, alyx_server, make_session  # noqa: E402,F401
+from tests.alyx_server.fixtures import (  # noqa: E402,F401
+    _alyx_server_session,
+    admin_client,
+    alyx_client_kind,
+    alyx_empty_server,
+    alyx_fresh_server,
+    alyx_server,
+    make_session,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -1,14 +1,16 @@
 """Alyx down in the middle of a task: reports wait in the outbox and a sync brings Alyx to the
-state of an undisturbed run -- nothing lost, nothing doubled."""
+state of an undisturbed run -- nothing lost, nothing doubled; through hpcpipe's client and
+through users' one.api.ONE. An outage is found once: later reports make no request."""
 from __future__ import annotations
 
 import json
 
 from hpcpipe.alyx.register import describe_files
-from hpcpipe.store import outbox
+from hpcpipe.jobside.runfolder import RunFolderStore, result_path, session_entry
+from hpcpipe.store import health, outbox
 from hpcpipe.store.alyx import AlyxStore
 from hpcpipe.store.sqlite import SQLiteStore
-from tests.alyx_server.fixtures import admin_client, make_session
+from tests.alyx_server.fixtures import admin_client, client_for, make_session
 
 OUTPUTS = {"T1": ["alf/spikes.times.npy", "alf/spikes.clusters.npy"], "T2": ["alf/trials.intervals.npy"]}
 
@@ -43,10 +45,11 @@ def snapshot(store, eid):
                    for d in store.list_datasets(eid)))
 
 
-def test_outage_mid_task_then_sync_equals_an_undisturbed_run(alyx_fresh_server, tmp_path):
+def test_outage_mid_task_then_sync_equals_an_undisturbed_run(alyx_fresh_server, alyx_client_kind, tmp_path):
     server = alyx_fresh_server
     client = admin_client(server, retries=2, retry_budget=2.0, backoff=0.05)
-    store = AlyxStore(client, repository="hpc_server")
+    store = AlyxStore(client_for(alyx_client_kind, server, tmp_path / "one-cache", retries=2, retry_budget=2.0,
+                                 backoff=0.05), repository="hpc_server")
     calm_path, calm_eid = make_session(client, tmp_path / "data", "CALM01", "2026-11-20")
     storm_path, storm_eid = make_session(client, tmp_path / "data", "STORM01", "2026-11-20")
 
@@ -65,6 +68,7 @@ def test_outage_mid_task_then_sync_equals_an_undisturbed_run(alyx_fresh_server, 
     assert len(outbox.pending(store)) == 2
 
     server.start()  # same port, same database
+    assert outbox.sync(store, force=False) == 0  # still marked down: not even tried
     assert outbox.sync(store) == 2
     assert outbox.pending(store) == [] and not (outbox.outbox_dir() / "failed").exists()
     assert outbox.sync(store) == 0
@@ -94,8 +98,69 @@ def test_a_report_made_while_older_ones_wait_goes_behind_them(alyx_fresh_server,
     server.stop()
     assert outbox.deliver(store, "update_task", task_id=rec["id"], status="Started") is None
     server.start()
-    # Alyx is back: the new report must not overtake the queued one
-    out = outbox.deliver(store, "update_task", task_id=rec["id"], status="Complete")
-    assert out["status"] == "Complete"
+    # Alyx is back (still marked down for a while): the new report must not overtake the queued one
+    assert outbox.deliver(store, "update_task", task_id=rec["id"], status="Complete") is None
+    assert len(outbox.pending(store)) == 2
+    assert outbox.sync(store) == 2
     assert store.get_task(rec["id"])["status"] == "Complete"
     assert outbox.pending(store) == []
+    # once the mark is gone, a report made while older ones wait replays them first, then goes
+    health.mark_up(outbox.store_key(store))
+    outbox.queue("update_task", {"task_id": rec["id"], "status": "Started"}, outbox.store_key(store))
+    out = outbox.deliver(store, "update_task", task_id=rec["id"], status="Complete")
+    assert out["status"] == "Complete" and outbox.pending(store) == []
+
+
+def test_an_outage_is_found_once_then_reports_make_no_request(alyx_fresh_server, tmp_path, monkeypatch):
+    server = alyx_fresh_server
+    client = admin_client(server, retries=5, retry_budget=60.0, backoff=0.05)  # a patient client
+    store = AlyxStore(client)
+    key = outbox.store_key(store)
+    _, eid = make_session(client, tmp_path / "data", "DOWN01")
+    rec = store.create_task({"name": "T", "session": eid, "status": "Waiting", "arguments": {}})
+    server.stop()
+    client.reset_counters()
+    assert outbox.deliver(store, "update_task", task_id=rec["id"], status="Started") is None
+    first = client.n_requests
+    assert first == 2  # a report's budget (one retry), not the client's five
+    assert health.is_down(key)
+    for status in ("Started", "Errored", "Waiting", "Started", "Complete"):
+        assert outbox.deliver(store, "update_task", task_id=rec["id"], status=status) is None
+    assert client.n_requests == first  # straight to the outbox
+    # a job process on this home (another process: no memory of it) reads the mark, sends nothing
+    health._down.clear()
+    job = RunFolderStore(tmp_path / "run", session_entry(eid, str(tmp_path), [rec]), rec["id"], upstream=store)
+    job.update_task(rec["id"], status="Started")
+    job.update_task(rec["id"], status="Complete")
+    job.finish("Complete", 0)
+    assert client.n_requests == first
+    ops = json.loads(result_path(tmp_path / "run", rec["id"]).read_text())["ops"]
+    assert [op["delivered"] for op in ops] == [False, False]
+    # back, and the stated interval over: the queue replays in order, the mark is cleared
+    server.start()
+    later = health.time.time() + health.down_secs() + 1
+    monkeypatch.setattr(health.time, "time", lambda: later)
+    assert not health.is_down(key)
+    assert outbox.sync(store, force=False) == 6
+    assert store.get_task(rec["id"])["status"] == "Complete" and not health.is_down(key)
+    assert not (outbox.outbox_dir() / ".down" / key.replace(":", "_")).exists()
+
+
+def test_the_started_report_does_not_hold_the_work_back(alyx_fresh_server, tmp_path):
+    server = alyx_fresh_server
+    client = admin_client(server)
+    store = AlyxStore(client)
+    _, eid = make_session(client, tmp_path / "data", "SLOW01")
+    rec = store.create_task({"name": "T", "session": eid, "status": "Waiting", "arguments": {}})
+    server.fault(path="^tasks/", method="PATCH", delay=3, times=1)  # Alyx slow to take the Started
+    job = RunFolderStore(tmp_path / "run", session_entry(eid, str(tmp_path), [rec]), rec["id"], upstream=store)
+    job.update_task(rec["id"], status="Started")
+    thread = job._inflight[0]
+    assert thread.is_alive()  # returned while the request is still on its way: the work goes on
+    assert json.loads(result_path(tmp_path / "run", rec["id"]).read_text())["ops"][0]["delivered"] is False
+    job.update_task(rec["id"], status="Complete")  # waits for the Started first: order kept
+    assert not thread.is_alive()
+    job.finish("Complete", 0)
+    ops = json.loads(result_path(tmp_path / "run", rec["id"]).read_text())["ops"]
+    assert [(op["payload"]["status"], op["delivered"]) for op in ops] == [("Started", True), ("Complete", True)]
+    assert store.get_task(rec["id"])["status"] == "Complete"

@@ -1,4 +1,5 @@
-"""AlyxStore over HTTP: bad inputs named clearly, registration, bulk reads, round trips, ONE-likes."""
+"""AlyxStore over HTTP, through hpcpipe's client and through users' one.api.ONE (REST cache on):
+bad inputs named clearly, registration, bulk reads, round trips, no cached read deciding anything."""
 from __future__ import annotations
 
 import hashlib
@@ -9,13 +10,14 @@ import pytest
 from hpcpipe.alyx.register import describe_files, md5
 from hpcpipe.errors import BadInput, NotFound
 from hpcpipe.store.alyx import AlyxStore, RegistrationError
-from tests.alyx_server.fixtures import admin_client, make_session
+from tests.alyx_server.fixtures import admin_client, client_for, make_session
 
 
 @pytest.fixture
-def world(alyx_server, tmp_path):
+def world(alyx_server, alyx_client_kind, tmp_path):
+    """(server, admin client, store over the client under test, session path, eid)."""
     client = admin_client(alyx_server)
-    store = AlyxStore(client, repository="hpc_server")
+    store = AlyxStore(client_for(alyx_client_kind, alyx_server, tmp_path / "one-cache"), repository="hpc_server")
     path, eid = make_session(client, tmp_path / "data", "SW100", "2026-11-20", 1)
     assert store.session_id(path) == eid
     return alyx_server, client, store, path, eid
@@ -54,19 +56,20 @@ def test_bad_inputs_name_what_is_wrong(world, tmp_path):
 
 def test_unknown_dataset_types_are_reported_and_the_others_kept(world):
     server, client, store, path, eid = world
-    files = ["alf/spikes.times.npy", "alf/foo.bar.npy", "alf/trials.intervals.npy", "alf/spikes.times.xyz"]
+    foo = f"foo{uuid.uuid4().hex[:8]}"  # dataset types outlive the per-test reset: a new one each run
+    files = ["alf/spikes.times.npy", f"alf/{foo}.bar.npy", "alf/trials.intervals.npy", "alf/spikes.times.xyz"]
     with pytest.raises(RegistrationError) as err:
         store.register_files(path, files, hashes=["a", "b", "c", "d"], filesizes=[1, 2, 3, 4], versions="1.0")
     msg = str(err.value)
-    assert "2 of 4" in msg and 'no dataset type on Alyx matches "foo.bar.npy"' in msg
+    assert "2 of 4" in msg and f'no dataset type on Alyx matches "{foo}.bar.npy"' in msg
     assert 'no data format on Alyx has the extension ".xyz"' in msg
-    assert set(err.value.failed) == {"alf/foo.bar.npy", "alf/spikes.times.xyz"}
+    assert set(err.value.failed) == {f"alf/{foo}.bar.npy", "alf/spikes.times.xyz"}
     assert [d["name"] for d in err.value.registered] == ["spikes.times.npy", "trials.intervals.npy"]
     assert sorted(d["name"] for d in store.list_datasets(eid)) == ["spikes.times.npy", "trials.intervals.npy"]
     # a type created on Alyx since is picked up (the cached catalogue is refreshed on a miss)
-    client.post("dataset-types", {"name": "foo.bar", "filename_pattern": "", "description": "test"})
-    out = store.register_files(path, ["alf/foo.bar.npy"], hashes=["b"], filesizes=[2], versions="1.0")
-    assert out[0]["dataset_type"] == "foo.bar"
+    client.post("dataset-types", {"name": f"{foo}.bar", "filename_pattern": "", "description": "test"})
+    out = store.register_files(path, [f"alf/{foo}.bar.npy"], hashes=["b"], filesizes=[2], versions="1.0")
+    assert out[0]["dataset_type"] == f"{foo}.bar"
 
 
 def test_server_side_500_mid_list_is_recovered(world, monkeypatch):
@@ -103,10 +106,10 @@ def test_registration_of_real_files_and_md5(world, tmp_path):
 def test_pagination_over_1000_tasks_is_one_query(world):
     server, client, store, path, eid = world
     server.seed_tasks(eid, 1100, status="Waiting")
-    client.reset_counters()
+    server.stats(reset=True)
     rows = store.list_tasks(session=eid)
     assert len(rows) == 1100 and len({r["id"] for r in rows}) == 1100
-    assert client.n_requests == 2  # limit=1000, then the rest
+    assert server.stats()["GET tasks"] == 2  # limit=1000, then the rest
     assert len(store.list_tasks(session=eid, status=["Waiting", "Held"])) == 1100
     assert store.list_tasks(session=eid, status="Complete") == []
 
@@ -115,12 +118,12 @@ def test_round_trips_per_task_lifecycle(world):
     server, client, store, path, eid = world
     rec = store.create_task(task(eid, name="Spikes"))
     store.register_files(path, ["alf/spikes.times.npy"], versions="1")  # warms the type catalogue
-    client.reset_counters()
+    server.stats(reset=True)
     store.update_task(rec["id"], status="Started")
     store.register_files(path, ["alf/spikes.times.npy", "alf/spikes.clusters.npy"], hashes=["a", "b"],
                          filesizes=[1, 2], versions="1")
     store.update_task(rec["id"], status="Complete", log="done", time_elapsed_secs=1.0, version="1")
-    assert client.n_requests == 3  # Started, one register-file, the final patch
+    assert server.stats()["total"] == 3  # Started, one register-file, the final patch
 
 
 def test_time_out_secs_at_the_cap(world):
@@ -129,43 +132,35 @@ def test_time_out_secs_at_the_cap(world):
     assert store.get_task(rec["id"])["time_out_secs"] == 32767
 
 
-class FakeOneAlyx:
-    """ONE's AlyxClient shape: rest(url, action, id=None, data=None, **filters), base_url, user;
-    errors as requests.HTTPError like ONE raises them."""
+def test_create_alyx_tasks_twice_changes_nothing(world):
+    """ibllib's idempotence through users' ONE: the second run must see the first one's tasks.
 
-    def __init__(self, client):
-        self.client, self.base_url, self.user = client, client.base_url, client.username
+    Through ONE with its REST cache on, a task list read before the tasks existed is answered
+    again from the cache for 5 minutes: the second ``create_alyx_tasks`` would create every
+    task again and fail on Alyx's uniqueness rule. The store reads with ``no_cache=True``.
+    """
+    from hpcpipe.demo.pipeline import DemoPipeline
 
-    def rest(self, url=None, action=None, id=None, data=None, files=None, **kwargs):
-        import requests
-
-        full = f"{self.base_url}/{url}" + (f"/{id}" if id else "")
-        method = {"list": "GET", "read": "GET", "create": "POST", "partial_update": "PATCH",
-                  "update": "PUT", "delete": "DELETE"}[action]
-        params = {"limit": 1000, **kwargs} if action == "list" else None
-        resp = self.client.session.request(method, full, params=params, json=data,
-                                           headers={"Authorization": f"Token {self.client._token}"})
-        if resp.status_code >= 400:
-            raise requests.HTTPError(resp.status_code, full, resp.text, response=resp)
-        if resp.status_code == 204:
-            return None
-        body = resp.json()
-        return body["results"] if action == "list" else body
-
-
-class FakeOne:
-    def __init__(self, client):
-        self.alyx = FakeOneAlyx(client)
-
-
-def test_any_one_like_object_works(world):
     server, client, store, path, eid = world
-    client.authenticate()
-    one = FakeOne(client)
+    pipe = DemoPipeline(path, one=store)
+    first = pipe.create_alyx_tasks()
+    again = DemoPipeline(path, one=store).create_alyx_tasks()
+    assert [t["id"] for t in again] == [t["id"] for t in first]
+    assert len(client.get("tasks", session=eid)) == 5
+    rerun = DemoPipeline(path, one=store).create_alyx_tasks(rerun__status__in=["Waiting"])
+    assert [t["id"] for t in rerun] == [t["id"] for t in first] and len(client.get("tasks", session=eid)) == 5
+    if store.round_trips is None:  # a real ONE, its REST cache on as users have it
+        assert store.alyx.cache_mode == "GET" and store.alyx.default_expiry.total_seconds() >= 300
+
+
+def test_a_user_one_works_as_the_store(world, alyx_client_kind):
+    server, client, store, path, eid = world
+    if alyx_client_kind != "one":
+        pytest.skip("the ONE face of the store")
     from hpcpipe.store import open_store
 
-    ostore = open_store(one)
-    assert isinstance(ostore, AlyxStore)
+    ostore = open_store(store.alyx)  # ONE's AlyxClient, as ibllib code passes it around
+    assert isinstance(ostore, AlyxStore) and ostore.round_trips is None
     assert ostore.session_id(path) == eid
     rec = ostore.create_task(task(eid))
     assert ostore.update_task(rec["id"], status="Complete")["status"] == "Complete"

@@ -54,6 +54,37 @@ class ApiError(Exception):
         self.status, self.body, self.headers = status, body, headers or {}
 
 
+_SCHEMA: dict | None = None
+#: endpoints served here beyond the recorded schema subset: path -> (methods, list filters)
+_EXTRA_PATHS = {
+    "/labs": (("get", "post"), ("name",)), "/labs/{id}": (("get", "patch"), ()),
+    "/subjects": (("get", "post"), ("nickname", "lab")), "/subjects/{id}": (("get",), ()),
+    "/users": (("get", "post"), ("username",)), "/users/{id}": (("get",), ()),
+    "/projects": (("get", "post"), ("name",)),
+    "/data-repository/{id}": (("get", "patch"), ()), "/data-repository-type": (("get",), ()),
+    "/dataset-types/{id}": (("get",), ()), "/data-formats/{id}": (("get",), ()),
+    "/datasets/{id}": (("get", "delete"), ()),
+    "/files": (("get",), ("dataset", "data_repository", "exists")),
+}
+
+
+def openapi_schema() -> dict:
+    global _SCHEMA
+    if _SCHEMA is None:
+        from pathlib import Path
+
+        schema = json.loads((Path(__file__).with_name("openapi-subset.json")).read_text())
+        for path, (methods, filters) in _EXTRA_PATHS.items():
+            entry = schema["paths"].setdefault(path, {})
+            for method in methods:
+                params = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}] \
+                    if "{id}" in path else \
+                    [{"name": f, "in": "query", "schema": {"type": "string"}} for f in (*filters, "limit", "offset")]
+                entry.setdefault(method, {"operationId": f"{path}:{method}", "parameters": params})
+        _SCHEMA = schema
+    return _SCHEMA
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds")
 
@@ -292,6 +323,7 @@ class AlyxTestServer:
             routes.append((re.compile(f"^{pattern}$"), methods, auth))
 
         route("auth-token", auth=False, POST=self.auth_token)
+        route("api/schema", auth=False, GET=self.api_schema)
         route("tasks", GET=self.tasks_list, POST=self.tasks_create)
         route(f"tasks/({UUID_RE})", GET=self.task_read, PUT=self.task_put,
               PATCH=self.task_patch, DELETE=self.task_delete)
@@ -453,6 +485,15 @@ class AlyxTestServer:
         return {"rows": [dict(r) for r in rows]}
 
     # ------------------------------------------------------------------ auth
+    def api_schema(self) -> tuple[int, dict]:
+        """``GET /api/schema``: the OpenAPI 3 document ONE reads to learn endpoints and actions.
+
+        The recorded part of the real schema (``openapi-subset.json``, copied from
+        ``shared/alyx``), completed with minimal entries for the other endpoints served here
+        (labs, subjects, users...), which the real schema has too.
+        """
+        return 200, openapi_schema()
+
     def auth_token(self) -> tuple[int, dict]:
         data = self.body()
         errors = {k: ["This field is required."] for k in ("username", "password") if not data.get(k)}

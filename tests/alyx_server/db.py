@@ -3,7 +3,8 @@
 One sqlite3 file holds everything; JSON-valued columns (``arguments``, ``parents``, lists of
 users...) are stored as JSON text. Seeds: an admin user with a 40-hex token, the 29 data
 formats Alyx has after init, the data repository types, the ``cortexlab`` lab, and a set of
-standard IBL dataset types (plus ``hpcpipe.*`` types the demo pipeline writes).
+standard IBL dataset types -- and nothing a lab pipeline adds (a fresh Alyx has no ``hpcpipe.*``
+or demo dataset types: fixtures create those over REST, as a lab would).
 """
 from __future__ import annotations
 
@@ -84,11 +85,6 @@ DATASET_TYPES = [
     ("_iblrig_Camera.raw", "_iblrig_*Camera.raw.*"),
     ("_ibl_experiment.description", "_ibl_experiment.description*"),
     ("_ibl_log.info", "_ibl_log.info*"),
-    # what the hpcpipe demo pipeline reads and writes (hpcpipe/demo): create these on a real
-    # Alyx before registering the demo's outputs there
-    ("sync.times", ""), ("qc.metrics", ""), ("summary.table", ""),
-    ("raw.ephys", ""), ("raw.sync", ""), ("raw.timestamps", ""), ("raw.behaviour", ""),
-    ("raw.meta", ""), ("hpcpipe.output", ""),
 ]
 
 REPOSITORY_TYPES = ["Fileserver", "Cardboard box"]

@@ -46,15 +46,20 @@ def _sqlite_factory(tmp_path: Path, request) -> Iterator[StoreCase]:
     store.close()
 
 
-def _alyx_factory(tmp_path: Path, request) -> Iterator[StoreCase]:
-    """An AlyxStore over HTTP on the Alyx test server (tests/alyx_server), reset for each test."""
+def _alyx_factory(tmp_path: Path, request, kind: str = "hpcpipe") -> Iterator[StoreCase]:
+    """An AlyxStore over HTTP on the Alyx test server (tests/alyx_server), reset for each test.
+
+    ``kind='one'``: through users' ``one.api.ONE`` (its REST cache on), so a cached read that
+    decides something fails the contract.
+    """
     from hpcpipe.store.alyx import AlyxStore
-    from tests.alyx_server.fixtures import admin_client
+    from tests.alyx_server.fixtures import admin_client, client_for
     from tests.alyx_server.fixtures import make_session as make_alyx_session
 
     server = request.getfixturevalue("alyx_server")
-    client = admin_client(server)
-    store = AlyxStore(client)
+    request.getfixturevalue("monkeypatch").setenv("HOME", str(tmp_path / "user-home"))  # ONE's ~/.one
+    client = admin_client(server)  # sessions are made by the admin, as on a real Alyx
+    store = AlyxStore(client_for(kind, server, tmp_path / "one-cache"))
 
     def new_session(subject: str) -> tuple[Path, str]:
         path, eid = make_alyx_session(client, tmp_path / "data", subject, "2024-05-01", 1,
@@ -64,17 +69,23 @@ def _alyx_factory(tmp_path: Path, request) -> Iterator[StoreCase]:
         return path, eid
 
     session_path, eid = new_session("SW001")
-    yield StoreCase("alyx", store, session_path, eid, new_session)
+    yield StoreCase("alyx" if kind == "hpcpipe" else "alyx-one", store, session_path, eid, new_session)
     store.close()
+    client.close()
+
+
+def _alyx_one_factory(tmp_path: Path, request) -> Iterator[StoreCase]:
+    yield from _alyx_factory(tmp_path, request, kind="one")
 
 
 #: backend name -> factory
 STORE_FACTORIES: dict[str, Callable[[Path, object], Iterator[StoreCase]]] = {
     "sqlite": _sqlite_factory,
     "alyx": _alyx_factory,
+    "alyx-one": _alyx_one_factory,
 }
 #: marks per backend (the Alyx one runs against the HTTP test server: ``-m "not alyx"`` skips it)
-_MARKS = {"alyx": [pytest.mark.alyx]}
+_MARKS = {"alyx": [pytest.mark.alyx], "alyx-one": [pytest.mark.alyx]}
 
 
 @pytest.fixture(params=[pytest.param(name, marks=_MARKS.get(name, [])) for name in sorted(STORE_FACTORIES)])

@@ -1,0 +1,83 @@
+"""Whether a task store is known to be down, so an outage costs no time.
+
+The first report that cannot reach a store marks it down for ``down_secs`` (``[store]
+down_secs``, default ``DOWN_SECS`` = 30 s). While it is marked, reports go straight to the
+outbox (or a job's result file) without a request, and the local engine schedules from local
+results instead of asking the store. After the interval, the next report tries once more; a
+report that goes through clears the mark.
+
+The mark lives in memory *and* in a small file under the outbox folder, so the job processes
+the local engine starts (and other jobs on the same home) learn of an outage from the first
+one that met it, instead of each paying its own failed attempt.
+
+Reports are sent within a short budget (``report_budget``): a status patch that cannot go
+now is queued, it does not hold a task or the scheduler back (``AlyxStore.reporting``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, ContextManager
+
+from .. import config
+
+_logger = logging.getLogger(__name__)
+#: seconds a store stays marked down after a report failed to reach it
+DOWN_SECS = 30.0
+_down: dict[str, float] = {}  # store key -> marked down until (time.time())
+
+
+def down_secs() -> float:
+    return float(config.get("store", "down_secs", DOWN_SECS))
+
+
+def _mark_file(key: str) -> Path:
+    from .outbox import outbox_dir
+
+    return outbox_dir() / ".down" / re.sub(r"[^.\w-]", "_", key)
+
+
+def mark_down(key: str, reason: str) -> None:
+    """Remember that ``key``'s store cannot be reached, for ``down_secs()``."""
+    until = time.time() + down_secs()
+    _down[key] = until
+    path = _mark_file(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"until": until, "reason": reason}))
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only outbox: the in-memory mark still serves this process
+        _logger.debug("could not write the store-down mark %s: %s", path, exc)
+    _logger.warning("task store %s unreachable (%s): reports go to the outbox for the next %.0f s",
+                    key, reason, down_secs())
+
+
+def mark_up(key: str) -> None:
+    """The store answered: forget a mark (in memory and on disk)."""
+    if _down.pop(key, None) is not None or _mark_file(key).exists():
+        _mark_file(key).unlink(missing_ok=True)
+
+
+def is_down(key: str) -> bool:
+    """True while ``key``'s store is marked down (by this process or another on this home)."""
+    now = time.time()
+    until = _down.get(key)
+    if until is None:
+        try:
+            until = float(json.loads(_mark_file(key).read_text())["until"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return False
+        _down[key] = until
+    return now < until
+
+
+def reporting(store: Any) -> ContextManager[Any]:
+    """The store's short-budget mode for a report (``AlyxStore.reporting``), if it has one."""
+    mode = getattr(store, "reporting", None)
+    return mode() if callable(mode) else contextlib.nullcontext()
