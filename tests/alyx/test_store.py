@@ -172,3 +172,25 @@ def test_a_user_one_works_as_the_store(world, alyx_client_kind):
     out = ostore.register_files(path, ["alf/spikes.times.npy"], versions="1")
     assert out[0]["name"] == "spikes.times.npy"
     assert [t["id"] for t in ostore.list_tasks(session=eid, status="Complete")] == [rec["id"]]
+
+
+def test_429_storm_through_the_store(alyx_fresh_server, alyx_client_kind, tmp_path):
+    """Alyx's throttle (429 + Retry-After) through either client: every read and write lands once."""
+    server = alyx_fresh_server
+    client = admin_client(server)
+    path, eid = make_session(client, tmp_path / "data", "SW429", "2026-11-20", 1)
+    store = AlyxStore(client_for(alyx_client_kind, server, tmp_path / "one-cache", retries=10, retry_budget=60.0),
+                      repository="hpc_server")
+    server.set_throttle("4/s")
+    try:
+        created = [store.create_task(task(eid, name=f"T{i}")) for i in range(6)]
+        for rec in created:
+            store.update_task(rec["id"], status="Complete")
+        rows = store.list_tasks(session=eid)
+        stats = server.stats()
+    finally:
+        server.set_throttle("100000/min")
+    assert sorted(r["name"] for r in rows) == [f"T{i}" for i in range(6)]
+    assert {r["status"] for r in rows} == {"Complete"}
+    assert len(server.sql("SELECT id FROM tasks")) == 6  # nothing doubled by a retried create
+    assert stats["POST tasks"] >= 6 and stats["total"] > 13  # throttled requests were sent again
