@@ -63,7 +63,7 @@ def state(client, eid: str) -> dict:
     return {
         "tasks": sorted((t["name"], t["status"], t["version"], tuple(sorted(names[p] for p in t["parents"])))
                         for t in tasks),
-        "logs": sorted((t["name"], re.sub(r"\d", "0", "".join(ln for ln in (t["log"] or "").splitlines(True)
+        "logs": sorted((t["name"], re.sub(r"\d+", "0", "".join(ln for ln in (t["log"] or "").splitlines(True)
                                                             if not OUTAGE_LINE.search(ln)))) for t in tasks),
         "outage_lines": sum(1 for t in tasks for ln in (t["log"] or "").splitlines() if OUTAGE_LINE.search(ln)),
         "datasets": sorted((d["collection"], d["name"], d["hash"], d["file_size"], d["version"], d["default_dataset"])
