@@ -161,8 +161,23 @@ class PackEngine(LocalEngine):
         return res.get("status") if res.get("final") else None
 
     def _interrupt(self, running, run_id: str, signum: int) -> None:
-        """The allocation is stopping (scancel, time limit): stop every step at once (SLURM kills
-        the rest after KillWait), and record each running task that could not report."""
+        """The allocation is stopping (scancel, time limit): record each running task that has
+        not reported, stop every step, and record again what a step's last write replaced.
+
+        Recording comes first because SLURM sends SIGKILL ``KillWait`` seconds after the signal
+        (30 s by default, 2 s on the test cluster): an engine that waited for its steps before
+        writing could be killed with nothing written, and the sweep would take the tasks for
+        never started."""
+        name = signal.Signals(signum).name
+        note = reasons.line(reasons.CANCELLED, f"the pack allocation (SLURM job "
+                            f"{os.environ.get('SLURM_JOB_ID', '?')}) was stopped ({name}) while this task ran")
+
+        def record_unreported() -> None:
+            for tid, r in running.items():
+                if self._fold(r, run_id) is None:
+                    self._patch(tid, note=note, status=ERRORED, time_elapsed_secs=time.monotonic() - r.started)
+
+        record_unreported()
         for r in running.values():
             try:
                 os.killpg(r.proc.pid, signal.SIGTERM)
@@ -177,13 +192,7 @@ class PackEngine(LocalEngine):
                     os.killpg(r.proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        name = signal.Signals(signum).name
-        for tid, r in running.items():
-            if self._fold(r, run_id) is None:
-                self._patch(tid, note=reasons.line(reasons.CANCELLED, f"the pack allocation (SLURM job "
-                                                   f"{os.environ.get('SLURM_JOB_ID', '?')}) was stopped ({name}) "
-                                                   "while this task ran"),
-                            status=ERRORED, time_elapsed_secs=time.monotonic() - r.started)
+        record_unreported()
         running.clear()
 
     # ------------------------------------------------------------------ the pack file
