@@ -137,6 +137,12 @@ def test_step_is_an_srun_job_step_inside_an_allocation():
     assert rest[4:9] == ["apptainer", "exec", "--bind", "/data,/runs/r", "img"]
     assert rest[9:] == ["/py", "-m", "hpcpipe.jobside", "--run-dir", "/runs/r", "--chunk", "c0", "--index", "3",
                         "--task-name", "SpikeSorting"]
+    cpu_step = step_argv({"index": 3, "name": "Sync"}, {}, "/py", "/runs/r", "log", {"cpu": 1, "ram": 1, "gpu": 0},
+                         "", srun=True, gpus_allocated=True, mem_given=True)
+    assert "--gres=none" in cpu_step  # else the step gets all the job's GPUs (srun's default)
+    assert not any(a.startswith("--gres") for a in step_argv(
+        {"index": 3, "name": "Sync"}, {}, "/py", "/runs/r", "log", {"cpu": 1, "ram": 1, "gpu": 0}, "", srun=True,
+        gpus_allocated=False, mem_given=True))
     plain = step_argv(item, {}, "/py", "/runs/r", "log", {"cpu": 1, "ram": 1, "gpu": 1}, "", srun=False,
                       gpus_allocated=False, mem_given=False)
     assert plain[0] == "/py"

@@ -225,8 +225,10 @@ def step_argv(item: dict, env: dict, python: str, run_dir: str, log_path: str, n
             "--open-mode=append"]
     if mem_given:
         step.append(f"--mem={max(1, mem_mb(need['ram']))}M")
-    if gpus_allocated and need.get("gpu"):
-        step.append(f"--gres=gpu:{int(need['gpu'])}")
+    if gpus_allocated:
+        # a step that names no GRES gets *all* the job's GRES (srun(1), --gres): every CPU step
+        # would hold every GPU of the allocation, and the steps would run one at a time
+        step.append(f"--gres=gpu:{int(need['gpu'])}" if need.get("gpu") else "--gres=none")
     return step + cmd
 
 

@@ -83,6 +83,15 @@ def test_packed_backfill_one_allocation_failure_blocks_only_its_session(env, tmp
     # every task its own log, written by its own job step
     assert len(list((run_dir / "logs").glob("Demo*.log"))) == 58  # the two Held ones never started
     assert (paths[11] / "alf" / "_demo_summary.table.csv").exists()
+    # the allocation holds GPUs (for the spike sorter): a CPU step holds none of them, else
+    # every step would take all of the job's GPUs and the steps would run one at a time
+    acct = subprocess.run(["sacct", "-j", next(iter(states)), "--parsable2", "--noheader",
+                           "--format=JobID,JobName,AllocTRES"], capture_output=True, text=True).stdout
+    tres = {jid: (jname, alloc) for jid, jname, alloc in (line.split("|") for line in acct.splitlines())}
+    task_steps = [(jname, alloc) for jid, (jname, alloc) in tres.items() if jname.startswith("Demo")]
+    assert len(task_steps) == 58 and "gres/gpu=2" in tres[next(iter(states))][1]
+    for jname, alloc in task_steps:
+        assert ("gres/gpu=1" in alloc) if jname == "DemoSpikeSorting" else ("gres/gpu" not in alloc), (jname, alloc)
 
 
 def test_scancel_of_a_pack_leaves_no_task_started(env, tmp_path):
