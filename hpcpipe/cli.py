@@ -369,10 +369,12 @@ def _suggested(tasks: list[dict], backend) -> dict[str, dict]:
 
 
 def cmd_status(args) -> int:
+    from .store import health
     from .sweep import sweep
 
     statuses = check_statuses(args.status)
     store, ledger = _store(), _ledger()
+    health.brief(store)  # an unreachable store: local knowledge at once, not the retry budget per read
     while True:
         try:
             session = None

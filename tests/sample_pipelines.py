@@ -126,7 +126,9 @@ class BigRam(Pipeline):
 
 
 class StopServer(Task):
-    """Stops the server whose pid is in ``$HPCPIPE_TEST_STOP_PID`` (unset: no-op): an outage."""
+    """Stops the server whose pid is in ``$HPCPIPE_TEST_STOP_PID`` (unset: no-op): an outage.
+    ``$HPCPIPE_TEST_STOP_SIGNAL=SIGSTOP`` freezes it instead: a hung Alyx, whose socket still
+    accepts connections and never answers."""
 
     cpu = 1
     ram = 1
@@ -136,7 +138,9 @@ class StopServer(Task):
         import signal
 
         pid = int(os.environ.get("HPCPIPE_TEST_STOP_PID", "0"))
-        if pid:
+        if pid and os.environ.get("HPCPIPE_TEST_STOP_SIGNAL") == "SIGSTOP":
+            os.kill(pid, signal.SIGSTOP)
+        elif pid:
             os.kill(pid, signal.SIGINT)
             for _ in range(100):  # wait until it is really gone
                 try:

@@ -194,15 +194,17 @@ class AlyxClient:
         return alyx_params.url_key(self.base_url)
 
     @contextlib.contextmanager
-    def budget(self, retries: int, seconds: float) -> Iterator[None]:
-        """Temporarily at most ``retries`` retries and ``seconds`` of waiting per call (reports:
-        what cannot go now is queued, rather than holding a task back)."""
-        old = getattr(self._local, "budget", None)
+    def budget(self, retries: int, seconds: float, timeout: float | None = None) -> Iterator[None]:
+        """Temporarily, in this thread, at most ``retries`` retries and ``seconds`` of waiting
+        per call, and ``timeout`` seconds per request when given (reports: what cannot go now
+        is queued, rather than holding a task back; a hung server costs one timeout)."""
+        old = getattr(self._local, "budget", None), getattr(self._local, "timeout", None)
         self._local.budget = (min(self.retries, retries), min(self.retry_budget, seconds))
+        self._local.timeout = None if timeout is None else (min(self.timeout[0], timeout), min(self.timeout[1], timeout))
         try:
             yield
         finally:
-            self._local.budget = old
+            self._local.budget, self._local.timeout = old
 
     def reset_counters(self) -> None:
         self.n_requests = 0
@@ -317,8 +319,8 @@ class AlyxClient:
             maybe_landed = False
             wait: float | None = None
             try:
-                resp = self.session.request(method, full, params=params, json=json, data=data,
-                                            files=files, headers=headers, timeout=self.timeout)
+                resp = self.session.request(method, full, params=params, json=json, data=data, files=files,
+                                            headers=headers, timeout=getattr(self._local, "timeout", None) or self.timeout)
             except requests.RequestException as exc:
                 sent = not self._never_sent(exc)
                 kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"

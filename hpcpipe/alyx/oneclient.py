@@ -1,13 +1,26 @@
 """Users' own ONE client as hpcpipe's transport to Alyx (``[alyx] client = "one"``).
 
-An IBL user already has ``one.api.ONE`` set up (``~/.one``: URL, login, cached token); with
-this setting hpcpipe talks to Alyx through that ONE instead of its own ``AlyxClient``. The
-store then reads with ``no_cache=True`` on every read that decides something, since ONE
-answers REST reads from a 5-minute local cache (ALYX-API.md §5).
+An IBL user already has ONE set up (``~/.one``: URL, login, cached token); with this setting
+hpcpipe talks to Alyx through ONE's REST client (``one.webclient.AlyxClient``, the object
+``ONE().alyx`` is) instead of its own ``AlyxClient``. The store then reads with
+``no_cache=True`` on every read that decides something, since ONE answers REST reads from a
+5-minute local cache (ALYX-API.md §5).
+
+ONE sends its requests without a timeout and retries 429/503 up to 8 times with growing
+jitter, whoever calls it. ``bound(client)`` gives the calls hpcpipe makes through a ONE client
+hpcpipe's limits (``limited``): a timeout on every request and the caller's retry budget (a
+report's is short), so a hung Alyx cannot hang a task. The user's own calls on the same client
+are left as ONE makes them.
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import email.utils
+import functools
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 from .. import config
 from ..errors import BadInput
@@ -15,6 +28,17 @@ from . import params as alyx_params
 
 #: the ``[alyx] client`` values
 CLIENTS = ("hpcpipe", "one")
+_local = threading.local()  # the limits of the call under way in this thread (``limited``)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one logical call may cost: ``timeout`` (connect, read) per request, at most
+    ``retries`` retries and ``budget`` seconds of waiting before a retry."""
+
+    timeout: tuple[float, float]
+    retries: int
+    budget: float
 
 
 def client_kind() -> str:
@@ -25,29 +49,113 @@ def client_kind() -> str:
     return kind
 
 
-def one_from_config() -> Any:
-    """A ``one.api.ONE`` for the configured Alyx: hpcpipe's URL/login/password/token when set,
-    else ONE's own ``~/.one`` settings (ONE keeps and renews its token there)."""
+@contextlib.contextmanager
+def limited(limits: Limits) -> Iterator[None]:
+    """Calls made in this thread through a ``bound`` ONE client keep to ``limits``."""
+    old = getattr(_local, "limits", None)
+    _local.limits = limits
     try:
-        from one.api import ONE
+        yield
+    finally:
+        _local.limits = old
+
+
+def bound(client: Any) -> Any:
+    """Make ``client`` (ONE's ``AlyxClient``) honour ``limited`` for hpcpipe's calls.
+
+    ONE sends every REST request through ``_generic_request(reqfunction, query, ...)``, with
+    ``requests.get``/``post``... as ``reqfunction`` (and passes it on to its own retries): the
+    request function is swapped, for calls inside ``limited``, for one with a timeout that
+    gives up on a 429/503 once the budget is spent instead of letting ONE sleep on. A client
+    without that method (another ONE version) is left alone: then only the down mark guards it.
+    """
+    original = getattr(client, "_generic_request", None)
+    if original is None or getattr(original, "hpcpipe_bound", False):
+        return client
+
+    def generic_request(reqfunction: Callable, *args: Any, **kwargs: Any) -> Any:
+        limits = getattr(_local, "limits", None)
+        if limits is None:
+            return original(reqfunction, *args, **kwargs)
+        try:
+            return original(_within(reqfunction, limits), *args, **kwargs)
+        finally:
+            if hasattr(client, "_attempt_counter"):
+                client._attempt_counter = 0  # ONE resets it only on success or after its own retries
+
+    generic_request.__wrapped__ = original  # ONE's retries call ``unwrap(self._generic_request)``
+    generic_request.hpcpipe_bound = True
+    client._generic_request = generic_request
+    return client
+
+
+def _within(reqfunction: Callable, limits: Limits) -> Callable:
+    """``reqfunction`` with ``limits``: a timeout on each request; a 429/503 past the retry
+    budget raises (``requests.HTTPError``, which the store maps to ``AlyxUnreachable``)."""
+    import requests
+
+    started = time.monotonic()
+    attempts = 0
+
+    @functools.wraps(reqfunction)  # ONE's REST cache tells GETs by the function's name
+    def send(url: str, **kwargs: Any) -> Any:
+        nonlocal attempts
+        attempts += 1
+        kwargs["timeout"] = limits.timeout
+        resp = reqfunction(url, **kwargs)
+        if resp.status_code in (429, 503):
+            wait = _retry_after(resp.headers.get("Retry-After"))
+            if attempts > limits.retries or time.monotonic() - started + wait > limits.budget:
+                raise requests.HTTPError(f"{resp.status_code} after {attempts} attempt(s); retry budget "
+                                         f"{limits.retries} retries / {limits.budget:g}s", response=resp)
+        return resp
+
+    return send
+
+
+def _retry_after(raw: str | None) -> float:
+    if not raw:
+        return 0.0
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(raw)
+        return max(when.timestamp() - time.time(), 0.0) if when else 0.0
+
+
+def one_from_config() -> Any:
+    """ONE's REST client for the configured Alyx, ``bound`` to hpcpipe's limits.
+
+    ONE's own ``ONE()`` (``OneAlyx``) would also ask ``cache/info`` at construction, with no
+    timeout, to load parquet cache tables hpcpipe never reads; its REST client is the part
+    that talks to Alyx, REST cache and retries included. Credentials, in ONE's order of use:
+    ONE's cached token for the login (no request); else hpcpipe's token (ONE checks it once on
+    ``/me``, with its 10 s timeout, and caches it); else a login with the password, made by
+    hpcpipe's client (timeout and retry budget; ONE's own login has no timeout) and handed to
+    ONE as a token.
+    """
+    try:
+        from one.webclient import AlyxClient as OneAlyxClient
     except ImportError:
         raise BadInput('[alyx] client = "one" needs the ONE-api package (pip install ONE-api)') from None
+    from .client import AlyxClient, AlyxUnreachable
+
     found = alyx_params.resolve()
     if not found["url"]:
         raise BadInput("no Alyx URL: set [alyx] url in the hpcpipe config, $HPCPIPE_ALYX_URL, "
                        "or set up ONE (~/.one)")
-    kwargs: dict[str, Any] = {"base_url": found["url"], "silent": True}
-    if found["username"]:
-        kwargs["username"] = found["username"]
-    if found["token"] and found["token_source"] in ("argument", "config"):
-        kwargs["token"] = found["token"]
-    elif found["password"] and not alyx_params.one_token(alyx_params.one_params(found["url"]), found["username"]):
-        # ONE logs in at construction when given a password; with its token cached it does not,
-        # so a job started while Alyx is down still gets its client
-        kwargs["password"] = found["password"]
+    username = found["username"]
+    client = bound(OneAlyxClient(base_url=found["url"], silent=True))  # no credentials: no request yet
+    token = None
+    if not alyx_params.one_token(alyx_params.one_params(found["url"]), username):
+        if found["token"]:
+            token = found["token"]
+        elif found["password"] and username:
+            own = AlyxClient(found["url"], username, found["password"], use_one_params=False)
+            own.authenticate()
+            token = own._token
     try:
-        return ONE(**kwargs)
+        client.authenticate(username, token=token)
     except (ConnectionError, OSError) as exc:
-        from .client import AlyxUnreachable
-
         raise AlyxUnreachable(f"ONE could not reach Alyx at {found['url']}: {exc}") from None
+    return client

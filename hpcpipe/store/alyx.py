@@ -23,18 +23,21 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, ContextManager, Iterable
+from typing import Any, ContextManager, Iterable, Iterator
 
 from .. import config
+from ..alyx import oneclient
 from ..alyx import register as reg
 from ..alyx.client import PAGE_LIMIT, AlyxClient, AlyxError, AlyxNotFound, AlyxServerError, AlyxUnreachable, error_detail
 from ..alyx.params import url_key
 from ..errors import BadInput, Conflict, NotFound, StoreError, Unreachable
 from ..session import parse_session_path
 from ..status import ALYX_INT, check_statuses
+from . import health
 from .base import SMALLINT_FIELDS, TASK_FIELDS, TaskStore, check_fields
 
 _logger = logging.getLogger(__name__)
@@ -42,6 +45,8 @@ CHAR_LIMITS = {"name": 64, "executable": 128, "graph": 64, "version": 64}
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 #: seconds a fetched /dataset-types + /data-formats catalogue is trusted
 CATALOG_TTL = 600.0
+#: seconds a report's request may take (``[alyx] report_timeout``): a hung Alyx costs this once
+REPORT_TIMEOUT = 5.0
 _CATALOGS: dict[str, tuple[float, list[dict], list[dict]]] = {}
 
 
@@ -80,14 +85,14 @@ def _translate(exc: Exception) -> Exception | None:
         return AlyxClient._client_error(status, detail, body,
                                         resp.request.method if resp.request else "", resp.url, where)
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-        return AlyxUnreachable(f"Alyx unreachable: {type(exc).__name__}")
+        # a read timeout or a dropped connection: a create may have landed (``create_task`` looks)
+        return AlyxUnreachable(f"Alyx unreachable: {type(exc).__name__}",
+                               maybe_landed=not AlyxClient._never_sent(exc))
     return None
 
 
 def configured_client() -> Any:
     """hpcpipe's own ``AlyxClient``, or the user's ONE with ``[alyx] client = "one"``."""
-    from ..alyx import oneclient
-
     if oneclient.client_kind() == "one":
         return oneclient.one_from_config()
     return AlyxClient.from_config()
@@ -109,6 +114,10 @@ class AlyxStore(TaskStore):
         base = getattr(owner, "base_url", None) or "unknown-alyx"
         self.base_url = str(base).rstrip("/")
         self.url_key = url_key(self.base_url)
+        self._mode = threading.local()  # "report" / "forced" inside ``reporting``, per thread
+        self._brief = False  # every call brief (``brief``)
+        if not isinstance(owner, AlyxClient):
+            oneclient.bound(owner)  # ONE's requests: hpcpipe's timeout and retry budget
         self._eids: dict[str, str] = {}   # short session path → eid
         self._paths: dict[str, str] = {}  # eid → local session folder
         self._catalog_fetches = 0
@@ -130,15 +139,56 @@ class AlyxStore(TaskStore):
         """HTTP requests sent so far (None for a foreign client that does not count them)."""
         return getattr(self.alyx, "n_requests", None)
 
-    def reporting(self) -> ContextManager[None]:
-        """A report's budget: ``[alyx] report_retries`` (1) retries within ``report_budget``
-        (2 s). A report that cannot go now is queued (outbox, result file) and replayed later,
-        so an outage never holds a task's work or the scheduler back. ONE itself retries only
-        429/503 and never a refused connection, so it is left as it is."""
-        if not isinstance(self.alyx, AlyxClient):
-            return contextlib.nullcontext()
-        return self.alyx.budget(int(config.get("alyx", "report_retries", 1)),
+    @contextlib.contextmanager
+    def reporting(self, forced: bool = False) -> Iterator[None]:
+        """Calls in this thread are reports: short, so an outage never holds a task's work or
+        the scheduler back (what cannot go now is queued and replayed later).
+
+        * the down mark is consulted before each request: while the store is marked down
+          (``health``), a call raises ``health.MarkedDown`` without a request;
+        * each request has ``[alyx] report_timeout`` (5 s; a hung Alyx costs one timeout, not
+          a hung task) and the call ``report_retries`` (1) retries within ``report_budget``
+          (2 s), through hpcpipe's client and through ONE's alike.
+
+        ``forced`` (``hpcpipe sync``: the user asked now): the mark is not consulted and requests
+        get the normal ``[alyx] timeout``, so a slow but living server takes a large replay."""
+        old = getattr(self._mode, "value", None)
+        self._mode.value = "forced" if forced else "report"
+        try:
+            yield
+        finally:
+            self._mode.value = old
+
+    def brief(self) -> None:
+        """Every later call of this store is brief: the down mark is consulted first, a report's
+        retries and budget apply, and a call that cannot reach Alyx marks the store down.
+        ``hpcpipe status`` so answers from local knowledge at once during an outage instead
+        of spending the normal retry budget on each read. Its requests keep the normal
+        ``[alyx] timeout``: a listing of thousands of tasks may take Alyx longer than a report
+        may wait, and status must still show the server's records then."""
+        self._brief = True
+
+    @staticmethod
+    def _limits(mode: str | None) -> oneclient.Limits:
+        t = config.get("alyx", "timeout", 60.0)
+        timeout = tuple(t) if isinstance(t, (list, tuple)) else (min(float(t), 10.0), float(t))
+        if mode is None:
+            return oneclient.Limits(timeout, int(config.get("alyx", "retries", 5)),
+                                    float(config.get("alyx", "retry_budget", 120.0)))
+        if mode == "report":
+            short = float(config.get("alyx", "report_timeout", REPORT_TIMEOUT))
+            timeout = (min(timeout[0], short), min(timeout[1], short))
+        return oneclient.Limits(timeout, int(config.get("alyx", "report_retries", 1)),
                                 float(config.get("alyx", "report_budget", 2.0)))
+
+    def _within(self, mode: str | None) -> ContextManager[None]:
+        """The limits of ``mode`` on this call, whichever client makes it."""
+        if isinstance(self.alyx, AlyxClient) and mode is None:
+            return contextlib.nullcontext()  # the client's own settings are the normal ones
+        limits = self._limits(mode)
+        if isinstance(self.alyx, AlyxClient):
+            return self.alyx.budget(limits.retries, limits.budget, limits.timeout[1] if mode == "report" else None)
+        return oneclient.limited(limits)
 
     def close(self) -> None:
         if isinstance(self.alyx, AlyxClient):
@@ -154,10 +204,17 @@ class AlyxStore(TaskStore):
             kwargs["no_cache"] = True
         if action == "list":  # ONE pages by the first page's size: ask Alyx's cap, as our client does
             kwargs.setdefault("limit", PAGE_LIMIT)
+        mode = getattr(self._mode, "value", None) or ("brief" if self._brief else None)
+        if mode in ("report", "brief") and health.is_down(self.outbox_key):
+            raise health.MarkedDown(f"Alyx {self.base_url} is marked down (a call failed to reach it within the "
+                                    f"last {health.down_secs():g} s); not asked")
         try:
-            out = self.alyx.rest(url, action, **kwargs)
+            with self._within(mode):
+                out = self.alyx.rest(url, action, **kwargs)
         except Exception as exc:
             translated = _translate(exc)
+            if self._brief and isinstance(translated or exc, Unreachable):
+                health.mark_down(self.outbox_key, str(translated or exc))
             if translated is None:
                 raise
             raise translated from None

@@ -10,8 +10,10 @@ The mark lives in memory *and* in a small file under the outbox folder, so the j
 the local engine starts (and other jobs on the same home) learn of an outage from the first
 one that met it, instead of each paying its own failed attempt.
 
-Reports are sent within a short budget (``report_budget``): a status patch that cannot go
-now is queued, it does not hold a task or the scheduler back (``AlyxStore.reporting``).
+Reports are sent within a short budget (``report_timeout``, ``report_budget``): a status
+patch that cannot go now is queued, it does not hold a task or the scheduler back. The store
+itself consults the mark before every report's request (``AlyxStore.reporting``), through
+hpcpipe's client and through ONE's alike, so no path can forget to.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, ContextManager
 
 from .. import config
+from ..errors import Unreachable
 
 _logger = logging.getLogger(__name__)
 #: seconds a store stays marked down after a report failed to reach it
@@ -77,7 +80,20 @@ def is_down(key: str) -> bool:
     return now < until
 
 
-def reporting(store: Any) -> ContextManager[Any]:
-    """The store's short-budget mode for a report (``AlyxStore.reporting``), if it has one."""
+class MarkedDown(Unreachable):
+    """Raised by a store, without a request, for a report made while it is marked down."""
+
+
+def reporting(store: Any, forced: bool = False) -> ContextManager[Any]:
+    """The store's mode for a report (``AlyxStore.reporting``: the down mark consulted first,
+    a short timeout and retry budget), if it has one. ``forced``: the user's ``hpcpipe sync``."""
     mode = getattr(store, "reporting", None)
-    return mode() if callable(mode) else contextlib.nullcontext()
+    return mode(forced=forced) if callable(mode) else contextlib.nullcontext()
+
+
+def brief(store: Any) -> None:
+    """Make every later call of ``store`` a report's, marking it down when one cannot reach it
+    (``AlyxStore.brief``; ``hpcpipe status``: local knowledge at once during an outage)."""
+    mode = getattr(store, "brief", None)
+    if callable(mode):
+        mode()

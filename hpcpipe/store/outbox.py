@@ -153,7 +153,7 @@ def sync(store, force: bool = True) -> int:
     if not force and health.is_down(store_key(store)):
         return 0
     with _lock():
-        return _sync_locked(store)
+        return _sync_locked(store, forced=force)
 
 
 def _try_sync(store) -> int:
@@ -167,7 +167,7 @@ def _try_sync(store) -> int:
         return 0
 
 
-def _sync_locked(store) -> int:
+def _sync_locked(store, forced: bool = False) -> int:
     done = 0
     key = store_key(store)
     while True:
@@ -182,7 +182,7 @@ def _sync_locked(store) -> int:
                 _move_failed(path, {"raw": path.read_text(errors="replace")}, f"unreadable report: {exc}")
                 continue
             try:
-                with health.reporting(store):
+                with health.reporting(store, forced=forced):
                     result = _call(store, report["op"], report["payload"])
             except Unreachable as exc:
                 health.mark_down(key, str(exc))

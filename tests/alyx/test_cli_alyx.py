@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import os
+import signal
 from functools import partial
 from pathlib import Path
 
 from hpcpipe.demo.session import make_session as make_demo_data
-from tests.alyx_server import PASSWORD, USERNAME
+from tests.alyx_server import PASSWORD, USERNAME, HangingServer
 from tests.alyx_server.fixtures import admin_client, make_session
 from tests.cliutil import run_hpcpipe
 
@@ -92,3 +93,53 @@ def test_outage_mid_pipeline_then_sync_equals_undisturbed_run(alyx_fresh_server,
     # a second sync has nothing to do and changes nothing
     assert "replayed 0 report(s)" in hp(env, "sync").stdout
     assert state(hit_eid) == state(calm_eid)
+
+
+def test_a_hung_alyx_mid_run_holds_no_task(alyx_fresh_server, alyx_client_kind, tmp_path):
+    """Alyx frozen (its socket accepts, nothing answers) while the first task runs: the run
+    still ends, exit 3 with its table from local results, and a sync once Alyx is back leaves
+    every task Complete with its dataset. Without a timeout on ONE's requests it never ends."""
+    server = alyx_fresh_server
+    client = admin_client(server)
+    hit, eid = make_session(client, tmp_path / "data", "HUNG01", date="2026-11-20")
+    env = dict(cli_env(tmp_path, server, alyx_client_kind), HPCPIPE_ALYX_REPORT_TIMEOUT="1")
+    pid = server.proc.pid
+    try:
+        proc = hp(dict(env, HPCPIPE_TEST_STOP_PID=str(pid), HPCPIPE_TEST_STOP_SIGNAL="SIGSTOP"),
+                  "submit", "--session", str(hit), "--pipeline", "tests.sample_pipelines.Outage", timeout=240)
+        assert proc.returncode == 3 and proc.stdout.count("Complete") == 2, proc.stdout + proc.stderr
+        assert "(local" in proc.stderr and list((tmp_path / "home" / "outbox").glob("*.json"))
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        server.proc.wait()
+    server.start()
+    sync = hp(env, "sync")
+    assert sync.returncode == 0 and "0 still queued" in sync.stdout, sync.stdout + sync.stderr
+    client = admin_client(server)
+    assert {t["name"]: t["status"] for t in client.get("tasks", session=eid)} == \
+        {"StopServer": "Complete", "WriteOutput": "Complete"}
+    assert [d["name"] for d in client.get("datasets", session=eid)] == ["_demo_summary.table.csv"]
+
+
+def test_status_during_an_outage_asks_once_then_answers_locally(alyx_fresh_server, alyx_client_kind, tmp_path):
+    """`status` with Alyx hung: one short try (a report's retries, not the user's five), then the
+    store is marked down and the next `status` opens no connection at all; both show what this
+    machine knows, marked local, exit 3."""
+    server = alyx_fresh_server
+    client = admin_client(server)
+    session, _ = make_session(client, tmp_path / "data", "STAT01", date="2026-11-20")
+    env = cli_env(tmp_path, server, alyx_client_kind)
+    assert hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.Outage").returncode == 0
+    # the user's patient settings for ordinary calls; a 1 s timeout keeps the hung tries short
+    patient = dict(env, HPCPIPE_ALYX_RETRIES="5", HPCPIPE_ALYX_RETRY_BUDGET="120", HPCPIPE_ALYX_TIMEOUT="1")
+    server.stop()
+    with HangingServer(server.port) as hung:
+        first = hp(patient, "status")
+        assert first.returncode == 3 and first.stdout.count("Complete") == 2, first.stdout + first.stderr
+        assert "(local" in first.stderr
+        tried = hung.accepted
+        assert 1 <= tried <= 2  # one request, retried at most once (hpcpipe's client; ONE never retries)
+        again = hp(patient, "status")
+        assert again.returncode == 3 and again.stdout.count("Complete") == 2, again.stdout + again.stderr
+        assert "marked down" in again.stderr and hung.accepted == tried
+    server.start()

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hpcpipe.alyx.register import describe_files
 from hpcpipe.jobside.runfolder import RunFolderStore, result_path, session_entry
 from hpcpipe.store import health, outbox
 from hpcpipe.store.alyx import AlyxStore
 from hpcpipe.store.sqlite import SQLiteStore
+from tests.alyx_server import HangingServer
 from tests.alyx_server.fixtures import admin_client, client_for, make_session
 
 OUTPUTS = {"T1": ["alf/spikes.times.npy", "alf/spikes.clusters.npy"], "T2": ["alf/trials.intervals.npy"]}
@@ -163,4 +166,37 @@ def test_the_started_report_does_not_hold_the_work_back(alyx_fresh_server, tmp_p
     job.finish("Complete", 0)
     ops = json.loads(result_path(tmp_path / "run", rec["id"]).read_text())["ops"]
     assert [(op["payload"]["status"], op["delivered"]) for op in ops] == [("Started", True), ("Complete", True)]
+    assert store.get_task(rec["id"])["status"] == "Complete"
+
+
+def test_a_hung_alyx_costs_one_timeout_then_reports_make_no_request(alyx_fresh_server, alyx_client_kind, tmp_path,
+                                                                     monkeypatch):
+    """Alyx accepts connections and never answers: a report gives up on the report timeout
+    (ONE sends no timeout of its own), within the report's retries, and marks the store down;
+    later reports, a job's included, open no connection at all."""
+    server = alyx_fresh_server
+    monkeypatch.setenv("HPCPIPE_ALYX_REPORT_TIMEOUT", "0.5")
+    admin = admin_client(server)
+    _, eid = make_session(admin, tmp_path / "data", "HUNG01")
+    kind_client = client_for(alyx_client_kind, server, tmp_path / "one-cache", retries=5, retry_budget=60.0)
+    store = AlyxStore(kind_client)
+    rec = store.create_task({"name": "T", "session": eid, "status": "Waiting", "arguments": {}})
+    server.stop()
+    with HangingServer(server.port) as hung:
+        assert outbox.deliver(store, "update_task", task_id=rec["id"], status="Started") is None
+        first = hung.accepted
+        # one connection per attempt: hpcpipe's client retries an idempotent PATCH once; ONE never retries
+        assert first == (2 if alyx_client_kind == "hpcpipe" else 1)
+        assert health.is_down(outbox.store_key(store))
+        assert outbox.deliver(store, "update_task", task_id=rec["id"], status="Complete") is None
+        health._down.clear()  # a job process on this home: the mark file tells it
+        job = RunFolderStore(tmp_path / "run", session_entry(eid, str(tmp_path), [rec]), rec["id"], upstream=store)
+        job.update_task(rec["id"], status="Started")
+        job.finish("Complete", 0)
+        # and a report that reaches the store's own request path anyway is refused there
+        with health.reporting(store), pytest.raises(health.MarkedDown):
+            store.get_task(rec["id"])
+        assert hung.accepted == first
+    server.start()
+    assert outbox.sync(store) == 2
     assert store.get_task(rec["id"])["status"] == "Complete"

@@ -107,3 +107,57 @@ class AlyxServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class HangingServer:
+    """A peer that accepts connections on ``port`` and never answers (a hung Alyx: the process
+    is alive, its socket takes the request, no response ever comes). Unlike a stopped server, a
+    request to it fails only on the client's read timeout, or never."""
+
+    def __init__(self, port: int):
+        import socket
+        import threading
+
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        deadline = time.monotonic() + 20
+        while True:  # a stopped server's socket may hold the port for a moment
+            try:
+                self._sock.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self._sock.listen(64)
+        self._held: list = []  # accepted connections, kept open and unanswered
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # closed
+                return
+            self._held.append(conn)
+            self.accepted += 1
+
+    def close(self) -> None:
+        import socket
+
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        for conn in self._held:
+            conn.close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "HangingServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
