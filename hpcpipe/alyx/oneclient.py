@@ -15,7 +15,6 @@ are left as ONE makes them.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import functools
 import threading
 import time
@@ -94,6 +93,8 @@ def _within(reqfunction: Callable, limits: Limits) -> Callable:
     budget raises (``requests.HTTPError``, which the store maps to ``AlyxUnreachable``)."""
     import requests
 
+    from .client import AlyxClient
+
     started = time.monotonic()
     attempts = 0
 
@@ -104,23 +105,13 @@ def _within(reqfunction: Callable, limits: Limits) -> Callable:
         kwargs["timeout"] = limits.timeout
         resp = reqfunction(url, **kwargs)
         if resp.status_code in (429, 503):
-            wait = _retry_after(resp.headers.get("Retry-After"))
+            wait = AlyxClient._retry_after(resp) or 0.0
             if attempts > limits.retries or time.monotonic() - started + wait > limits.budget:
                 raise requests.HTTPError(f"{resp.status_code} after {attempts} attempt(s); retry budget "
                                          f"{limits.retries} retries / {limits.budget:g}s", response=resp)
         return resp
 
     return send
-
-
-def _retry_after(raw: str | None) -> float:
-    if not raw:
-        return 0.0
-    try:
-        return max(float(raw), 0.0)
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(raw)
-        return max(when.timestamp() - time.time(), 0.0) if when else 0.0
 
 
 def one_from_config() -> Any:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -54,7 +53,7 @@ def submit(env: dict, session: Path, stop_when_started=None,
     """One ``hpcpipe submit`` from the shell: wall seconds, CPU seconds of its whole process tree
     (the submitter and the task processes it waited for), and the finished process (with
     ``verbose``, its ``--verbose`` log, each line stamped with the seconds since the start)."""
-    t0, cpu0 = time.monotonic(), _children_cpu()
+    t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "hpcpipe.cli"] + (["--verbose"] if verbose else [])
                             + ["submit", "--session", str(session), "--pipeline", PIPELINE], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -67,18 +66,16 @@ def submit(env: dict, session: Path, stop_when_started=None,
                                                               for line in proc.stderr), daemon=True)
     reader.start()
     out = proc.stdout.read()
-    proc.wait(timeout=1800)
+    # this process's own rusage: the submitter and the task processes it waited for (not the
+    # Alyx server, which the outage run's stop reaps meanwhile)
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     reader.join()
     err = "".join(err_lines)
-    wall, cpu = time.monotonic() - t0, _children_cpu() - cpu0
+    wall, cpu = time.monotonic() - t0, ru.ru_utime + ru.ru_stime
     if watcher is not None:
         watcher.join()
     return wall, cpu, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def _children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
 
 
 def state(client, eid: str) -> dict:

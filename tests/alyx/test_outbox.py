@@ -200,3 +200,20 @@ def test_a_hung_alyx_costs_one_timeout_then_reports_make_no_request(alyx_fresh_s
     server.start()
     assert outbox.sync(store) == 2
     assert store.get_task(rec["id"])["status"] == "Complete"
+
+
+def test_a_503_storm_keeps_to_the_report_budget(alyx_fresh_server, alyx_client_kind, tmp_path):
+    """A proxy answering 503 (Alyx's app down behind it): ONE alone would retry 8 times with
+    growing jitter; a report through either client tries once more, then is queued."""
+    server = alyx_fresh_server
+    admin = admin_client(server)
+    _, eid = make_session(admin, tmp_path / "data", "BUSY01")
+    store = AlyxStore(client_for(alyx_client_kind, server, tmp_path / "one-cache", retries=5, retry_budget=60.0))
+    rec = store.create_task({"name": "T", "session": eid, "status": "Waiting", "arguments": {}})
+    server.fault(path="^tasks/", method="PATCH", status=503, body="<h1>Service Unavailable</h1>", times=20)
+    server.stats(reset=True)
+    assert outbox.deliver(store, "update_task", task_id=rec["id"], status="Started") is None
+    assert server.stats()["PATCH tasks"] == 2  # a report's one retry
+    assert health.is_down(outbox.store_key(store))
+    server.fault(clear=True)
+    assert outbox.sync(store) == 1 and store.get_task(rec["id"])["status"] == "Started"
