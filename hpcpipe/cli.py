@@ -446,6 +446,12 @@ def cmd_sync(args) -> int:
     store, ledger = open_store(), _ledger()
     replayed = outbox.sync(store, force=True)
     _slurm_refresh(store, ledger)
+    from . import recorder
+
+    for run_dir, missing in recorder.resume(store, ledger.run_dirs()).items():
+        print(f"records of {Path(run_dir).name}: " + ("a recorder is at work on them" if missing is None else
+                                                       f"{missing} still missing" if missing else "all made"))
+    _slurm_refresh(store, ledger)  # the records just made: the ledger takes their ids
     print(f"replayed {replayed} report(s); {len(outbox.pending(store))} still queued")
     return 0
 
@@ -505,8 +511,10 @@ def cmd_backfill(args) -> int:
     backend = _backend(args, store, ledger, paths)
     _prepare_slurm(store, ledger, backend, args.dry_run or bool(args.emit))
     statuses = ["Waiting"] + check_statuses(args.rerun)
+    defer = _defer_records(args, store, backend)
     plans = _plan_each(pipelines, refs, store, ledger, statuses=statuses, names=args.task,
-                       dry_run=args.dry_run, rerun_statuses=args.rerun, live_backend="slurm")
+                       dry_run=args.dry_run, rerun_statuses=args.rerun, live_backend="slurm",
+                       defer_records=defer)
     _apply_resources(args, plans, store, backend)
     if not any(plans):
         print("nothing to submit")
@@ -520,12 +528,35 @@ def cmd_backfill(args) -> int:
         print(f"\rsubmitting [{bar:<30}] chunk {done}/{total}", end="\n" if done == total else "",
               file=sys.stderr, flush=True)
 
-    report = backend.backfill(plans, run.id, throttle=args.throttle, dry_run=args.dry_run, progress=progress)
+    report = backend.backfill(plans, run.id, throttle=args.throttle, dry_run=args.dry_run, progress=progress,
+                              deferred=defer)
     if args.dry_run:
         print("\n".join(report.commands))
         print(f"dry run: scripts written to {report.run_dir}/scripts; nothing submitted")
     print(f"{len(paths)} session(s): " + report.summary())
+    if defer:
+        from . import recorder
+
+        todo = sum(recorder.is_provisional(t["id"]) for p in plans if p is not None for t in p.deck)
+        if config.get("alyx", "background_recorder", True):
+            pid = recorder.spawn(report.run_dir)
+            print(f"recording {todo} task(s) on Alyx in the background (pid {pid}, log {report.run_dir}/logs/"
+                  f"recorder.log); jobs that start first make their own; `hpcpipe sync` resumes it if it stops")
+        else:
+            print(f"{todo} task record(s) to make on Alyx: each job makes its own as it starts; "
+                  "`hpcpipe sync` makes the others")
     return 0
+
+
+def _defer_records(args, store, backend) -> bool:
+    """Whether a backfill queues first and makes its records afterwards (``hpcpipe.recorder``):
+    on Alyx (no bulk create, a throttle), submitting from this machine (the recorder and the jobs
+    share the run folder), unless ``[alyx] defer_records = false``."""
+    from .slurm.transport import LocalTransport
+
+    return (getattr(store, "kind", "") == "alyx" and not args.dry_run and not _packed(args)
+            and isinstance(backend.transport, LocalTransport)
+            and bool(config.get("alyx", "defer_records", True)))
 
 
 def cmd_cancel(args) -> int:

@@ -160,6 +160,22 @@ class Ledger:
         self._db.execute("UPDATE jobs SET job_id=?, state='PENDING', updated=? WHERE run_id=? AND job_id=?",
                          (str(job_id), _now(), run_id, placeholder))
 
+    def rename_tasks(self, renames: Iterable[tuple[str, str, str]]) -> None:
+        """``(provisional id, run_id, store id)``: a backfill's task got its store record
+        (``hpcpipe.recorder``); its job rows take the store's id."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany("UPDATE jobs SET task_id=? WHERE task_id=? AND run_id=?",
+                                 [(new, old, run) for old, run, new in renames])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def run_dirs(self) -> list[str]:
+        """Every run folder the ledger knows (``hpcpipe sync`` resumes their recorders)."""
+        return [r[0] for r in self._db.execute("SELECT DISTINCT run_dir FROM jobs WHERE run_dir IS NOT NULL")]
+
     def unfolded(self) -> list[JobRecord]:
         """Jobs with a run folder whose result may still bring news."""
         return self._select("run_dir IS NOT NULL AND folded = 0")

@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config
+from . import config, recorder
 from .ledger import Ledger
 from .pipeline import Pipeline, graph_template, record_existing
 from .pipelines import find_pipeline
@@ -114,13 +114,17 @@ def session_templates(refs: list[SessionRef], classes: list[type[Pipeline]], sto
 
 def plan_sessions(sessions: list[Path | str], pipeline: str, store: TaskStore, ledger: Ledger,
                   statuses=(WAITING,), names=None, dry_run: bool = False, rerun_statuses=None,
-                  live_backend: str | None = None) -> list[Plan]:
+                  live_backend: str | None = None, defer_records: bool = False) -> list[Plan]:
     """Record (unless dry) and plan each session; Held decisions are saved (unless dry).
 
     Every session path and the pipeline are checked before the first record is written. A
     session with none of the pipeline's tasks yet (a backfill's usual case) gets the template's
     records and plan stamped (Held ones created Held), in a few statements for all of them; a
     session with records goes through the general rules (``record_existing``, ``plan_session``).
+
+    ``defer_records``: the stamped records get provisional ids and nothing is written; they are
+    made after queueing (``hpcpipe.recorder``). A session still queued by such a backfill
+    (live jobs with provisional ids) is not planned again.
     """
     statuses = check_statuses(statuses)
     rerun_statuses = check_statuses(rerun_statuses)
@@ -128,6 +132,7 @@ def plan_sessions(sessions: list[Path | str], pipeline: str, store: TaskStore, l
     refs = parse_session_paths(sessions)  # every path checked, in one pass
     templates = session_templates(refs, [cls] * len(refs), store)
     live = {j.task_id: j for j in ledger.live(live_backend)} if live_backend else {}
+    queued = {j.session for j in live.values() if recorder.is_provisional(j.task_id)}
     plans: list[Plan | None] = [None] * len(refs)
     with store.batch():
         eids = store.session_ids(refs, create=not dry_run)
@@ -139,11 +144,16 @@ def plan_sessions(sessions: list[Path | str], pipeline: str, store: TaskStore, l
             graph = template[0]["graph"] if template else None
             known = [eids[k] for k in ks if eids[k] is not None]
             existing = store.tasks_by_session(known, graph) if known else {}
+            for k in [k for k in ks if eids[k] in queued]:
+                plans[k] = Plan(eids[k], refs[k].path)
+                _logger.info("%s: still queued by a backfill whose records are being made; not planned again",
+                             refs[k].short)
+            ks = [k for k in ks if eids[k] not in queued]
             fresh = [k for k in ks if not existing.get(eids[k])]
             recorded = [k for k in ks if existing.get(eids[k])]
             if fresh and not dry_run:
                 _stamp(store, template, [eids[k] for k in fresh], [refs[k] for k in fresh], statuses, names,
-                       plans, fresh)
+                       plans, fresh, defer_records)
             if dry_run:
                 for k in ks:
                     eid, deck = dry_deck(template, eids[k], existing.get(eids[k], []), rerun_statuses)
@@ -161,13 +171,15 @@ def plan_sessions(sessions: list[Path | str], pipeline: str, store: TaskStore, l
 
 
 def _stamp(store: TaskStore, template: list[dict], eids: list[str], refs: list[SessionRef], statuses, names,
-           plans: list, where: list[int]) -> None:
+           plans: list, where: list[int], defer: bool = False) -> None:
     """Record and plan sessions with none of the template's tasks: the plan is made once on the
-    template, its Held tasks are created Held, and both are stamped on every session."""
+    template, its Held tasks are created Held, and both are stamped on every session (``defer``:
+    with provisional ids, nothing written)."""
     tplan = plan_template(template, statuses, names)
     held = {task["name"] for task, _ in tplan.held}
     for task, reason in tplan.held:
         _logger.info("%s held in %d session(s): %s", task["name"], len(eids), reason)
     stamped = [dict(item, status=HELD) if item["name"] in held else item for item in template]
-    for k, eid, ref, records in zip(where, eids, refs, store.stamp_tasks(stamped, eids)):
+    made = recorder.stamp(stamped, eids) if defer else store.stamp_tasks(stamped, eids)
+    for k, eid, ref, records in zip(where, eids, refs, made):
         plans[k] = stamp_plan(tplan, records, eid, ref.path)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import BadInput, NotFound
+from ..errors import BadInput
 from ..session import parse_session_path
 from . import register as reg
 
@@ -57,16 +57,14 @@ def find_missing(store: Any, sessions: Iterable[Path | str], tasks: Iterable[Any
     """Everything the pipeline's ``tasks`` need on the store's Alyx for ``sessions``."""
     missing: list[Missing] = []
     labs = {lab["name"] for lab in store.rest("labs", "list")}
-    for path in sessions:
-        ref = parse_session_path(path, must_exist=False)
+    refs = [parse_session_path(path, must_exist=False) for path in sessions]
+    known = store.session_ids(refs)  # a few requests for all (a backfill's thousands), then cached
+    for ref, eid in zip(refs, known):
         if ref.lab and ref.lab not in labs and not any(m.kind == "lab" and m.name == ref.lab for m in missing):
             missing.append(Missing("lab", ref.lab, f"session {ref.short}",
                                    f'an administrator creates it: POST /labs {{"name": "{ref.lab}"}}'))
-        try:
-            store.session_id(ref.path)
+        if eid is not None:
             continue
-        except NotFound:
-            pass
         lab_ok = ref.lab is None or ref.lab in labs  # a session or subject needs its lab first
         if not store.rest("subjects", "list", nickname=ref.subject) and \
                 not any(m.kind == "subject" and m.name == ref.subject for m in missing):

@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                 upstream = open_store()
             except Unreachable as exc:  # every report then waits in the result file
                 _logger.warning("task store unreachable at start: %s", exc)
+        if upstream is not None:
+            entry = _claim(upstream, run_dir, entry, args.task_name)
+            tdict = next(t for t in entry["tasks"] if t["name"] == args.task_name)
         task_id = tdict["id"]
         store = RunFolderStore(run_dir, entry, task_id, upstream, job=job_info(), guard=guard)
         tdict = store.get_task(task_id)  # a requeued attempt sees what the last one recorded
@@ -172,6 +175,22 @@ def main(argv: list[str] | None = None) -> int:
         store.finish(status, code)
     _logger.info("task %s ended %s (exit %d)", tdict["name"], status, code)
     return code
+
+
+def _claim(upstream, run_dir: Path, entry: dict, task_name: str) -> dict:
+    """A backfill whose records are made after queueing (``hpcpipe.recorder``): the entry with
+    store ids, this task's record made now if the recorder has not reached it. A store that
+    cannot be reached leaves the provisional ids: reports wait in the result file."""
+    from ..errors import Unreachable
+    from ..recorder import claim, is_provisional
+
+    if not any(is_provisional(t["id"]) for t in entry["tasks"]):
+        return entry
+    try:
+        return claim(upstream, run_dir, entry, task_name)
+    except Unreachable as exc:
+        _logger.warning("task record not made on the store now: %s", exc)
+        return entry
 
 
 def _failed_early(store, task_id: str, text: str) -> str:

@@ -254,7 +254,8 @@ class RunFolderStore(TaskStore):
         Nothing is sent while the store is marked down (``health``); the first failure marks
         it. The Started report goes in the background, so the task's work never waits on it.
         """
-        if self.upstream is not None:
+        # a task whose record is not made yet (``hpcpipe.recorder``) has nothing upstream to update
+        if self.upstream is not None and not str(payload.get("task_id", "")).startswith("new-"):
             self._settle_inflight()
             key = outbox.store_key(self.upstream)
             if not health.is_down(key):

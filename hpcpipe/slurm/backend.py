@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .. import config
+from .. import config, recorder
 from ..errors import BackendError, BadInput
 from ..jobside import reasons, runfolder
 from ..jobside.outcome import pending, swept, warn_signal
@@ -243,11 +243,17 @@ class SlurmBackend:
 
     # ------------------------------------------------------------------ arrays
     def backfill(self, plans: list[Plan], run_id: str, throttle: int | None = None, dry_run: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> SubmitReport:
-        """One array per task type per chunk; aftercorr between arrays of a chunk."""
+                 progress: Callable[[int, int], None] | None = None, deferred: bool = False) -> SubmitReport:
+        """One array per task type per chunk; aftercorr between arrays of a chunk.
+
+        ``deferred``: the plans' new records carry provisional ids, made after queueing
+        (``hpcpipe.recorder``); the run folder gets the ``records/`` folder their ids go to."""
         t0 = time.perf_counter()
         run_dir = f"{self.run_root}/{run_id}"
         report = SubmitReport(run_id, run_dir)
+        # sessions with nothing to run still have records to make (Held, or not asked for)
+        unqueued = [p for p in plans if deferred and not p.items and
+                    any(recorder.is_provisional(t["id"]) for t in p.deck)]
         plans = [p for p in plans if p.items]
         self._set_binds(plans, run_dir)
         try:
@@ -266,8 +272,12 @@ class SlurmBackend:
                     for chunk in chunks for plan in chunk for item in plan.items}
         self._check_or_warn([self._spec(run_id, run_dir, task, ["true"], "x") for task in distinct.values()],
                             dry_run)
-        self._write_run(run_id, run_dir, {f"c{k}": {i: self._entry(p) for i, p in enumerate(chunk)}
-                                          for k, chunk in enumerate(chunks)})
+        files = {f"c{k}": {i: self._entry(p) for i, p in enumerate(chunk)} for k, chunk in enumerate(chunks)}
+        if deferred:
+            self.transport.makedirs(f"{run_dir}/{recorder.RECORDS}")
+            if unqueued:  # no job reads it: the recorder's to-do list only
+                files["unqueued"] = {i: self._entry(p) for i, p in enumerate(unqueued)}
+        self._write_run(run_id, run_dir, files)
         dry = _DryIds() if dry_run else None
         for k, chunk in enumerate(chunks):
             self._submit_chunk(report, run_id, run_dir, f"c{k}", chunk, throttle, dry)
@@ -441,6 +451,7 @@ class SlurmBackend:
         mine = lambda j: j.backend == BACKEND and j.remote == self.remote  # noqa: E731
         self._adopt([j for j in self.ledger.live(BACKEND) if j.state == EMITTED and j.remote == self.remote])
         jobs = [j for j in self.ledger.unfolded() if mine(j)]
+        self._adopt_records(jobs)
         texts = [(j, self.transport.read_file(str(runfolder.result_path(j.run_dir, j.task_id)))) for j in jobs]
         folded = runfolder.fold(self.store, [(j.task_id, t, j.folded_ops) for j, t in texts])
         self.ledger.set_folded([(j.task_id, j.run_id, *folded[j.task_id]) for j in jobs if j.task_id in folded])
@@ -470,6 +481,48 @@ class SlurmBackend:
         return {"folded": len(folded), "queries": watcher.queries, "swept": swept,
                 "states": {j.task_id: states[j.backend_id] for j in live if j.backend_id in states}}
 
+    def _adopt_records(self, jobs: list) -> None:
+        """Jobs of a backfill whose records are made after queueing (``hpcpipe.recorder``) take
+        their store ids as soon as the recorder or the job wrote them; a job that ended with its
+        reports kept under its provisional id gets its record made now, and its result file
+        follows. The rows are renamed in the ledger and in ``jobs``."""
+        pending = [j for j in jobs if recorder.is_provisional(j.task_id)]
+        by_run: dict[str, list] = defaultdict(list)
+        for j in pending:
+            by_run[j.run_dir].append(j)
+        renames = []
+        for run_dir, rows in by_run.items():
+            known = recorder.known_ids(run_dir, [j.task_id for j in rows])
+            reported = [j.task_id for j in rows if j.task_id not in known
+                        and runfolder.result_path(run_dir, j.task_id).exists()]
+            if reported:
+                known.update(self._record_now(run_dir, reported))
+                for tid in reported:
+                    if tid in known:
+                        recorder.adopt_result(run_dir, tid, known)
+            for j in rows:
+                if j.task_id in known:
+                    renames.append((j.task_id, j.run_id, known[j.task_id]))
+                    j.task_id = known[j.task_id]
+        if renames:
+            self.ledger.rename_tasks(renames)
+
+    def _record_now(self, run_dir: str, ids: list[str]) -> dict[str, str]:
+        """Make these tasks' records (and their ancestors') now, unpaced: the sweep needs them."""
+        recorder.Recorder(self.store, run_dir, rate=0).run(only=set(ids))
+        return recorder.known_ids(run_dir, ids)
+
+    def _recorded(self, job) -> None:
+        """A job the sweep closes must have a record to write to."""
+        if recorder.is_provisional(job.task_id):
+            old = job.task_id
+            known = self._record_now(job.run_dir, [old])
+            if old not in known:
+                raise BackendError(f"task {job.task_name} of run {job.run_id} has no record on the store yet "
+                                   "and none could be made now; run `hpcpipe sync` again later")
+            self.ledger.rename_tasks([(old, job.run_id, known[old])])
+            job.task_id = known[old]
+
     def _adopt(self, emitted: list) -> None:
         """Hand-submitted scripts: a pack engine that started wrote its SLURM job id into the run
         folder (``packs/<name>.job``); its tasks' ledger rows take that id."""
@@ -498,6 +551,7 @@ class SlurmBackend:
         if done and done[1]:
             self.ledger.set_folded([(job.task_id, job.run_id, done[0], True)])
             return 0
+        self._recorded(job)
         task = self.store.get_task(job.task_id)
         if self._packed(job.run_dir) and not (runfolder.read_result(text) or {}).get("ops"):
             # its allocation ended before its turn: nothing ran, nothing is wrong with the task
@@ -515,6 +569,7 @@ class SlurmBackend:
         """A pending job whose task needs a record: requeued (Waiting) or never startable (Held)."""
         if pending(st, None) is None:
             return 0
+        self._recorded(job)
         task = self.store.get_task(job.task_id)
         found = pending(st, task["status"])
         if found is None:

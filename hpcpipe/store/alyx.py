@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, ContextManager, Iterable, Iterator
+from typing import Any, ContextManager, Iterable, Iterator, Sequence
 
 from .. import config
 from ..alyx import oneclient
@@ -35,12 +35,14 @@ from ..alyx import register as reg
 from ..alyx.client import PAGE_LIMIT, AlyxClient, AlyxError, AlyxNotFound, AlyxServerError, AlyxUnreachable, error_detail
 from ..alyx.params import url_key
 from ..errors import BadInput, Conflict, NotFound, StoreError, Unreachable
-from ..session import parse_session_path
+from ..session import SessionRef, parse_session_path
 from ..status import ALYX_INT, check_statuses
 from . import health
 from .base import SMALLINT_FIELDS, TASK_FIELDS, TaskStore, check_fields
 
 _logger = logging.getLogger(__name__)
+#: sessions named in one task listing (36 characters and quotes each: the URL stays under 4 KB)
+SESSIONS_PER_QUERY = 80
 CHAR_LIMITS = {"name": 64, "executable": 128, "graph": 64, "version": 64}
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 #: seconds a fetched /dataset-types + /data-formats catalogue is trusted
@@ -269,6 +271,47 @@ class AlyxStore(TaskStore):
         self._remember_path(eid, ref.path)
         return eid
 
+    def session_ids(self, refs: Sequence[SessionRef], create: bool = False) -> list[str | None]:
+        """The eids of many sessions in a few requests: one ``/sessions?date_range=first,last``
+        listing (per lab when the paths name one; paginated by 1,000), matched here by subject,
+        date and number with ``session_id``'s rules (several matches: ``Conflict``; none:
+        ``NotFound`` when ``create``, else ``None``). A backfill of 1,000 sessions spends 1 or 2
+        requests here, not 1,000 (Alyx allows about 550 a minute)."""
+        todo = [ref for ref in refs if ref.short not in self._eids]
+        by_lab: dict[str | None, list[SessionRef]] = {}
+        for ref in todo:
+            by_lab.setdefault(ref.lab, []).append(ref)
+        found: dict[tuple[str, str, int], list[dict]] = {}
+        for lab, group in by_lab.items():
+            dates = [ref.date for ref in group]
+            query: dict[str, Any] = {"date_range": f"{min(dates)},{max(dates)}"}
+            if lab:
+                query["lab"] = lab
+            for row in self._rest("sessions", "list", **query):
+                key = (str(row.get("subject", "")).lower(), str(row.get("start_time", ""))[:10], row.get("number"))
+                found.setdefault(key, []).append(row)
+        out: list[str | None] = []
+        for ref in refs:
+            if ref.short in self._eids:
+                out.append(self._eids[ref.short])
+                continue
+            rows = found.get((ref.subject.lower(), ref.date, ref.number), [])
+            if len(rows) > 1 and ref.lab:
+                rows = [r for r in rows if r.get("lab") == ref.lab] or rows
+            if len(rows) != 1:
+                if rows or create:
+                    self.session_id(ref.path)  # the single lookup raises its own clear error
+                out.append(None)
+                continue
+            self._eids[ref.short] = rows[0]["id"]
+            self._paths[rows[0]["id"]] = str(ref.path)
+            out.append(rows[0]["id"])
+        fresh = {eid: self._paths[eid] for eid in out if eid is not None}
+        paths = self._load_json("sessions.json")
+        if any(paths.get(eid) != path for eid, path in fresh.items()):
+            self._save_json("sessions.json", {**paths, **fresh})  # one write for the lot
+        return out
+
     def _remember_path(self, eid: str, path: Path) -> None:
         if self._paths.get(eid) == str(path):
             return
@@ -340,6 +383,24 @@ class AlyxStore(TaskStore):
         if statuses:  # belt and braces: a server ignoring the filter must not widen the answer
             rows = [r for r in rows if r["status"] in statuses]
         return rows
+
+    def tasks_by_session(self, sessions: Sequence[str], graph: str | None = None) -> dict[str, list[dict]]:
+        """Tasks of many sessions in one paginated ``/tasks?django=session__in,[...]`` listing
+        per ``SESSIONS_PER_QUERY`` sessions (Alyx evaluates the bracketed list; quoted ids keep
+        it a list of strings), so the query string stays under the 4 KB request line of
+        common servers."""
+        out: dict[str, list[dict]] = {s: [] for s in sessions}
+        ids = list(out)
+        for i in range(0, len(ids), SESSIONS_PER_QUERY):
+            chunk = ids[i:i + SESSIONS_PER_QUERY]
+            filters: dict[str, Any] = {"django": "session__in,[" + ",".join(f"'{s}'" for s in chunk) + "]"}
+            if graph is not None:
+                filters["graph"] = graph
+            for row in self._rest("tasks", "list", **filters):
+                rec = self._record(row)
+                if rec["session"] in out:
+                    out[rec["session"]].append(rec)
+        return out
 
     def get_task(self, task_id: str) -> dict:
         try:

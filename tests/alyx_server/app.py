@@ -236,6 +236,7 @@ class AlyxTestServer:
         while hist and hist[-1] <= t - self.throttle_period:
             hist.pop()
         if len(hist) >= self.throttle_num:
+            self.stats["throttled 429"] += 1
             remaining = self.throttle_period - (t - hist[-1])
             wait = math.ceil(remaining / max(self.throttle_num - len(hist) + 1, 1))
             raise ApiError(429, {"detail": f"Request was throttled. Expected available in "
