@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.alyx_server import PASSWORD, USERNAME
-from tests.alyx_server.fixtures import alyx_client_kind, alyx_fresh_server  # noqa: F401
 from tests.alyx_server.fixtures import admin_client, make_session
 from tests.cliutil import run_hpcpipe
 
