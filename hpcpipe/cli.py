@@ -56,6 +56,8 @@ def _pipeline_name(args, store, session_path: Path) -> str:
 def _pipelines(args, store, sessions) -> dict[str, list[int]]:
     """Each session's pipeline (one submit or backfill may cover several): session indices by
     pipeline name, every session resolved before anything is recorded."""
+    if getattr(args, "pipeline", None):  # named once for all: nothing to resolve per session
+        return {args.pipeline: list(range(len(sessions)))}
     by_pipeline: dict[str, list[int]] = {}
     for k, path in enumerate(sessions):
         by_pipeline.setdefault(_pipeline_name(args, store, path), []).append(k)

@@ -31,6 +31,9 @@ CREATE INDEX IF NOT EXISTS jobs_job ON jobs(backend, job_id);
 #: columns added since the first schema, for ``Ledger._migrate``
 _ADDED_COLUMNS = (("run_dir", "TEXT"), ("folded_ops", "INTEGER NOT NULL DEFAULT 0"),
                   ("folded", "INTEGER NOT NULL DEFAULT 0"), ("remote", "TEXT"))
+#: the columns ``Ledger.record`` writes
+_RECORD_COLUMNS = ("task_id", "session", "task_name", "run_id", "backend", "job_id", "array_index", "state",
+                   "reason", "run_dir", "remote")
 #: Backend states after which a job will never run again.
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                           "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED", "EXITED", "KILLED", "LOST"})
@@ -103,25 +106,31 @@ class Ledger:
 
     def record(self, jobs: Iterable[dict]) -> None:
         """Insert or replace job rows (keys of ``JobRecord``; state defaults to SUBMITTED)."""
-        now = _now()
-        names = ("task_id", "session", "task_name", "run_id", "backend", "job_id", "array_index", "state",
-                 "reason", "run_dir", "remote")
         rows = [(j["task_id"], j.get("session"), j.get("task_name"), j["run_id"], j["backend"],
                  str(j["job_id"]), j.get("array_index"), j.get("state", "SUBMITTED"), j.get("reason"),
                  j.get("run_dir"), j.get("remote")) for j in jobs]
         if not rows:
             return
-        # one statement for all the rows (a backfill's 60,000 array elements): a column with one
-        # value in every row (the run, the array, the state...) is bound once, the others are
-        # read by SQLite from one JSON parameter, instead of Python binding 15 values per row
-        columns = list(zip(*rows))
+        columns = dict(zip(_RECORD_COLUMNS, zip(*rows)))
         # the task id always varies (one JSON row per job, even for a single row)
-        same = [False] + [c.count(c[0]) == len(c) for c in columns[1:]]
-        varying = [i for i in range(len(names)) if not same[i]]
-        values = [f":{names[i]}" if same[i] else f"json_extract(value, '$[{varying.index(i)}]')"
-                  for i in range(len(names))]
-        params = {"now": now, "rows": json.dumps(list(zip(*(columns[i] for i in varying)))),
-                  **{names[i]: rows[0][i] for i in range(len(names)) if same[i]}}
+        same = {n: c[0] for n, c in columns.items() if n != "task_id" and c.count(c[0]) == len(c)}
+        self._insert(same, {n: c for n, c in columns.items() if n not in same})
+
+    def record_array(self, common: dict, task_ids: list[str], sessions: list, indices: list[int]) -> None:
+        """``record`` for the elements of one array: ``common`` holds what every row shares (run,
+        job id, task name, state...), the three lists what differs, so nothing is built per row."""
+        varying = {"task_id": task_ids, "session": sessions, "array_index": indices}
+        same = {n: common.get(n) for n in _RECORD_COLUMNS if n not in varying}
+        same["job_id"], same["state"] = str(same["job_id"]), same["state"] or "SUBMITTED"
+        self._insert(same, varying)
+
+    def _insert(self, same: dict, varying: dict) -> None:
+        """One statement for all the rows (a backfill's 60,000 array elements): a column with one
+        value in every row (the run, the array, the state...) is bound once, the others are read
+        by SQLite from one JSON parameter, instead of Python binding 15 values per row."""
+        names = [*same, *varying]
+        values = [f":{n}" for n in same] + [f"json_extract(value, '$[{k}]')" for k in range(len(varying))]
+        params = {"now": _now(), "rows": json.dumps(list(zip(*varying.values()))), **same}
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(names)}, submitted, updated, folded_ops, "

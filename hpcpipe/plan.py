@@ -47,6 +47,9 @@ class Plan:
     deck: list[dict] = field(default_factory=list)
     #: a template plan's items and held tasks by position in the deck (``stamp_plan``)
     stamp: tuple | None = field(default=None, repr=False)
+    #: the template plan this one was stamped from: plans sharing it have the same items, parents
+    #: and resources, so a backend may treat them per task type rather than per task
+    origin: "Plan | None" = field(default=None, repr=False)
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -142,4 +145,4 @@ def stamp_plan(template_plan: Plan, records: list[dict], session: str, session_p
     items, held = spec
     return Plan(session, session_path, [PlanItem(records[j], [records[p]["id"] for p in parents])
                                         for j, parents in items],
-                [(records[j], why) for j, why in held], deck=records)
+                [(records[j], why) for j, why in held], deck=records, origin=template_plan)

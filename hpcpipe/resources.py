@@ -214,6 +214,7 @@ def apply(plans, store, where_for, dry_run: bool = False, keep: dict[str, set[st
             text = ", ".join(f"{k} {task.get(k)} -> {v}" for k, v in changes.items())
             line = f"[hpcpipe:RESOURCES] from {path} ({found.get('runs')} run(s)): {text}"
             task.update(changes)
+            plan.origin = None  # its resources are no longer the template's
             if not dry_run and not item.id.startswith("new-"):  # a record made later takes the new values as they are
                 current = store.get_task(item.id)
                 log = current.get("log") or ""

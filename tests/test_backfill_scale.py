@@ -174,3 +174,20 @@ def test_ledger_records_an_array_in_one_statement(tmp_path):
     assert (jobs["other"].job_id, jobs["other"].remote, jobs["t7"].remote) == ("43", "hpc", None)
     ledger.record([dict(rows[0], run_id="one")])  # a single row: every value is shared
     assert [j.task_id for j in ledger.run("one")] == ["t0"]
+
+
+def test_chunk_file_of_stamped_sessions_works_out_their_types_once(stores, tmp_path):
+    store, ledger = stores
+    plans = plan_sessions(sessions(tmp_path, 30), PIPELINE, store, ledger)
+    assert all(p.origin is plans[0].origin is not None for p in plans)
+    plain = {i: runfolder.session_entry(p.session, str(p.session_path), p.deck) for i, p in enumerate(plans)}
+    hinted = {i: dict(e, origin=plans[i].origin) for i, e in plain.items()}
+    keyed = []
+    real = runfolder._SHARED
+    runfolder._SHARED = type("Counting", (tuple,), {"__iter__": lambda self: (keyed.append(1), iter(real))[1]})(real)
+    try:
+        text = runfolder.sessions_json(hinted)
+    finally:
+        runfolder._SHARED = real
+    assert text == runfolder.sessions_json(plain)
+    assert len(keyed) == 6  # the six task types of the first session, none afterwards

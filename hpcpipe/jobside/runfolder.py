@@ -79,18 +79,29 @@ def sessions_json(entries: dict[int, dict]) -> str:
     """
     types: dict[tuple, int] = {}
     fields: list[dict] = []
+    shapes: dict[int, list[int]] = {}  # the type of each deck position, per template plan
     sessions = {}
+
+    def type_of(task: dict) -> int:
+        # records of one type share their arguments dict (stamped): its id() keys the type
+        key = (*map(task.get, _SHARED), id(task.get("arguments")))
+        index = types.get(key)
+        if index is None:
+            index = types[key] = len(fields)
+            fields.append({k: task.get(k) for k in _TYPE_FIELDS})
+        return index
+
     for i, entry in entries.items():
-        rows = []
-        for task in entry["tasks"]:
-            # records of one type share their arguments dict (stamped): its id() keys the type
-            key = (*map(task.get, _SHARED), id(task.get("arguments")))
-            index = types.get(key)
-            if index is None:
-                index = types[key] = len(fields)
-                fields.append({k: task.get(k) for k in _TYPE_FIELDS})
-            rows.append((index, task["id"], task["status"], task["parents"]))
-        sessions[str(i)] = {"eid": entry["eid"], "path": entry["path"], "tasks": rows}
+        tasks = entry["tasks"]
+        # sessions stamped from one template plan (``origin``) have the same types, in order
+        origin = entry.get("origin")
+        kinds = shapes.get(id(origin)) if origin is not None else None
+        if kinds is None or len(kinds) != len(tasks):
+            kinds = [type_of(task) for task in tasks]
+            if origin is not None:
+                shapes[id(origin)] = kinds
+        sessions[str(i)] = {"eid": entry["eid"], "path": entry["path"],
+                            "tasks": [(k, t["id"], t["status"], t["parents"]) for k, t in zip(kinds, tasks)]}
     return json.dumps({"types": fields, "sessions": sessions})
 
 

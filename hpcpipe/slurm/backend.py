@@ -180,7 +180,10 @@ class SlurmBackend:
             self.transport.write_file(f"{run_dir}/sessions/{chunk}.json", runfolder.sessions_json(entries))
 
     def _entry(self, plan: Plan) -> dict:
-        return runfolder.session_entry(plan.session, self.map_path(str(plan.session_path)), plan.deck)
+        entry = runfolder.session_entry(plan.session, self.map_path(str(plan.session_path)), plan.deck)
+        if plan.origin is not None:  # the chunk file then works out its task types once per template
+            entry["origin"] = plan.origin
+        return entry
 
     def _sbatch(self, report: SubmitReport, spec: JobSpec, script_name: str, dry: _DryIds | None,
                 label: str) -> str:
@@ -267,9 +270,11 @@ class SlurmBackend:
             size, budget = 1000, None
         chunks = self._chunks(plans, size, budget, report)
         report.chunks = len(chunks)
-        # every script is checked before the first sbatch (once per distinct set of resources)
+        # every script is checked before the first sbatch (once per distinct set of resources;
+        # plans stamped from one template once for all of them)
+        sources = {id(p.origin) if p.origin is not None else id(p): (p.origin or p) for chunk in chunks for p in chunk}
         distinct = {tuple(map(item.task.get, _RESOURCE_FIELDS)): item.task
-                    for chunk in chunks for plan in chunk for item in plan.items}
+                    for plan in sources.values() for item in plan.items}
         self._check_or_warn([self._spec(run_id, run_dir, task, ["true"], "x") for task in distinct.values()],
                             dry_run)
         files = {f"c{k}": {i: self._entry(p) for i, p in enumerate(chunk)} for k, chunk in enumerate(chunks)}
@@ -313,10 +318,46 @@ class SlurmBackend:
 
     def _submit_chunk(self, report: SubmitReport, run_id: str, run_dir: str, chunk: str,
                       plans: list[Plan], throttle: int | None, dry: _DryIds | None) -> None:
+        stamped: dict[int, list[int]] = {}  # sessions by the template plan they were stamped from
+        general = []
+        for i, plan in enumerate(plans):
+            if plan.origin is not None:
+                stamped.setdefault(id(plan.origin), []).append(i)
+            else:
+                general.append(i)
+        for k, indices in enumerate(stamped.values()):
+            self._submit_stamped(report, run_id, run_dir, chunk, plans, indices, throttle, dry, k)
+        if general:
+            self._submit_general(report, run_id, run_dir, chunk, plans, general, throttle, dry, len(stamped))
+
+    def _submit_stamped(self, report: SubmitReport, run_id: str, run_dir: str, chunk: str, plans: list[Plan],
+                        indices: list[int], throttle: int | None, dry: _DryIds | None, number: int) -> None:
+        """Sessions stamped from one template plan: one array per task type holding all of them,
+        each waiting (``aftercorr``) on its parent types' arrays; the work per task is its
+        ledger row's three values."""
+        origin = plans[indices[0]].origin
+        array_of: dict[str, str] = {}  # template task id (its name) -> array job id
+        for j, titem in enumerate(origin.items):
+            name = titem.task["name"]
+            corr = sorted({array_of[p] for p in titem.parents_in_plan})
+            spec = self._spec(run_id, run_dir, titem.task, self._command(run_dir, chunk, name, None),
+                              f"{name}.{chunk}.%A_%a.out", aftercorr=corr, array=indices, throttle=throttle)
+            job_id = self._sbatch(report, spec, f"{name}.{chunk}.{number}", dry, f"{name} array of chunk {chunk}")
+            array_of[titem.id] = job_id
+            report.arrays += 1
+            report.elements += len(indices)
+            if dry is None:
+                tasks = [plans[i].items[j].task for i in indices]
+                self.ledger.record_array({"task_name": name, "run_id": run_id, "backend": BACKEND, "job_id": job_id,
+                                          "run_dir": run_dir, "state": "PENDING", "remote": self.remote},
+                                         [t["id"] for t in tasks], [t.get("session") for t in tasks], indices)
+
+    def _submit_general(self, report: SubmitReport, run_id: str, run_dir: str, chunk: str, plans: list[Plan],
+                        which: list[int], throttle: int | None, dry: _DryIds | None, first: int) -> None:
         # task types in dependency order (every session shares the pipeline), in one pass
         by_name: dict[str, list[tuple[int, PlanItem]]] = {}
-        for i, plan in enumerate(plans):
-            for item in plan.items:
+        for i in which:
+            for item in plans[i].items:
                 by_name.setdefault(item.task["name"], []).append((i, item))
         array_of: dict[str, str] = {}  # task id -> array job id holding it
         records = []
@@ -326,7 +367,7 @@ class SlurmBackend:
                 corr = tuple(sorted({array_of[p] for p in item.parents_in_plan})) if item.parents_in_plan else ()
                 live = tuple(sorted(j.backend_id for j in item.parents_live)) if item.parents_live else ()
                 groups[(corr, live)].append((i, item))
-            for g, ((corr, live), members) in enumerate(groups.items()):
+            for g, ((corr, live), members) in enumerate(groups.items(), first):
                 indices = [i for i, _ in members]
                 spec = self._spec(run_id, run_dir, members[0][1].task, self._command(run_dir, chunk, name, None),
                                   f"{name}.{chunk}.%A_%a.out", dependencies=live, aftercorr=corr,

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import BackendError, BadInput
 from .render import JobSpec, Resources, mem_mb, time_minutes
-from .transport import Transport
+from .transport import LocalTransport, Transport
 
 UNLIMITED_WORDS = {"UNLIMITED", "INFINITE", "NONE", "N/A", "(null)", ""}
 _KEY = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_/:.\[\]]*)=")
@@ -208,11 +208,7 @@ class ClusterLimits:
     @classmethod
     def read(cls, transport: Transport, user: str | None = None) -> "ClusterLimits":
         """Ask the cluster (4-5 commands). ``user`` defaults to the transport's login user."""
-        queries = 0
-
         def run(argv: list[str], required: bool = True) -> str | None:
-            nonlocal queries
-            queries += 1
             res = transport.run(argv)
             if res.returncode != 0:
                 if required:
@@ -220,17 +216,28 @@ class ClusterLimits:
                 return None
             return res.stdout
 
-        conf = parse_config(run(["scontrol", "show", "config"]) or "")
-        parts = parse_partitions(run(["scontrol", "show", "partition", "--oneliner"]) or "")
-        nodes = parse_nodes(run(["scontrol", "show", "node", "--oneliner"]) or "")
+        asks = [(["scontrol", "show", "config"], True), (["scontrol", "show", "partition", "--oneliner"], True),
+                (["scontrol", "show", "node", "--oneliner"], True),
+                (["scontrol", "show", "license", "--oneliner"], False)] + ([(["id", "-un"], False)] if user is None else [])
+        if isinstance(transport, LocalTransport):  # independent commands: at once (a remote one: in turn)
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(asks)) as pool:
+                answers = list(pool.map(lambda ask: run(*ask), asks))
+        else:
+            answers = [run(*ask) for ask in asks]
+        conf = parse_config(answers[0] or "")
+        parts = parse_partitions(answers[1] or "")
+        nodes = parse_nodes(answers[2] or "")
         for node in nodes.values():
             for p in node.partitions:
                 if p in parts:
                     parts[p].nodes.append(node.name)
-        licenses = parse_licenses(run(["scontrol", "show", "license", "--oneliner"], required=False) or "")
+        licenses = parse_licenses(answers[3] or "")
         if user is None:
-            user = (run(["id", "-un"], required=False) or "").strip() or None
+            user = (answers[4] or "").strip() or None
         submit = running = None
+        queries = len(asks) + bool(user)
         if user:
             text = run(["sacctmgr", "-nP", "show", "assoc", f"user={user}", "format=MaxSubmitJobs,MaxJobs"],
                        required=False)

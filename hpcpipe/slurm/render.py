@@ -175,8 +175,8 @@ class JobSpec:
         if self.array is not None:
             if isinstance(self.array, (str, bytes)) or not self.array:
                 raise BadInput("array must be a non-empty list of indices or None")
-            idx = sorted(set(self.array))
-            if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in idx):
+            idx = sorted(set(self.array)) if set(map(type, self.array)) <= {int} else None  # bool is not int here
+            if idx is None or idx[0] < 0:
                 raise BadInput("array indices must be non-negative integers")
             self.array = idx
         if self.array_throttle is not None:
@@ -242,7 +242,7 @@ def mem_mb(ram_gb: float) -> int:
 
 def compress_indices(indices: Iterable[int]) -> str:
     """``[0,1,2,3,9,11,12]`` -> ``0-3,9,11-12``: sparse index lists stay short on the command line."""
-    idx = sorted(set(int(i) for i in indices))
+    idx = sorted(set(map(int, indices)))
     if not idx:
         raise BadInput("an array needs at least one index")
     parts: list[str] = []
