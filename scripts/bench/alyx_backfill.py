@@ -17,7 +17,10 @@ every one exists (``--no-wait``: only queue). See docs/ALYX.md, "Backfills with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +51,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="hpcpipe-alyx-bench-"))
     server = AlyxServerProcess(tmp / "alyx.sqlite", throttle=args.throttle).start()
     node = os.environ["HPCPIPE_SLURM_NODE"]
-    run_name = None
+    run_name = recorder_pid = None
     try:
         _setup_world(server)
         server.set_throttle(None)
@@ -75,6 +78,8 @@ def main() -> int:
         if proc.returncode != 0:
             sys.exit(f"alyx bench: backfill failed: {proc.stderr.strip()[-500:]}")
         run_name = proc.stdout.split("run ", 1)[1].split(":", 1)[0]
+        found = re.search(r"in the background \(pid (\d+)", proc.stdout)
+        recorder_pid = int(found.group(1)) if found else None
         total = 6 * args.sessions
         own = {k: v for k, v in at_exit.items() if k not in ("total", "POST tasks", "throttled 429")}
         print(f"alyx backfill of {args.sessions} sessions ({total} tasks), client {args.client}, "
@@ -102,6 +107,9 @@ def main() -> int:
               f"{made / took * 60:.0f} created a minute; recorder finished: {done})")
         print(f"  429 answers: {stats.get('throttled 429', 0)} (waited out); server statistics: {stats}")
     finally:
+        if recorder_pid:  # a recorder still at work (--no-wait) stops with the server it writes to
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(recorder_pid, signal.SIGTERM)
         if run_name:
             subprocess.run(["scancel", "--name", run_name], check=False)
         subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=False)
