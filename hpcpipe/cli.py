@@ -733,7 +733,7 @@ def cmd_log(args) -> int:
         task = tl.task
         print(f"task {task['name']} ({task['id']}): {task['status']}")
         if tl.job is not None:
-            print(f"job: {tl.job.backend} {tl.job.backend_id}, run {tl.job.run_id}")
+            print(f"job: {tl.job.backend} {tl.step or tl.job.backend_id}, run {tl.job.run_id}")
             u = tl.usage
             if u is not None and u.state:
                 code = "" if u.exit_code is None else f", exit code {u.exit_code}:{u.signal or 0}"

@@ -16,7 +16,8 @@ from hpcpipe.demo.session import make_session
 from hpcpipe.engines import pack as engine
 from hpcpipe.errors import BadInput
 from hpcpipe.jobside import runfolder
-from hpcpipe.slurm.pack import PackShape, lane_rule, size, step_argv
+from hpcpipe.slurm.accounting import parse_usage
+from hpcpipe.slurm.pack import PackShape, lane_rule, size, step_argv, step_names
 from hpcpipe.slurm.profiles import Profile
 from hpcpipe.slurm.render import JobSpec, job_script
 from hpcpipe.store.sqlite import SQLiteStore
@@ -130,7 +131,7 @@ def test_step_is_an_srun_job_step_inside_an_allocation():
     argv = step_argv(item, env, "/py", "/runs/r", "/runs/r/logs/S.3.log", {"cpu": 2, "ram": 1.5, "gpu": 1},
                      "/data,/runs/r", srun=True, gpus_allocated=True, mem_given=True)
     assert argv[:10] == ["srun", "--nodes=1", "--ntasks=1", "--cpus-per-task=2", "--exact", "--kill-on-bad-exit=1",
-                         "--quiet", "--job-name=SpikeSorting", "--output=/runs/r/logs/S.3.log", "--open-mode=append"]
+                         "--quiet", "--job-name=SpikeSorting.3", "--output=/runs/r/logs/S.3.log", "--open-mode=append"]
     assert "--mem=1536M" in argv and "--gres=gpu:1" in argv
     rest = argv[argv.index("bash"):]
     assert rest[:4] == ["bash", "-c", 'module load cuda\nexec "$@"', "hpcpipe-step"]
@@ -185,10 +186,37 @@ def test_emit_then_run_the_engine_here_then_status(env, tmp_path):
     assert got[(True, "DemoSync")] == got[(True, "DemoSpikeSorting")] == "Complete"
     assert [s for (f, _), s in got.items() if not f] == ["Complete"] * 5
     assert sum(r["status"] == "Complete" for r in rows) == 12
+    # each task's job step is named like its log (how a report finds the task's sacct row)
+    names = step_names(lambda f: Path(f).read_text() if Path(f).exists() else None, str(run_dir))
+    logs = {p.name[:-4] for p in (run_dir / "logs").glob("Demo*.log")}
+    assert len(names) == len(set(names.values())) == 15 and len(logs) == 13 and logs <= set(names.values())
+    assert step_names(lambda f: None, str(run_dir)) == {}
     # the script run again (a human submitting twice) runs nothing again
     before = {p: p.stat().st_mtime_ns for p in (run_dir / "results").iterdir()}
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "results").iterdir()} == before
+
+
+def test_each_task_of_a_pack_has_its_own_step_figures():
+    """sacct recorded on the test cluster for a pack of 2 demo sessions (session 1's DemoTrials
+    fails, its QC and Summary are Held and never start): each step is named after its task and
+    log, and keeps its own figures beside the allocation's."""
+    text = (REPO / "tests" / "slurm" / "fixtures" / "sacct_usage_pack.txt").read_text()
+    steps: dict = {}
+    jobs = parse_usage(text, steps)
+    assert sorted(jobs) == ["272"] and sorted(parse_usage(text)) == ["272"]
+    assert sorted(name for _, name in steps) == ["DemoBehaviourQC.0", "DemoSpikeSorting.0", "DemoSpikeSorting.1",
+                                                 "DemoSummary.0", "DemoSync.0", "DemoSync.1", "DemoTrials.0",
+                                                 "DemoTrials.1"]
+    failed, alloc = steps[("272", "DemoTrials.1")], jobs["272"]
+    assert (failed.job_id, failed.state, failed.exit_code, failed.req_cpus) == ("272.5", "FAILED", 1, 1)
+    assert (failed.elapsed_secs, failed.total_cpu_secs) == (3, pytest.approx(0.464))
+    assert failed.max_rss_mb == pytest.approx(28256 / 1024)
+    assert failed.submit == alloc.submit and failed.partition == alloc.partition == "cpu"
+    assert failed.queue_wait_secs == 6  # from the allocation's submission to the step's start
+    assert failed.req_mem_mb is None and failed.timelimit_secs is None  # not in a step's row: the task's own apply
+    assert (alloc.state, alloc.req_cpus, alloc.elapsed_secs) == ("COMPLETED", 8, 15)
+    assert alloc.max_rss_mb == pytest.approx(57736 / 1024)  # the largest step (the engine's batch step)
 
 
 def test_bad_pack_flags_are_refused_before_anything_is_recorded(env, tmp_path):

@@ -4,7 +4,9 @@ Sources, joined by task id: the task store (name, class, status, parents, log), 
 (which job ran it, where, its run folder) and, for SLURM jobs, one batched ``sacct`` query per
 cluster (``slurm.accounting``); local jobs carry the engine's measurement in their run folder.
 Requested figures come from what the job asked SLURM (ReqCPUS, ReqMem, Timelimit), so they are
-true even when a record's values changed afterwards (escalation, suggestions).
+true even when a record's values changed afterwards (escalation, suggestions). A task of a pack
+gets its own job step's figures (``123.17``, found by the step's name in the same query), not
+the whole allocation's; a task of a pack with no step (it never started) has none.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ class Row:
     usage: Usage | None
     session: str
     attempts: int = 1
+    #: the task's SLURM job step (``123.17``) when it ran in a pack
+    step: str | None = None
 
     @property
     def req_cpus(self) -> int | None:
@@ -124,7 +128,7 @@ def collect(store, ledger: Ledger, run: str | None = None, session: str | None =
     if pipeline is not None:
         tasks = {tid: t for tid, t in tasks.items() if t.get("graph") == pipeline}
     report = Report()
-    usages = _usages(jobs, transport_for, report)
+    usages, steps = _usages(jobs, transport_for, report)
     attempts: dict[str, int] = {}
     latest: dict[str, JobRecord] = {}
     for j in jobs:
@@ -135,8 +139,11 @@ def collect(store, ledger: Ledger, run: str | None = None, session: str | None =
     seen = {j.task_id for j in picked}
     for j in picked:
         t = tasks[j.task_id]
+        step_usage = usages.get(_key(j)) if _key(j) in steps else None
+        if step_usage is not None and step_usage.req_mem_mb is None and t.get("ram"):
+            step_usage.req_mem_mb = float(t["ram"]) * 1024  # what the step asked (--mem): not in its sacct row
         report.rows.append(Row(t, j, usages.get(_key(j)), labels.get(t["session"], str(t["session"])),
-                               attempts[j.task_id]))
+                               attempts[j.task_id], steps.get(_key(j))))
     for tid, t in tasks.items():  # tasks never run: in the graph and the table, with no figures
         if tid not in seen:
             report.rows.append(Row(t, None, None, labels.get(t["session"], str(t["session"])), 0))
@@ -145,8 +152,9 @@ def collect(store, ledger: Ledger, run: str | None = None, session: str | None =
     return report
 
 
-def _key(job: JobRecord) -> tuple[str, str | None, str]:
-    return (job.backend, job.remote, job.backend_id if job.backend == "slurm" else job.task_id + "@" + job.run_id)
+def _key(job: JobRecord) -> tuple[str, str | None, str, str]:
+    """A job of one task: the tasks of a pack share their SLURM job id."""
+    return (job.backend, job.remote, job.backend_id if job.backend == "slurm" else job.run_id, job.task_id)
 
 
 def _tasks_of(store, jobs: Iterable[JobRecord]) -> dict[str, dict]:
@@ -166,11 +174,14 @@ def _tasks_of(store, jobs: Iterable[JobRecord]) -> dict[str, dict]:
     return out
 
 
-def _usages(jobs: list[JobRecord], transport_for, report: Report) -> dict:
-    """Usage per job: one sacct query per cluster for SLURM jobs, the run folder for local ones."""
+def _usages(jobs: list[JobRecord], transport_for, report: Report) -> tuple[dict, dict]:
+    """Usage per job: one sacct query per cluster for SLURM jobs, the run folder for local ones;
+    a packed task's usage is its job step's. Also ``{job key: step id}`` for packed tasks."""
     from ..slurm.accounting import query_usage
+    from ..slurm.pack import step_names
 
     out: dict = {}
+    step_of: dict = {}
     for j in jobs:
         if j.backend != "slurm":
             u = load_local(j.run_dir, j.task_id)
@@ -184,16 +195,25 @@ def _usages(jobs: list[JobRecord], transport_for, report: Report) -> dict:
             transport = LocalTransport()
         else:
             transport = transport_for(remote)
+        names: dict[str, dict[str, str]] = {}
+        for run_dir in {j.run_dir for j in mine if j.run_dir and j.array_index is None}:
+            names[run_dir] = step_names(transport.read_file, run_dir)
+        steps: dict = {}
         try:
-            found, queries = query_usage(transport, [j.job_id for j in mine])
+            found, queries = query_usage(transport, [j.job_id for j in mine], steps=steps)
         except BackendError as exc:
             report.notes.append(f"no SLURM figures for {len(mine)} job(s){' on ' + remote if remote else ''}: {exc}")
             continue
         report.queries += queries
         for j in mine:
-            if j.backend_id in found:
+            step = names.get(j.run_dir or "", {}).get(j.task_id)
+            if step is not None:  # a packed task: its own step, or nothing if it never started
+                if (j.job_id, step) in steps:
+                    out[_key(j)] = steps[(j.job_id, step)]
+                    step_of[_key(j)] = out[_key(j)].job_id
+            elif j.backend_id in found:
                 out[_key(j)] = found[j.backend_id]
-    return out
+    return out, step_of
 
 
 def _session_labels(store, eids: set) -> dict:

@@ -145,7 +145,7 @@ def _table(report: Report) -> str:
     body = []
     for r in report.rows:
         c = cells(r)
-        job = html.escape(r.job.backend_id if r.job else "")
+        job = html.escape((r.step or r.job.backend_id) if r.job else "")
         body.append(f'<tr data-job="{job}" data-backend="{html.escape(r.job.backend if r.job else "")}">'
                     + "".join(f'<td data-col="{html.escape(k)}">{html.escape(c[k])}</td>' for k in COLUMNS)
                     + "</tr>")

@@ -30,7 +30,7 @@ def cells(row: Row) -> dict[str, str]:
     req_mem = u.req_mem_mb if u and u.req_mem_mb else (row.req_ram_gb * 1024 if row.req_ram_gb else None)
     return {
         "session": row.session, "task": row.task["name"], "status": row.task.get("status") or "",
-        "job": (f"{job.backend} {job.backend_id}" if job else ""), "state": row.state, "exit": exit_code,
+        "job": (f"{job.backend} {row.step or job.backend_id}" if job else ""), "state": row.state, "exit": exit_code,
         "cpus": "" if row.req_cpus is None else str(row.req_cpus),
         "req mem MB": _num(req_mem), "max rss MB": _num(u.max_rss_mb if u else None),
         "mem eff": _pct(u.mem_efficiency if u else None),

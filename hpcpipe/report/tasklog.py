@@ -3,7 +3,8 @@
 The log is the task record's ``log`` (the same on SQLite and Alyx). The job's output file is
 the one the job side saved in its result file (``job.output``, its own stdout), or the local
 engine's log file (saved with its measurement). How a SLURM job ended comes from one ``sacct``
-query (state, exit code, reason), else from the ledger's last view of it.
+query (state, exit code, reason; for a task of a pack, its own job step's), else from the
+ledger's last view of it.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ class TaskLog:
     usage: Usage | None
     output: str | None
     output_tail: str = ""
+    #: the task's SLURM job step (``123.17``) when it ran in a pack
+    step: str | None = None
 
     def lines(self, tail: int | None = None) -> list[str]:
         """The task's log lines (the last ``tail``); the job's output when the log is empty."""
@@ -44,19 +47,26 @@ def task_log(task: dict, ledger: Ledger, transport_for) -> TaskLog:
     """Everything ``hpcpipe log`` prints for one task (one sacct query for a SLURM job)."""
     jobs = ledger.history([task["id"]])
     job = jobs[-1] if jobs else None
-    usage = output = None
+    usage = output = step = None
     transport = None
     if job is not None and job.backend == "slurm":
         from ..slurm.accounting import query_usage
+        from ..slurm.pack import step_names
 
         transport = transport_for(job.remote)
+        name = step_names(transport.read_file, job.run_dir).get(job.task_id) if job.run_dir else None
+        steps: dict = {}
         try:
-            usage = query_usage(transport, [job.job_id])[0].get(job.backend_id)
+            found = query_usage(transport, [job.job_id], steps=steps)[0]
+            usage = steps.get((job.job_id, name)) if name else found.get(job.backend_id)
         except BackendError:
             usage = None
+        step = usage.job_id if name and usage else None
         if job.run_dir:
             result = runfolder.read_result(transport.read_file(str(runfolder.result_path(job.run_dir, job.task_id))))
             output = ((result or {}).get("job") or {}).get("output")
+            if not output and step:  # a job step's stdout is a pipe to slurmstepd: its log, by its name
+                output = f"{job.run_dir}/logs/{name}.log"
     elif job is not None:
         usage = load_local(job.run_dir, job.task_id)
         output = usage.output if usage and usage.output else None
@@ -67,4 +77,4 @@ def task_log(task: dict, ledger: Ledger, transport_for) -> TaskLog:
 
             transport = LocalTransport()
         tail = (transport.read_file(output) or "")[-65536:]
-    return TaskLog(task, job, usage, output, tail)
+    return TaskLog(task, job, usage, output, tail, step)

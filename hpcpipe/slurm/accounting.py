@@ -9,6 +9,12 @@ largest step's, TotalCPU the allocation's (the sum of its steps), else the steps
 
 Array elements come as ``123_4`` (JobIDRaw is the element's own id); pending elements as one
 row ``123_[5-9]``, expanded. Ids are asked in chunks (``max_ids``) to keep argv short.
+
+A pack (``hpcpipe.slurm.pack``) runs each task as a job step (``123.17``) named after the task
+(``DemoSync.3``): asked for them, the same query also gives each named step's own figures
+(its state, exit code, start, end, elapsed, CPU time, peak RSS and CPUs; the step rows carry
+no ReqMem or Timelimit, and its Submit is the allocation's), so a report shows each task's
+step rather than the whole allocation.
 """
 from __future__ import annotations
 
@@ -91,9 +97,13 @@ def _exit(text: str) -> tuple[int | None, int | None]:
 
 
 # ------------------------------------------------------------------ the parser
-def parse_usage(text: str) -> dict[str, Usage]:
-    """sacct output (steps included) -> one ``Usage`` per job or array element, by job id."""
+def parse_usage(text: str, steps: dict[tuple[str, str], Usage] | None = None) -> dict[str, Usage]:
+    """sacct output (steps included) -> one ``Usage`` per job or array element, by job id.
+
+    ``steps``, when given, also receives each numbered job step's own ``Usage`` (job id
+    ``123.17``) by (allocation id, step name)."""
     jobs: dict[str, Usage] = {}
+    own: list[tuple[str, str, Usage]] = []
     step_rss: dict[str, float] = {}
     step_cpu: dict[str, float] = {}
     n = len(USAGE_FIELDS)
@@ -104,28 +114,30 @@ def parse_usage(text: str) -> dict[str, Usage]:
         if len(parts) < n:
             continue
         (job_id, _raw, state, exit_code, reason, partition, nodes, submit, start, end, elapsed, total_cpu,
-         max_rss, req_mem, req_cpus, timelimit, _name) = parts
+         max_rss, req_mem, req_cpus, timelimit, job_name) = parts
         if "+" in job_id:  # heterogeneous job components: not something hpcpipe submits
             continue
+        code, sig = _exit(exit_code)
+        cpus = _int(req_cpus)
+        limit = _int(timelimit)
+        base = dict(state=normalise_state(state), exit_code=code, signal=sig,
+                    reason="" if reason in ("None", "(null)") else reason,
+                    partition=partition, nodes="" if nodes == "None assigned" else nodes,
+                    submit=parse_time(submit), start=parse_time(start), end=parse_time(end),
+                    elapsed_secs=float(elapsed) if elapsed.strip().isdigit() else None,
+                    total_cpu_secs=parse_duration(total_cpu), req_mem_mb=parse_size_mb(req_mem, cpus),
+                    req_cpus=cpus, timelimit_secs=limit * 60 if limit is not None else None, source="sacct")
         if "." in job_id:  # a step: its MaxRSS and CPU belong to the job
-            owner = job_id.split(".", 1)[0]
+            owner, _, step = job_id.partition(".")
             rss = parse_size_mb(max_rss)
             if rss is not None:
                 step_rss[owner] = max(step_rss.get(owner, 0.0), rss)
             cpu = parse_duration(total_cpu)
             if cpu is not None:
                 step_cpu[owner] = step_cpu.get(owner, 0.0) + cpu
+            if steps is not None and step.isdigit():
+                own.append((owner, job_name, Usage(job_id=job_id, max_rss_mb=rss, **base)))
             continue
-        code, sig = _exit(exit_code)
-        st = normalise_state(state)
-        cpus = _int(req_cpus)
-        limit = _int(timelimit)
-        base = dict(state=st, exit_code=code, signal=sig, reason="" if reason in ("None", "(null)") else reason,
-                    partition=partition, nodes="" if nodes == "None assigned" else nodes,
-                    submit=parse_time(submit), start=parse_time(start), end=parse_time(end),
-                    elapsed_secs=float(elapsed) if elapsed.strip().isdigit() else None,
-                    total_cpu_secs=parse_duration(total_cpu), req_mem_mb=parse_size_mb(req_mem, cpus),
-                    req_cpus=cpus, timelimit_secs=limit * 60 if limit is not None else None, source="sacct")
         m = _PENDING_ARRAY.match(job_id)
         ids = [f"{m.group(1)}_{i}" for i in expand_indices(m.group(2))] if m else [job_id]
         for jid in ids:
@@ -137,6 +149,11 @@ def parse_usage(text: str) -> dict[str, Usage]:
             usage.total_cpu_secs = step_cpu[jid]
         if usage.start is None:  # never ran: no elapsed time to speak of
             usage.elapsed_secs = None
+    for owner, name, usage in own:
+        alloc = jobs.get(owner)
+        if alloc is not None:  # what the step's row lacks: the allocation's submission and partition
+            usage.submit, usage.partition = alloc.submit, alloc.partition
+        steps[(owner, name)] = usage  # type: ignore[index]
     return jobs
 
 
@@ -146,9 +163,11 @@ def usage_argv(ids: Iterable[str]) -> list[str]:
             f"--jobs={','.join(ids)}"]
 
 
-def query_usage(transport: Transport, ids: Iterable[str], max_ids: int = 5000) -> tuple[dict[str, Usage], int]:
+def query_usage(transport: Transport, ids: Iterable[str], max_ids: int = 5000,
+                steps: dict[tuple[str, str], Usage] | None = None) -> tuple[dict[str, Usage], int]:
     """Ask sacct about ``ids`` (plain or array job ids); returns ``(usage by job id, queries)``.
 
+    ``steps``: filled with the job steps' own figures (see ``parse_usage``), same queries.
     Raises ``BackendError`` when accounting is not available (no slurmdbd): the message says so.
     """
     wanted = sorted({str(i).split("_", 1)[0] for i in ids}, key=lambda s: (len(s), s))
@@ -161,5 +180,5 @@ def query_usage(transport: Transport, ids: Iterable[str], max_ids: int = 5000) -
         if res.returncode != 0:
             message = (res.stderr or res.stdout).strip()
             raise BackendError(f"sacct failed (is SLURM accounting running?): {message or res.returncode}")
-        out.update(parse_usage(res.stdout))
+        out.update(parse_usage(res.stdout, steps))
     return out, queries

@@ -33,7 +33,7 @@ import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..errors import BadInput
 from ..pipeline import time_out_secs
@@ -221,7 +221,7 @@ def step_argv(item: dict, env: dict, python: str, run_dir: str, log_path: str, n
     if not srun:
         return cmd
     step = ["srun", "--nodes=1", "--ntasks=1", f"--cpus-per-task={int(need['cpu'])}", "--exact",
-            "--kill-on-bad-exit=1", "--quiet", f"--job-name={item['name']}", f"--output={log_path}",
+            "--kill-on-bad-exit=1", "--quiet", f"--job-name={step_name(item)}", f"--output={log_path}",
             "--open-mode=append"]
     if mem_given:
         step.append(f"--mem={max(1, mem_mb(need['ram']))}M")
@@ -230,6 +230,23 @@ def step_argv(item: dict, env: dict, python: str, run_dir: str, log_path: str, n
         # would hold every GPU of the allocation, and the steps would run one at a time
         step.append(f"--gres=gpu:{int(need['gpu'])}" if need.get("gpu") else "--gres=none")
     return step + cmd
+
+
+def step_name(item: dict) -> str:
+    """A task's job step name, ``<task>.<session index>`` like its log file: unique in the
+    allocation, so ``sacct`` rows (and ``hpcpipe report``) tell each task's step apart."""
+    return f"{item['name']}.{item['index']}"
+
+
+def step_names(read: Callable[[str], str | None], run_dir: str) -> dict[str, str]:
+    """``{task id: step name}`` for the tasks of a packed run (``{}`` for any other run), from
+    its pack files; ``read`` reads a file where the run folder is (None: no such file)."""
+    run = json.loads(read(f"{run_dir}/run.json") or "{}")
+    names: dict[str, str] = {}
+    for pack in run.get(RUN_KEY) or []:
+        for item in json.loads(read(f"{run_dir}/packs/{pack}.json") or "{}").get("items", []):
+            names[item["id"]] = step_name(item)
+    return names
 
 
 def binds_for(session_paths: Iterable[str], run_dir: str) -> list[str]:

@@ -55,6 +55,24 @@ def run_id(out: str) -> str:
     return next(w for w in out.split() if w.startswith(("bf-", "hp-"))).rstrip(":")
 
 
+def report_table(text: str) -> list[dict[str, str]]:
+    """The rows of ``hpcpipe report``'s table, by column (spans from its line of dashes)."""
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("----"))
+    spans, pos = [], 0
+    for dashes in lines[rule].split("  "):
+        if dashes:
+            spans.append((pos, pos + len(dashes)))
+        pos += len(dashes) + 2
+    head = [lines[rule - 1][a:b].strip() for a, b in spans]
+    rows = []
+    for line in lines[rule + 1:]:
+        if not line.strip():
+            break
+        rows.append({h: line[a:b + 1].strip() for h, (a, b) in zip(head, spans)})
+    return rows
+
+
 def by_task(env) -> dict[tuple[str, str], dict]:
     rows = json.loads(hp(env, "status", "--json").stdout)
     return {(r["session"], r["name"]): r for r in rows}
@@ -91,7 +109,17 @@ def test_packed_backfill_one_allocation_failure_blocks_only_its_session(env, tmp
     task_steps = [(jname, alloc) for jid, (jname, alloc) in tres.items() if jname.startswith("Demo")]
     assert len(task_steps) == 58 and "gres/gpu=2" in tres[next(iter(states))][1]
     for jname, alloc in task_steps:
-        assert ("gres/gpu=1" in alloc) if jname == "DemoSpikeSorting" else ("gres/gpu" not in alloc), (jname, alloc)
+        assert ("gres/gpu=1" in alloc) if jname.startswith("DemoSpikeSorting.") else ("gres/gpu" not in alloc), \
+            (jname, alloc)
+    # the report shows each task's own step (its sacct row, number for number), not the allocation
+    acct = subprocess.run(["sacct", "-j", next(iter(states)), "--parsable2", "--noheader",
+                           "--format=JobID,ElapsedRaw,State"], capture_output=True, text=True).stdout
+    sacct_steps = {jid: (elapsed, state.split()[0]) for jid, elapsed, state in
+                   (line.split("|") for line in acct.splitlines()) if jid.partition(".")[2].isdigit()}
+    table = report_table(hp(env, "report", "--run", name).stdout)
+    shown = {r["job"].split()[1]: (r["elapsed s"], r["state"]) for r in table if "." in r["job"]}
+    assert len(table) == 60 and len(shown) == 58 and shown == sacct_steps
+    assert sorted(r["status"] for r in table if "." not in r["job"]) == ["Held", "Held"]  # never started: no step
 
 
 def test_scancel_of_a_pack_leaves_no_task_started(env, tmp_path):
