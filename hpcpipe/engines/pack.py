@@ -155,6 +155,13 @@ class PackEngine(LocalEngine):
                          self.binds, self.srun, self.budget["gpu"] > 0, self.mem_given)
 
     # ------------------------------------------------------------------ results
+    def _wait(self, r) -> int | None:
+        """In an allocation the child is ``srun``, whose own CPU time and RSS are not the task's:
+        no local usage file then (the step's figures are in sacct, where the report reads them)."""
+        if not self.srun:
+            return super()._wait(r)
+        return r.proc.poll()
+
     def _fold(self, r, run_id: str) -> str | None:
         """The task's final status from its result file (the login node folds it later)."""
         res = runfolder.read_result(_read(runfolder.result_path(self.run_dir, r.item.id))) or {}
