@@ -519,6 +519,10 @@ def cmd_backfill(args) -> int:
                        defer_records=defer)
     _apply_resources(args, plans, store, backend)
     if not any(plans):
+        if defer:  # no job to queue first: the new records (Held, or not asked for) are made now
+            from . import recorder
+
+            recorder.record_now(store, [p.deck for p in plans if p is not None])
         print("nothing to submit")
         return 0
     run = Run.new(prefix="bf")

@@ -232,6 +232,20 @@ class Recorder:
         return missing
 
 
+def record_now(store: TaskStore, decks: Iterable[list[dict]]) -> int:
+    """Make the provisional records of these sessions' decks now, parents first (a backfill
+    with no job to queue: nothing to wait for). Returns how many were made."""
+    made = 0
+    for deck in decks:
+        known: dict[str, str] = {}
+        for task in deck:  # template order: parents first
+            if is_provisional(task["id"]):
+                parents = [known.get(p, p) for p in task["parents"]]
+                known[task["id"]] = create_or_find(store, _fields(task, task["session"], task["status"], parents))["id"]
+                made += 1
+    return made
+
+
 def claim(store: TaskStore, run_dir: Path | str, entry: dict, task_name: str) -> dict:
     """The job side: its session entry with store ids, its own record made if nobody has yet.
 

@@ -121,3 +121,13 @@ def test_a_killed_recorder_loses_nothing_and_a_429_is_waited_out(env, tmp_path, 
     assert {t["status"] for t in _check_records(client, n)} == {"Complete"}
     status = run_hpcpipe(env, "status")
     assert status.stdout.count("COMPLETED") == 6 * n, status.stdout
+
+
+def test_a_backfill_with_nothing_to_queue_still_makes_its_records(env, tmp_path, alyx_fresh_server):
+    env, listing, client = _setup(env, tmp_path, alyx_fresh_server, "hpcpipe", 2)
+    # Summary alone: its parents are not asked for, so it is Held and nothing is queued
+    proc = run_hpcpipe(env, "backfill", "--sessions-file", str(listing), "--pipeline", "pipelines.SixTasks",
+                       "--task", "Summary")
+    assert "nothing to submit" in proc.stdout, proc.stdout + proc.stderr
+    tasks = _check_records(client, 2)
+    assert Counter(t["status"] for t in tasks) == {"Waiting": 10, "Held": 2}
