@@ -213,6 +213,9 @@ class AlyxStore(TaskStore):
         try:
             with self._within(mode):
                 out = self.alyx.rest(url, action, **kwargs)
+                if action == "list" and out is not None and not isinstance(out, list):
+                    # ONE's lazy paginated list: its later pages are requests too, under the same limits
+                    out = list(out)
         except Exception as exc:
             translated = _translate(exc)
             if self._brief and isinstance(translated or exc, Unreachable):
@@ -220,8 +223,6 @@ class AlyxStore(TaskStore):
             if translated is None:
                 raise
             raise translated from None
-        if action == "list" and out is not None and not isinstance(out, list):
-            out = list(out)  # ONE's lazy paginated list
         return out
 
     def rest(self, url: str, action: str, **kwargs: Any) -> Any:
