@@ -183,12 +183,18 @@ def _claim(upstream, run_dir: Path, entry: dict, task_name: str) -> dict:
     cannot be reached leaves the provisional ids: reports wait in the result file."""
     from ..errors import Unreachable
     from ..recorder import claim, is_provisional
+    from ..store import health, outbox
 
     if not any(is_provisional(t["id"]) for t in entry["tasks"]):
         return entry
     try:
-        return claim(upstream, run_dir, entry, task_name)
+        # a report's terms: nothing asked while the store is marked down, a short budget
+        # otherwise, so an outage holds no job before its work (the recorder makes it later)
+        with health.reporting(upstream):
+            return claim(upstream, run_dir, entry, task_name)
     except Unreachable as exc:
+        if not isinstance(exc, health.MarkedDown):
+            health.mark_down(outbox.store_key(upstream), str(exc))
         _logger.warning("task record not made on the store now: %s", exc)
         return entry
 

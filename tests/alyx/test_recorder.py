@@ -130,3 +130,27 @@ def test_a_throttled_recorder_waits_and_fails_nothing(alyx_fresh_server, alyx_cl
     assert stats.get("throttled 429", 0) > 0, stats
     assert len(recorder.known_ids(run)) == 12 and recorder.done(run)
     assert len(admin_client(alyx_fresh_server).get("tasks", graph="rec")) == 12
+
+
+def test_a_job_claiming_its_record_during_an_outage_waits_for_nothing(alyx_fresh_server, alyx_client_kind, tmp_path,
+                                                                       monkeypatch):
+    """Alyx hung when a job starts: its claim tries once within a report's budget, marks the
+    store down and goes on with its provisional id; the next job's claim opens no connection."""
+    from hpcpipe.jobside.run import _claim
+    from hpcpipe.store import health, outbox
+    from tests.alyx_server import HangingServer
+
+    monkeypatch.setenv("HPCPIPE_ALYX_REPORT_TIMEOUT", "0.5")
+    made = _sessions(alyx_fresh_server, tmp_path, 1)
+    run, stamped = _run_folder(tmp_path, made)
+    store = AlyxStore(client_for(alyx_client_kind, alyx_fresh_server, tmp_path / "one-cache",
+                                 retries=5, retry_budget=60.0))
+    entry = load_session_entry(run, "c0", 0)
+    alyx_fresh_server.stop()
+    with HangingServer(alyx_fresh_server.port) as hung:
+        assert _claim(store, run, entry, "Raw") == entry  # provisional ids kept
+        tried = hung.accepted
+        assert 1 <= tried <= 2 and health.is_down(outbox.store_key(store))
+        assert _claim(store, run, entry, "Raw") == entry
+        assert hung.accepted == tried
+    alyx_fresh_server.start()
