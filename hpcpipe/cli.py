@@ -12,6 +12,7 @@ showing what this machine knows); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -23,7 +24,6 @@ from .errors import BadInput, HpcpipeError, Unreachable
 from .status import DONE, STATUSES, check_statuses
 
 _logger = logging.getLogger("hpcpipe")
-BACKENDS = ("local", "slurm")
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 TABLE_KEYS = ("name", "status", "level", "cpu", "gpu", "ram", "time_elapsed_secs", "backend", "job_id")
 
@@ -90,65 +90,61 @@ def _alyx_check(store, sessions: list[Path], pipeline: str, create: bool | None 
 
 
 def _backend(args, store, ledger, sessions=()):
-    """The backend named by --backend/--remote, checked before anything is recorded or sent.
+    """The backend named by --backend/--remote (``backends.open_backend``)."""
+    from .backends import open_backend
 
-    With ``--remote``, every session path must map to a cluster path (``[clusters.NAME]
-    path_map``) before the first connection is made.
-    """
-    remote = getattr(args, "remote", None)
-    name = "slurm" if remote else (getattr(args, "backend", None) or "local")
-    if name not in BACKENDS:
-        raise BadInput(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
-    if name == "local":
-        return None
-    from .slurm.backend import SlurmBackend
-
-    if not remote:
-        return SlurmBackend(store, ledger, profile=getattr(args, "profile", None))
-    return _remote_backend(remote, store, ledger, getattr(args, "profile", None),
-                           getattr(args, "accept_new_host_key", False), sessions)
+    return open_backend(getattr(args, "backend", None), store, ledger, getattr(args, "profile", None),
+                        getattr(args, "remote", None), getattr(args, "accept_new_host_key", False), sessions)
 
 
-def _remote_backend(remote: str, store, ledger, profile=None, accept_new_host_key=False, sessions=()):
-    from .slurm.backend import SlurmBackend
-    from .ssh import resolve_remote
-
-    target = resolve_remote(remote)
-    for path in sessions:
-        target.path_map.to_remote(str(path))
-    transport = target.transport(accept_new_host_key=accept_new_host_key)
-    return SlurmBackend(store, ledger, transport=transport, profile=profile or target.profile,
-                        run_root=target.remote_run_dir(transport), python=target.python,
-                        map_path=target.path_map.to_remote, remote=remote)
+def _say(line: str) -> None:
+    print(f"hpcpipe: {line}", file=sys.stderr, flush=True)
 
 
-def _slurm_refresh(store, ledger, backend=None) -> dict:
-    """Fold SLURM job results and sweep dead jobs, for every cluster this machine submitted to.
+def _refresh(store, ledger, backend=None, remotes=None):
+    """Fold, query and sweep every backend (``backends.refresh_all``); notes go to stderr."""
+    from .backends import refresh_all
 
-    One backend (one transport, one batched query) per ``--remote`` target found in the ledger.
-    """
-    jobs = [j for j in ledger.unfolded() if j.backend == "slurm"] + ledger.live("slurm")
-    states: dict = {}
-    for remote in sorted({j.remote for j in jobs}, key=lambda r: r or ""):
-        if backend is not None and backend.remote == remote:
-            states.update(backend.refresh()["states"])
-        elif remote is None:
-            from .slurm.backend import SlurmBackend
-
-            states.update(SlurmBackend(store, ledger).refresh()["states"])
-        else:
-            remote_backend = _remote_backend(remote, store, ledger)
-            with remote_backend.transport:
-                states.update(remote_backend.refresh()["states"])
-    return states
+    report = refresh_all(store, ledger, backend, remotes)
+    for note in dict.fromkeys(report.notes):
+        _say(note)
+    return report
 
 
-def _prepare_slurm(store, ledger, backend, dry_run: bool) -> None:
-    """Before any record is written: the cluster answers (its limits are read now, once) and
-    live jobs are checked against it, so nothing is submitted twice."""
-    if not dry_run:
-        _ = backend.limits  # read the cluster limits before anything is recorded
-    _slurm_refresh(store, ledger, backend)
+def _checked(args, store, ledger, sessions, pipelines: dict[str, list[int]]):
+    """The backend, every check done before anything is recorded (limits, profile, paths,
+    each session's pipeline, resources): a refused submission changes nothing anywhere."""
+    from .submission import check_sessions
+
+    backend = _backend(args, store, ledger, [getattr(s, "path", s) for s in sessions])
+    dry = args.dry_run or bool(getattr(args, "emit", None))
+    if backend.name == "slurm" and not dry:
+        _ = backend.limits  # the cluster answers, before anything is recorded
+    for pipeline, ks in pipelines.items():
+        check_sessions([sessions[k] for k in ks], pipeline, store, lambda tasks: backend.check(tasks, dry_run=dry))
+    return backend
+
+
+def _lock(ledger, purpose: str):
+    """The submission lock (``Ledger.lock``): one submission at a time on this machine."""
+    return ledger.lock(purpose, on_wait=_say)
+
+
+def _remote_backend(remote: str, store, ledger):
+    from .backends import remote_backend
+
+    return remote_backend(remote, store, ledger)
+
+
+def _live_states(store, ledger) -> dict:
+    """Refresh every backend (under the lock unless a submission holds it); SLURM states by task id."""
+    report = _refresh_unless_busy(store, ledger)
+    return report.states if report else {}
+
+
+def _slurm(backend):
+    """The backend if it is SLURM's, else None (resource suggestions and escalation caps)."""
+    return backend if backend.name == "slurm" else None
 
 
 def _rows(store, ledger, session: str | None, statuses: list[str], live: dict | None = None) -> list[dict]:
@@ -224,6 +220,8 @@ def cmd_demo_session(args) -> int:
 def cmd_submit(args) -> int:
     from .session import parse_session_path
 
+    check_statuses(args.status)
+    check_statuses(args.rerun)
     sessions = [parse_session_path(s).path for s in args.session]
     if _packed(args):
         args.backend = "slurm"
@@ -232,18 +230,21 @@ def cmd_submit(args) -> int:
     pipelines = _pipelines(args, store, sessions)
     for pipeline, ks in pipelines.items():
         _alyx_check(store, [sessions[k] for k in ks], pipeline)
-    backend = _backend(args, store, ledger, sessions)
-    if backend is not None:
-        _prepare_slurm(store, ledger, backend, args.dry_run or bool(args.emit))
-    plans = _plan_each(pipelines, sessions, store, ledger, statuses=args.status or ["Waiting"],
-                       names=args.task, dry_run=args.dry_run, rerun_statuses=args.rerun,
-                       live_backend=backend.name if backend else "local")
-    _apply_resources(args, plans, store, backend)
-    return _execute(args, plans, store, ledger, backend)
+    backend = _checked(args, store, ledger, sessions, pipelines)
+    with contextlib.ExitStack() as held:
+        held.enter_context(_lock(ledger, "hpcpipe submit"))
+        _refresh(store, ledger, backend)
+        plans = _plan_each(pipelines, sessions, store, ledger, statuses=args.status or ["Waiting"],
+                           names=args.task, dry_run=args.dry_run, rerun_statuses=args.rerun,
+                           live_backend=backend.name)
+        _apply_resources(args, plans, store, _slurm(backend))
+        return _execute(args, plans, store, ledger, backend, held)
 
 
-def _execute(args, plans, store, ledger, backend=None) -> int:
-    from .engines.local import LocalEngine
+def _execute(args, plans, store, ledger, backend, held) -> int:
+    """Submit through any backend inside the submission lock (``held``). A backend that runs in
+    the foreground (the local engine) calls back once its intents are recorded: the lock is
+    released there, so other submissions go on while the tasks run."""
     from .submission import Run
 
     for plan in plans:
@@ -251,38 +252,34 @@ def _execute(args, plans, store, ledger, backend=None) -> int:
             print(f"skip {task['name']}: {reason}")
         for task, reason in plan.held:
             print(f"held {task['name']}: {reason}")
-    if backend is not None:
-        if not any(plans):
-            print("nothing to submit")
-            return 0
-        run = Run.new(prefix="hp")
-        if _packed(args):
-            return _pack(args, backend, plans, run.id)
-        report = backend.submit(plans, run.id, dry_run=args.dry_run)
-        if args.dry_run:
-            print("\n".join(report.commands))
-            print(f"dry run: scripts written to {report.run_dir}/scripts; nothing submitted")
-        else:
-            print(report.summary())
-        return 0
-    if args.dry_run:
-        for plan in plans:
-            for item in plan.items:
-                deps = [next(i.task["name"] for i in plan.items if i.id == p) for p in item.parents_in_plan]
-                print(f"would run {item.task['name']} (cpu {item.task['cpu']}, gpu {item.task['gpu']}, "
-                      f"ram {item.task['ram']}G)" + (f" after {', '.join(deps)}" if deps else ""))
-        print("dry run: nothing recorded, nothing run")
-        return 0
     if not any(plans):
-        print("nothing to run")
-        return 0
-    run = Run.new()
-    engine = LocalEngine(store, ledger)
-    print(f"run {run.id}: logs in {run.dir / 'logs'}")
-    final = engine.run(plans, run.id, run.dir)
-    done = EXIT_OK if all(s in DONE for s in final.values()) else EXIT_FAILED
+        print(f"nothing to {backend.verb}")
+        return EXIT_OK
+    run = Run.new(prefix="hp")
+    if _packed(args):
+        return _pack(args, backend, plans, run.id)
+
+    def recorded(report) -> None:
+        held.close()
+        print(f"run {report.run_id}: logs in {report.run_dir}/logs", flush=True)
+
+    report = backend.submit(plans, run.id, dry_run=args.dry_run, recorded=recorded)
+    if args.dry_run:
+        print("\n".join(report.commands))
+        print(report.dry_note())
+        return EXIT_OK
+    if report.final is None:  # queued: the jobs report as they run
+        print(report.summary())
+        return EXIT_OK
+    return _finished(report.final, plans, store, ledger)
+
+
+def _finished(final: dict[str, str], plans, store, ledger) -> int:
+    """After a run in the foreground: the table (from local results if the store cannot be
+    reached or reports are still queued) and the exit code."""
     from .store import outbox
 
+    done = EXIT_OK if all(s in DONE for s in final.values()) else EXIT_FAILED
     why = "reports could not be delivered"
     if not outbox.pending(store):
         try:
@@ -338,25 +335,26 @@ def cmd_rerun(args) -> int:
     store, ledger = _store(), _ledger()
     pipeline = _pipeline_name(args, store, session)
     rerun = check_statuses((args.status or []) + (["Errored"] if args.failed else []) or ["Errored"])
-    backend = _backend(args, store, ledger, [session])
-    if backend is not None:
-        _prepare_slurm(store, ledger, backend, args.dry_run)
-    escalations = {}
-    if args.escalate:  # read before planning: a rerun resets the records to the class's values
-        from .jobside import escalate
+    backend = _checked(args, store, ledger, [session], {pipeline: [0]})
+    with contextlib.ExitStack() as held:
+        held.enter_context(_lock(ledger, "hpcpipe rerun"))
+        _refresh(store, ledger, backend)
+        escalations = {}
+        if args.escalate:  # read before planning: a rerun resets the records to the class's values
+            from .jobside import escalate
 
-        failed = [t for t in store.list_tasks(session=store.session_id(session), status=rerun)
-                  if not args.task or t["name"] in args.task]
-        escalations = escalate.plan(failed, backend, floors=_suggested(failed, backend))
-    plans = plan_sessions([session], pipeline, store, ledger, statuses=["Waiting"] + rerun,
-                          names=args.task, dry_run=args.dry_run, rerun_statuses=rerun,
-                          live_backend=backend.name if backend else "local")
-    _apply_resources(args, plans, store, backend,
-                     keep={tid: {e.field} for tid, e in escalations.items() if e.raised})
-    if escalations:
-        for esc in (escalate.apply(store, plans, escalations) if not args.dry_run else escalations.values()):
-            print(f"{esc.name}: {esc.line()}")
-    return _execute(args, plans, store, ledger, backend)
+            failed = [t for t in store.list_tasks(session=store.session_id(session), status=rerun)
+                      if not args.task or t["name"] in args.task]
+            escalations = escalate.plan(failed, _slurm(backend), floors=_suggested(failed, _slurm(backend)))
+        plans = plan_sessions([session], pipeline, store, ledger, statuses=["Waiting"] + rerun,
+                              names=args.task, dry_run=args.dry_run, rerun_statuses=rerun,
+                              live_backend=backend.name)
+        _apply_resources(args, plans, store, _slurm(backend),
+                         keep={tid: {e.field} for tid, e in escalations.items() if e.raised})
+        if escalations:
+            for esc in (escalate.apply(store, plans, escalations) if not args.dry_run else escalations.values()):
+                print(f"{esc.name}: {esc.line()}")
+        return _execute(args, plans, store, ledger, backend, held)
 
 
 def _suggested(tasks: list[dict], backend) -> dict[str, dict]:
@@ -370,40 +368,55 @@ def _suggested(tasks: list[dict], backend) -> dict[str, dict]:
             if (t.get("executable") or "", where(t)) in table}
 
 
-def cmd_status(args) -> int:
-    from .store import health
-    from .sweep import sweep
+def _refresh_unless_busy(store, ledger, remotes=None):
+    """A refresh under the lock if no submission holds it; else nothing changes (and it says so)."""
+    from .ledger import Busy
 
+    try:
+        with ledger.lock("hpcpipe status", wait=float(config.get("status", "lock_wait_secs", 5.0))):
+            return _refresh(store, ledger, remotes=remotes)
+    except Busy as exc:
+        _say(f"{exc}; job states not refreshed")
+        return None
+
+
+def cmd_status(args) -> int:
     statuses = check_statuses(args.status)
     store, ledger = _store(), _ledger()
-    health.brief(store)  # an unreachable store: local knowledge at once, not the retry budget per read
-    while True:
-        try:
-            session = None
-            if args.session:
-                from .session import parse_session_path
+    from .store import health
 
-                session = store.session_id(parse_session_path(args.session).path)
-            sweep(store, ledger)
-            live = _slurm_refresh(store, ledger)
-            rows = _rows(store, ledger, session, statuses, live)
-            why = None
-        except Unreachable as exc:  # show what this machine knows, marked as such
-            rows, why = _local_status(store, ledger, args.session, statuses), str(exc)
-        if args.json:
-            print(json.dumps([{k: r[k] for k in TABLE_KEYS} | {"session": r["session"], "local": why is not None}
-                              | ({"reason": r["reason"]} if args.reason else {}) for r in rows], indent=1))
-        elif why is None:
-            _print_table(rows, store, reasons=args.reason)
-        else:
-            _print_local(rows, store, why, reasons=args.reason)
-        if not args.watch:
-            return EXIT_OK if why is None else EXIT_UNREACHABLE
-        try:
-            time.sleep(args.watch)
-        except KeyboardInterrupt:  # Ctrl-C ends --watch; nothing runs here to stop
-            return 0
-        print()
+    health.brief(store)  # an unreachable store: local knowledge at once, not the retry budget per read
+    remotes: dict = {}  # one SSH connection per cluster for every poll of --watch
+    try:
+        while True:
+            try:
+                session = None
+                if args.session:
+                    from .session import parse_session_path
+
+                    session = store.session_id(parse_session_path(args.session).path)
+                report = _refresh_unless_busy(store, ledger, remotes)
+                rows = _rows(store, ledger, session, statuses, report.states if report else None)
+                why = None
+            except Unreachable as exc:  # show what this machine knows, marked as such
+                rows, why = _local_status(store, ledger, args.session, statuses), str(exc)
+            if args.json:
+                print(json.dumps([{k: r[k] for k in TABLE_KEYS} | {"session": r["session"], "local": why is not None}
+                                  | ({"reason": r["reason"]} if args.reason else {}) for r in rows], indent=1))
+            elif why is None:
+                _print_table(rows, store, reasons=args.reason)
+            else:
+                _print_local(rows, store, why, reasons=args.reason)
+            if not args.watch:
+                return EXIT_OK if why is None else EXIT_UNREACHABLE
+            try:
+                time.sleep(args.watch)
+            except KeyboardInterrupt:  # Ctrl-C ends --watch; nothing runs here to stop
+                return EXIT_OK
+            print()
+    finally:
+        for backend in remotes.values():
+            backend.transport.close()
 
 
 def _local_status(store, ledger, session_arg: str | None, statuses: list[str]) -> list[dict]:
@@ -421,12 +434,12 @@ def _local_status(store, ledger, session_arg: str | None, statuses: list[str]) -
 def cmd_sweep(args) -> int:
     """What ``status`` does before printing, alone and quiet (for cron): fold job results and
     record the tasks of jobs that ended without reporting (Errored, Held, or Waiting if requeued)."""
-    from .sweep import sweep
-
     store, ledger = _store(), _ledger()
-    dead = sweep(store, ledger)
-    states = _slurm_refresh(store, ledger)
-    print(f"sweep: {len(dead)} local process(es) gone; {len(states)} SLURM job(s) checked; "
+    report = _refresh_unless_busy(store, ledger)
+    if report is None:
+        return 0
+    print(f"sweep: {report.swept} task(s) recorded; {len(report.states)} SLURM job(s) checked; "
+          f"{report.lost} lost, {report.adopted} adopted, {report.unsubmitted} never submitted; "
           f"{len(ledger.live())} job(s) still queued or running")
     return 0
 
@@ -447,13 +460,13 @@ def cmd_sync(args) -> int:
 
     store, ledger = open_store(), _ledger()
     replayed = outbox.sync(store, force=True)
-    _slurm_refresh(store, ledger)
+    _refresh_unless_busy(store, ledger)
     from . import recorder
 
     for run_dir, missing in recorder.resume(store, ledger.run_dirs()).items():
         print(f"records of {Path(run_dir).name}: " + ("a recorder is at work on them" if missing is None else
                                                        f"{missing} still missing" if missing else "all made"))
-    _slurm_refresh(store, ledger)  # the records just made: the ledger takes their ids
+    _refresh_unless_busy(store, ledger)  # the records just made: the ledger takes their ids
     print(f"replayed {replayed} report(s); {len(outbox.pending(store))} still queued")
     return 0
 
@@ -510,32 +523,33 @@ def cmd_backfill(args) -> int:
     for pipeline, ks in pipelines.items():
         _alyx_check(store, [paths[k] for k in ks], pipeline)
     args.backend = "slurm"
-    backend = _backend(args, store, ledger, paths)
-    _prepare_slurm(store, ledger, backend, args.dry_run or bool(args.emit))
     statuses = ["Waiting"] + check_statuses(args.rerun)
+    backend = _checked(args, store, ledger, refs, pipelines)
     defer = _defer_records(args, store, backend)
-    plans = _plan_each(pipelines, refs, store, ledger, statuses=statuses, names=args.task,
-                       dry_run=args.dry_run, rerun_statuses=args.rerun, live_backend="slurm",
-                       defer_records=defer)
-    _apply_resources(args, plans, store, backend)
-    if not any(plans):
-        if defer:  # no job to queue first: the new records (Held, or not asked for) are made now
-            from . import recorder
+    with _lock(ledger, "hpcpipe backfill"):
+        _refresh(store, ledger, backend)
+        plans = _plan_each(pipelines, refs, store, ledger, statuses=statuses, names=args.task,
+                           dry_run=args.dry_run, rerun_statuses=args.rerun, live_backend="slurm",
+                           defer_records=defer)
+        _apply_resources(args, plans, store, backend)
+        if not any(plans):
+            if defer:  # no job to queue first: the new records (Held, or not asked for) are made now
+                from . import recorder
 
-            recorder.record_now(store, [p.deck for p in plans if p is not None])
-        print("nothing to submit")
-        return 0
-    run = Run.new(prefix="bf")
-    if _packed(args):
-        return _pack(args, backend, plans, run.id)
+                recorder.record_now(store, [p.deck for p in plans if p is not None])
+            print("nothing to submit")
+            return 0
+        run = Run.new(prefix="bf")
+        if _packed(args):
+            return _pack(args, backend, plans, run.id)
 
-    def progress(done: int, total: int) -> None:
-        bar = "#" * (30 * done // total)
-        print(f"\rsubmitting [{bar:<30}] chunk {done}/{total}", end="\n" if done == total else "",
-              file=sys.stderr, flush=True)
+        def progress(done: int, total: int) -> None:
+            bar = "#" * (30 * done // total)
+            print(f"\rsubmitting [{bar:<30}] chunk {done}/{total}", end="\n" if done == total else "",
+                  file=sys.stderr, flush=True)
 
-    report = backend.backfill(plans, run.id, throttle=args.throttle, dry_run=args.dry_run, progress=progress,
-                              deferred=defer)
+        report = backend.backfill(plans, run.id, throttle=args.throttle, dry_run=args.dry_run, progress=progress,
+                                  deferred=defer)
     if args.dry_run:
         print("\n".join(report.commands))
         print(f"dry run: scripts written to {report.run_dir}/scripts; nothing submitted")
@@ -566,43 +580,17 @@ def _defer_records(args, store, backend) -> bool:
 
 
 def cmd_cancel(args) -> int:
+    from .backends import cancel
     from .session import parse_session_path
-    from .slurm.cancel import cancel
-    from .slurm.transport import LocalTransport
 
     if not (args.session or args.run or args.task):
         raise BadInput("say what to cancel: --session PATH, --run ID or --task NAME")
     store, ledger = _store(), _ledger()
-    _slurm_refresh(store, ledger)
-    jobs = ledger.live("slurm")
-    if args.session:
-        eid = store.session_id(parse_session_path(args.session).path)
-        jobs = [j for j in jobs if j.session == eid]
-    if args.run:
-        jobs = [j for j in jobs if j.run_id == args.run]
-    if args.task:
-        jobs = [j for j in jobs if j.task_name in set(args.task)]
-    if not jobs:
-        print("no live job matches")
-        return 0
-    for remote in {j.remote for j in jobs}:
-        # an emitted script nobody submitted yet has no SLURM job to cancel
-        ids = sorted({j.backend_id for j in jobs if j.remote == remote and j.state != "EMITTED"})
-        if not ids:
-            continue
-        if remote is None:
-            cancel(LocalTransport(), ids)
-        else:
-            with _remote_backend(remote, store, ledger).transport as transport:
-                cancel(transport, ids)
-    for j in jobs:
-        task = store.get_task(j.task_id)
-        if task["status"] in ("Waiting", "Started"):
-            store.update_task(j.task_id, status="Errored",
-                              log=(task.get("log") or "") + f"\ncancelled by hpcpipe cancel (SLURM job {j.backend_id})\n")
-    ledger.set_state([(j.task_id, j.run_id, "CANCELLED", "hpcpipe cancel") for j in jobs])
-    ledger.set_folded([(j.task_id, j.run_id, j.folded_ops, True) for j in jobs])
-    print(f"cancelled {len(jobs)} job(s)")
+    session = store.session_id(parse_session_path(args.session).path) if args.session else None
+    with _lock(ledger, "hpcpipe cancel"):
+        _refresh(store, ledger)
+        count = cancel(store, ledger, session=session, run=args.run, tasks=args.task)
+    print(f"cancelled {count} job(s)" if count else "no live job matches")
     return 0
 
 
@@ -647,16 +635,13 @@ def _selection(args, store) -> dict:
 def cmd_report(args) -> int:
     from .report import table
     from .report.collect import collect
-    from .sweep import sweep
-
     if args.html:
         from .report.html import require_extra
 
         require_extra()  # before any work: a missing extra is one line
     store, ledger = _store(), _ledger()
     selection = _selection(args, store)
-    sweep(store, ledger)
-    _slurm_refresh(store, ledger)
+    _live_states(store, ledger)
     with _Transports(store, ledger) as transports:
         report = collect(store, ledger, transport_for=transports, history=args.all_attempts, **selection)
     report.title = "hpcpipe report: " + ", ".join(f"{k} {v}" for k, v in
@@ -683,7 +668,7 @@ def cmd_resources(args) -> int:
 
     store, ledger = _store(), _ledger()
     selection = _selection(args, store)
-    _slurm_refresh(store, ledger)
+    _live_states(store, ledger)
     with _Transports(store, ledger) as transports:
         report = collect(store, ledger, transport_for=transports, history=True, **selection)
     limits: dict = {}
@@ -730,7 +715,7 @@ def cmd_log(args) -> int:
         from .session import parse_session_path
 
         session = store.session_id(parse_session_path(args.session).path)
-    _slurm_refresh(store, ledger)
+    _live_states(store, ledger)
     with _Transports(store, ledger) as transports:
         logs = [task_log(task, ledger, transports) for task in find_tasks(store, args.id, session, args.task)]
     for tl in logs:

@@ -4,18 +4,31 @@ Alyx has no job-id field and the embedded store should not grow one, so job ids 
 small SQLite file next to the store, whatever the task store is. It answers "is this task
 already queued?" before a resubmission, gives ``status`` its backend and job-id columns, and
 lets the sweep find tasks whose job died without reporting.
+
+The ledger is a *cache* of what the backend knows (docs/ARCHITECTURE.md, "who owns what"):
+SLURM owns "this task has a live job"; a row here is written *before* ``sbatch`` (state
+``SUBMITTING``, the intent) and corrected from SLURM at every refresh: jobs SLURM has are adopted
+by their run name and comment, intents SLURM never got become ``UNSUBMITTED``, jobs SLURM has
+forgotten become ``LOST`` after the grace period. ``Ledger.lock`` makes submissions on one
+machine exclude each other (read, plan, record, sbatch as one step).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import json
+import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 from . import config
+from .errors import HpcpipeError
+from .jobstate import FINAL, SUBMITTING
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -23,20 +36,22 @@ CREATE TABLE IF NOT EXISTS jobs (
     backend TEXT NOT NULL, job_id TEXT NOT NULL, array_index INTEGER,
     state TEXT NOT NULL DEFAULT 'SUBMITTED', reason TEXT, submitted TEXT, updated TEXT,
     run_dir TEXT, folded_ops INTEGER NOT NULL DEFAULT 0, folded INTEGER NOT NULL DEFAULT 0,
-    remote TEXT,
+    remote TEXT, doubt_since TEXT, chunk TEXT, script TEXT,
     PRIMARY KEY (task_id, run_id));
 CREATE INDEX IF NOT EXISTS jobs_run ON jobs(run_id);
 CREATE INDEX IF NOT EXISTS jobs_job ON jobs(backend, job_id);
 """
 #: columns added since the first schema, for ``Ledger._migrate``
 _ADDED_COLUMNS = (("run_dir", "TEXT"), ("folded_ops", "INTEGER NOT NULL DEFAULT 0"),
-                  ("folded", "INTEGER NOT NULL DEFAULT 0"), ("remote", "TEXT"))
+                  ("folded", "INTEGER NOT NULL DEFAULT 0"), ("remote", "TEXT"), ("doubt_since", "TEXT"),
+                  ("chunk", "TEXT"), ("script", "TEXT"))
 #: the columns ``Ledger.record`` writes
 _RECORD_COLUMNS = ("task_id", "session", "task_name", "run_id", "backend", "job_id", "array_index", "state",
-                   "reason", "run_dir", "remote")
-#: Backend states after which a job will never run again.
-FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-                          "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED", "EXITED", "KILLED", "LOST"})
+                   "reason", "run_dir", "remote", "chunk", "script")
+
+
+class Busy(HpcpipeError):
+    """Another submission on this machine holds the ledger's lock (after the bounded wait)."""
 
 
 @dataclass
@@ -61,16 +76,30 @@ class JobRecord:
     folded: int = 0
     #: the --remote target the job was submitted through (None: this machine)
     remote: str | None = None
+    #: when the job was first seen in a doubtful state (unknown to SLURM, NODE_FAIL, PREEMPTED)
+    doubt_since: str | None = None
+    #: the run folder chunk of its session entry, and the name of the sbatch call (its script)
+    chunk: str | None = None
+    script: str | None = None
 
     @property
     def live(self) -> bool:
-        """Queued or running, as last seen."""
-        return self.state not in FINAL_STATES
+        """Queued, running, or about to be submitted, as last seen."""
+        return self.state not in FINAL
+
+    @property
+    def intent(self) -> bool:
+        """Recorded before sbatch; the job id is not known yet."""
+        return self.state == SUBMITTING and not self.job_id
 
     @property
     def backend_id(self) -> str:
         """The id the backend knows: ``123`` or ``123_4`` for an array element."""
         return self.job_id if self.array_index is None else f"{self.job_id}_{self.array_index}"
+
+
+#: ledger paths whose lock this process holds (``Ledger.lock`` is re-entrant)
+_HELD: set[str] = set()
 
 
 def _now() -> str:
@@ -105,10 +134,11 @@ class Ledger:
         return db
 
     def record(self, jobs: Iterable[dict]) -> None:
-        """Insert or replace job rows (keys of ``JobRecord``; state defaults to SUBMITTED)."""
+        """Insert or replace job rows (keys of ``JobRecord``; state defaults to SUBMITTING, the
+        intent written before sbatch, with an empty job id until sbatch answers)."""
         rows = [(j["task_id"], j.get("session"), j.get("task_name"), j["run_id"], j["backend"],
-                 str(j["job_id"]), j.get("array_index"), j.get("state", "SUBMITTED"), j.get("reason"),
-                 j.get("run_dir"), j.get("remote")) for j in jobs]
+                 str(j.get("job_id") or ""), j.get("array_index"), j.get("state", SUBMITTING), j.get("reason"),
+                 j.get("run_dir"), j.get("remote"), j.get("chunk"), j.get("script")) for j in jobs]
         if not rows:
             return
         columns = dict(zip(_RECORD_COLUMNS, zip(*rows)))
@@ -121,7 +151,7 @@ class Ledger:
         job id, task name, state...), the three lists what differs, so nothing is built per row."""
         varying = {"task_id": task_ids, "session": sessions, "array_index": indices}
         same = {n: common.get(n) for n in _RECORD_COLUMNS if n not in varying}
-        same["job_id"], same["state"] = str(same["job_id"]), same["state"] or "SUBMITTED"
+        same["job_id"], same["state"] = str(same["job_id"] or ""), same["state"] or SUBMITTING
         self._insert(same, varying)
 
     def _insert(self, same: dict, varying: dict) -> None:
@@ -143,10 +173,29 @@ class Ledger:
     def set_state(self, updates: Iterable[tuple[str, str, str, str | None]]) -> None:
         """Update ``(task_id, run_id, state, reason)`` rows."""
         now = _now()
+        self._write("UPDATE jobs SET state=?, reason=?, updated=? WHERE task_id=? AND run_id=?",
+                    [(s, r, now, t, run) for t, run, s, r in updates])
+
+    def submitted(self, run_id: str, script: str, job_id: str, state: str = "PENDING") -> None:
+        """sbatch answered (or SLURM was found to have the job): fill in the intent's job id."""
+        self._write("UPDATE jobs SET job_id=?, state=?, updated=? WHERE run_id=? AND script=?",
+                    [(str(job_id), state, _now(), run_id, script)])
+
+    def forget(self, rows: Iterable[tuple[str, str]]) -> None:
+        """Delete ``(task_id, run_id)`` intents that never became a job (nothing ran, nothing to keep)."""
+        self._write("DELETE FROM jobs WHERE task_id=? AND run_id=? AND job_id=''", list(rows))
+
+    def set_doubt(self, updates: Iterable[tuple[str, str, str | None]]) -> None:
+        """Record ``(task_id, run_id, since)``: when a job was first seen doubtful (None: not any more)."""
+        self._write("UPDATE jobs SET doubt_since=? WHERE task_id=? AND run_id=?",
+                    [(since, t, run) for t, run, since in updates])
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        if not rows:
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany("UPDATE jobs SET state=?, reason=?, updated=? WHERE task_id=? AND run_id=?",
-                                 [(s, r, now, t, run) for t, run, s, r in updates])
+            self._db.executemany(sql, rows)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -154,14 +203,8 @@ class Ledger:
 
     def set_folded(self, updates: Iterable[tuple[str, str, int, bool]]) -> None:
         """Record ``(task_id, run_id, ops folded, final)`` after folding result files."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.executemany("UPDATE jobs SET folded_ops=?, folded=? WHERE task_id=? AND run_id=?",
-                                 [(n, int(final), t, run) for t, run, n, final in updates])
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+        self._write("UPDATE jobs SET folded_ops=?, folded=? WHERE task_id=? AND run_id=?",
+                    [(n, int(final), t, run) for t, run, n, final in updates])
 
     def adopt(self, run_id: str, placeholder: str, job_id: str) -> None:
         """Give the jobs recorded under ``placeholder`` (an emitted script nobody had submitted
@@ -210,7 +253,7 @@ class Ledger:
 
     def live(self, backend: str | None = None) -> list[JobRecord]:
         """Jobs not yet seen in a final state."""
-        finals = ",".join(f"'{s}'" for s in FINAL_STATES)
+        finals = ",".join(f"'{s}'" for s in FINAL)
         if backend:
             return self._select(f"state NOT IN ({finals}) AND backend = ?", (backend,))
         return self._select(f"state NOT IN ({finals})")
@@ -218,6 +261,60 @@ class Ledger:
     def run(self, run_id: str) -> list[JobRecord]:
         """Every job of one run."""
         return self._select("run_id = ?", (run_id,))
+
+    def intents(self, backend: str | None = None) -> list[JobRecord]:
+        """Rows recorded before sbatch whose job id is not known yet."""
+        return [j for j in self.live(backend) if j.intent]
+
+    @property
+    def locked_here(self) -> bool:
+        """Does this process hold the lock (so no submission on this machine is under way)?"""
+        return str(self.path) in _HELD
+
+    @contextlib.contextmanager
+    def lock(self, purpose: str, wait: float | None = None,
+             on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Exclusive use of this ledger by one submission (read, plan, record, sbatch).
+
+        ``flock`` on ``<ledger>.lock``: released by the kernel when the holder dies, even by
+        SIGKILL, so a crash never leaves it stuck. Waits at most ``wait`` seconds (default
+        ``[submit] lock_wait_secs``, 120), telling ``on_wait`` once who holds it, then raises
+        ``Busy`` naming the holder. Re-entrant within one process.
+        """
+        key = str(self.path)
+        if key in _HELD:
+            yield
+            return
+        wait = float(config.get("submit", "lock_wait_secs", 120.0)) if wait is None else wait
+        path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + wait
+            told = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    holder = path.read_text().strip() or "another process"
+                    if time.monotonic() >= deadline:
+                        raise Busy(f"another hpcpipe submission holds {path} ({holder}); waited {wait:.0f} s: "
+                                   "try again when it has finished") from None
+                    if on_wait is not None and not told:
+                        on_wait(f"waiting for another hpcpipe submission ({holder}) to finish...")
+                        told = True
+                    time.sleep(0.2)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}, {purpose}, since {_now()}\n".encode(), 0)
+            _HELD.add(key)
+            try:
+                yield
+            finally:
+                _HELD.discard(key)
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)

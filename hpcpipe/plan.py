@@ -7,7 +7,9 @@ the rules below hold for every backend:
   live job already runs it (no double submission);
 * a parent planned in the same run is a dependency (SLURM: ``afterok``);
 * a parent already Complete or Incomplete is no dependency at all;
-* a parent with a live job from an earlier run is a dependency on that job;
+* a parent with a live job from an earlier run is a dependency on that job, unless SLURM does not
+  know that job right now (unknown, or an intent not resolved yet): the task is skipped this time,
+  since SLURM treats a dependency on an id it has forgotten as satisfied;
 * any other parent (Errored, Held, Empty, Abandoned, Waiting but not planned) means the task
   cannot run: it is recorded Held and not submitted, and so are its planned descendants.
 """
@@ -100,6 +102,13 @@ def plan_session(deck: list[dict], session: str, session_path: Path | None = Non
             continue
         item = PlanItem(task)
         reason = None
+        doubtful = [by_id[p]["name"] for p in task.get("parents") or []
+                    if p in live_jobs and p in by_id and (live_jobs[p].doubt_since or not live_jobs[p].job_id)]
+        if doubtful:
+            # SLURM counts a dependency on an id it forgot as satisfied: never name such a job
+            plan.skipped.append((task, f"parent {doubtful[0]}'s job is not known to SLURM right now; "
+                                       "submit again once it is found or declared lost"))
+            continue
         for pid in task.get("parents") or []:
             parent = by_id.get(pid)
             if parent is None:

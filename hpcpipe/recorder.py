@@ -42,7 +42,8 @@ from typing import Iterable, Iterator, Sequence
 
 from . import config
 from .errors import Conflict, HpcpipeError, StoreError, Unreachable
-from .jobside.runfolder import _TYPE_FIELDS, _atomic_write, session_entry
+from .files import atomic_write
+from .jobside.runfolder import _TYPE_FIELDS, session_entry
 from .store.base import TaskStore
 
 _logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def known_ids(run_dir: Path | str, wanted: Iterable[str] | None = None) -> dict[
 
 
 def write_id(run_dir: Path | str, provisional: str, store_id: str) -> None:
-    _atomic_write(records_dir(run_dir) / provisional, store_id)
+    atomic_write(records_dir(run_dir) / provisional, store_id)
 
 
 def done(run_dir: Path | str) -> bool:
@@ -228,7 +229,7 @@ class Recorder:
                 _logger.info("recorder of %s: %d record(s) made, %d to go", self.run_dir.name, self.created,
                              len(todo) - self.created)
         if only is None and not missing:
-            _atomic_write(records_dir(self.run_dir) / DONE_MARK, str(time.time()))
+            atomic_write(records_dir(self.run_dir) / DONE_MARK, str(time.time()))
         return missing
 
 
@@ -293,7 +294,7 @@ def adopt_result(run_dir: Path | str, provisional: str, known: dict[str, str]) -
     for op in res["ops"]:
         if "task_id" in op["payload"]:
             op["payload"]["task_id"] = known.get(op["payload"]["task_id"], op["payload"]["task_id"])
-    _atomic_write(result_path(run_dir, known[provisional]), json.dumps(res))
+    atomic_write(result_path(run_dir, known[provisional]), json.dumps(res))
     old.unlink()
     return True
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from . import config, recorder
+from . import recorder
 from .ledger import Ledger
 from .pipeline import Pipeline, graph_template, record_existing
 from .pipelines import find_pipeline
@@ -34,19 +35,11 @@ class Run:
     def new(cls, root: Path | None = None, prefix: str = "hp") -> "Run":
         """A fresh run id (sortable by time, unique) and its folder under ``root``."""
         run_id = f"{prefix}-{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-        root = Path(root or config.get("local", "run_root", str(config.home() / "runs")))
+        from .engines.local import run_root
+
+        root = Path(root) if root else run_root()
         path = root / run_id
         return cls(run_id, path)
-
-
-@dataclass
-class SubmitResult:
-    """What a submission did, for the CLI to print."""
-
-    run: Run
-    plans: list[Plan] = field(default_factory=list)
-    final: dict[str, str] = field(default_factory=dict)
-    dry_run: bool = False
 
 
 def instantiate(cls: type, session_path: Path, store: TaskStore):
@@ -112,9 +105,24 @@ def session_templates(refs: list[SessionRef], classes: list[type[Pipeline]], sto
     return out
 
 
+def check_sessions(sessions: list, pipeline: str, store: TaskStore, check: Callable[[list[dict]], None]) -> None:
+    """Every check before anything is recorded: session paths, the pipeline, and (``check``, the
+    backend's) the resources of every distinct kind of task -- cluster limits, the machine's
+    budget -- taken from the graph templates, as they will be recorded."""
+    cls = find_pipeline(pipeline)
+    refs = parse_session_paths(sessions)
+    distinct: dict[tuple, dict] = {}
+    for template in {id(t): t for t in session_templates(refs, [cls] * len(refs), store)}.values():
+        for item in template:
+            distinct.setdefault(tuple(map(item.get, ("executable", "cpu", "gpu", "ram", "time_out_secs",
+                                                     "priority", "io_charge"))), item)
+    check(list(distinct.values()))
+
+
 def plan_sessions(sessions: list[Path | str], pipeline: str, store: TaskStore, ledger: Ledger,
                   statuses=(WAITING,), names=None, dry_run: bool = False, rerun_statuses=None,
-                  live_backend: str | None = None, defer_records: bool = False) -> list[Plan]:
+                  live_backend: str | None = None, defer_records: bool = False,
+                  pipes: list[Pipeline] | None = None) -> list[Plan]:
     """Record (unless dry) and plan each session; Held decisions are saved (unless dry).
 
     Every session path and the pipeline are checked before the first record is written. A

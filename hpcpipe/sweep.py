@@ -1,15 +1,18 @@
 """The sweep: no task stays Started after the process or job that ran it is gone.
 
-A job killed from outside (SIGKILL, OOM killer, a scheduler limit) cannot report. ``sweep``
+A job killed from outside (SIGKILL, OOM killer, a scheduler limit) cannot report. The sweep
 compares the store with what the backend says about the live jobs in the ledger and records
-such tasks Errored, with the reason in their log. ``hpcpipe status`` runs it before printing.
+such tasks Errored, with the reason in their log. This module is the local engine's (its
+``refresh`` calls ``sweep_local``); SLURM's is part of ``SlurmBackend.refresh``, and
+``hpcpipe status`` refreshes every backend before printing.
 """
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
+from .engines.local import engine_pid
+from .jobstate import LOST, UNSUBMITTED
 from .ledger import JobRecord, Ledger
 from .status import ERRORED, STARTED
 
@@ -33,6 +36,10 @@ def sweep_local(store, ledger: Ledger) -> list[JobRecord]:
 
     dead = []
     for job in ledger.live("local"):
+        if job.intent:  # recorded before its engine started it: live while that engine is
+            if engine_pid(job) is None:
+                ledger.set_state([(job.task_id, job.run_id, UNSUBMITTED, "its local engine ended before starting it")])
+            continue
         if _pid_runs_job(job):
             continue
         dead.append(job)
@@ -50,14 +57,8 @@ def sweep_local(store, ledger: Ledger) -> list[JobRecord]:
             task = None
         reason = f"local process {job.job_id} ended without reporting (killed or its engine died)"
         if task is not None and task["status"] == STARTED:
-            store.update_task(job.task_id, status=ERRORED, log=(task.get("log") or "") + f"\n{reason}\n")
+            store.append_log(job.task_id, reason, status=ERRORED)
             _logger.warning("%s: %s", job.task_name, reason)
-        ledger.set_state([(job.task_id, job.run_id, "LOST", reason)])
+        ledger.set_state([(job.task_id, job.run_id, LOST, reason)])
     return dead
 
-
-def sweep(store, ledger: Ledger) -> list[JobRecord]:
-    """Every backend's sweep (the local one here; SLURM's is added by its backend)."""
-    if os.name != "posix":
-        return []
-    return sweep_local(store, ledger)

@@ -20,6 +20,7 @@ from pathlib import Path
 from . import __version__, config
 from . import signature as sig
 from .errors import BadInput
+from .files import atomic_write
 from .status import CODE_COMPLETE, CODE_ERRORED, CODE_LOCKED
 
 _logger = logging.getLogger(__name__)
@@ -321,9 +322,7 @@ class Task(abc.ABC):
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"start": time.time(), "name": taskname, "time_out_secs": time_out_secs,
                   "pid": os.getpid()}
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(record))
         return path
 
     @staticmethod

@@ -12,6 +12,8 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from .files import atomic_write
+
 
 @dataclass
 class Usage:
@@ -79,11 +81,7 @@ def usage_path(run_dir: Path | str, task_id: str) -> Path:
 
 def save_local(run_dir: Path | str, task_id: str, usage: Usage) -> None:
     """Write a local task's measurement (atomically: a report may read it meanwhile)."""
-    path = usage_path(run_dir, task_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(usage.to_json())
-    os.replace(tmp, path)
+    atomic_write(usage_path(run_dir, task_id), usage.to_json())
 
 
 def load_local(run_dir: Path | str | None, task_id: str) -> Usage | None:

@@ -19,9 +19,17 @@ class Sleep(Task):
     time_out_secs = 600
 
     def _run(self, overwrite=False):
-        with open(Path(self.session_path) / "order.txt", "a") as fh:
+        order = Path(self.session_path) / "order.txt"
+        with open(order, "a") as fh:
             fh.write(f"{self.kwargs.get('label', self.name)} {os.getpid()}\n")
-        time.sleep(float(self.kwargs.get("seconds", 0)))
+        together = int(self.kwargs.get("together", 0))
+        if together:  # wait (at most ``seconds``) until that many tasks have started: no timing
+            end = time.monotonic() + float(self.kwargs.get("seconds", 0))
+            while time.monotonic() < end and sum(not ln.startswith("end ")
+                                                  for ln in order.read_text().splitlines()) < together:
+                time.sleep(0.05)
+        else:
+            time.sleep(float(self.kwargs.get("seconds", 0)))
         with open(Path(self.session_path) / "order.txt", "a") as fh:
             fh.write(f"end {self.kwargs.get('label', self.name)}\n")
         if self.kwargs.get("fail"):
@@ -50,6 +58,19 @@ class ThreeIndependent(Pipeline):
         self.tasks = OrderedDict((t.name, t) for t in (A(self.session_path, seconds=0.2),
                                                         B(self.session_path, seconds=0.2),
                                                         C(self.session_path, seconds=0.2)))
+
+
+class ThreeTogether(Pipeline):
+    """A, B, C with no parents, each waiting (at most 60 s) until all three have started: they
+    end at once if the engine runs them side by side, one by one after 60 s each if it does not."""
+
+    _name = "three-together"
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        self.tasks = OrderedDict((t.name, t) for t in (A(self.session_path, seconds=60, together=3),
+                                                        B(self.session_path, seconds=60, together=3),
+                                                        C(self.session_path, seconds=60, together=3)))
 
 
 class TimeoutPipeline(Pipeline):
@@ -253,3 +274,47 @@ class OutageBench(Pipeline):
         t4 = Work4(self.session_path, parents=[t3])
         t5 = Work5(self.session_path, parents=[t4, t2])
         self.tasks = OrderedDict((t.name, t) for t in (t1, t2, t3, t4, t5))
+
+
+T1 = _sleep_class("T1")
+T2 = _sleep_class("T2")
+T3 = _sleep_class("T3")
+
+
+class TinyChain(Pipeline):
+    """T1 -> T2 -> T3, each returning at once: for fault tests of many sessions."""
+
+    _name = "tinychain"
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        t1 = T1(self.session_path)
+        t2 = T2(self.session_path, parents=[t1])
+        self.tasks = OrderedDict([("T1", t1), ("T2", t2), ("T3", T3(self.session_path, parents=[t2]))])
+
+
+Parent = _sleep_class("Parent")
+
+
+class ParentChild(Pipeline):
+    """Parent (sleeps 20 s) -> Child: a child submitted while its parent runs in an earlier run."""
+
+    _name = "parentchild"
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        parent = Parent(self.session_path, seconds=20)
+        self.tasks = OrderedDict([("Parent", parent), ("Child", Child(self.session_path, parents=[parent]))])
+
+
+Hog = _sleep_class("Hog", cpu=8, ram=1)
+
+
+class HogPipeline(Pipeline):
+    """One task taking the test node's 8 CPUs for 30 s: preemption and node-failure tests."""
+
+    _name = "hog"
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        self.tasks = OrderedDict([("Hog", Hog(self.session_path, seconds=30))])

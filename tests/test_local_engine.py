@@ -83,7 +83,8 @@ def test_priority_order_under_a_one_cpu_budget(env, session):
 def test_parallel_when_the_budget_allows(env, session):
     env["HPCPIPE_LOCAL_CPUS"] = "3"
     env["HPCPIPE_LOCAL_RAM"] = "8"
-    hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.ThreeIndependent", check=True)
+    hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.ThreeTogether",
+       check=True, timeout=400)
     lines = (session / "order.txt").read_text().splitlines()
     assert len({ln.split()[1] for ln in lines if not ln.startswith("end ")}) == 3  # one process per task
     assert not any(ln.startswith("end ") for ln in lines[:3])  # all three started before any ended
@@ -149,6 +150,20 @@ def test_sigint_stops_children_and_leaves_nothing_started(env, session):
     rows = status(env, session)
     assert "Started" not in {r["status"] for r in rows.values()}
     assert rows["A"]["status"] == rows["B"]["status"] == "Waiting"
+
+
+def test_cancel_from_another_shell_stops_a_local_run_as_ctrl_c_would(env, session):
+    """``hpcpipe cancel`` reaches the local engine through the same Backend interface as SLURM:
+    the engine is stopped (its running tasks back to Waiting, the child never started)."""
+    proc = _spawn_submit(env, session, "tests.sample_pipelines.LongPipeline")
+    _wait_started(env, session, 2)
+    out = hp(env, "cancel", "--session", str(session), check=True).stdout
+    assert "cancelled 3 job(s)" in out, out  # A and B running, Child recorded as an intent
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert not task_processes(env["HPCPIPE_HOME"])
+    assert {r["status"] for r in status(env, session).values()} == {"Waiting"}
+    assert "no live job matches" in hp(env, "cancel", "--session", str(session), check=True).stdout
 
 
 def test_sigkill_of_a_task_process_is_recorded_errored(env, session):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config
+from ..files import atomic_write
 
 _logger = logging.getLogger(__name__)
 
@@ -110,18 +111,7 @@ def store_token(url: str, username: str | None, token: str | None) -> None:
         entry.pop(username, None)
     else:
         entry[username] = token
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data), mode=0o600, fsync=True)
 
 
 def resolve(base_url: str | None = None, username: str | None = None,

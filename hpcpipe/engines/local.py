@@ -17,6 +17,7 @@ queued when the last task ends gets one more try then.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -27,11 +28,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 from .. import config, usage
+from ..backends import RefreshReport, SubmitReport
 from ..errors import BadInput, Unreachable
 from ..jobside import runfolder
-from ..ledger import Ledger
+from ..ledger import JobRecord, Ledger
 from ..pipeline import time_out_secs
 from ..plan import Plan, PlanItem
 from ..status import DONE, ERRORED, HELD, WAITING
@@ -72,6 +75,19 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def engine_pid(job: JobRecord) -> int | None:
+    """The pid of the live hpcpipe engine that recorded ``job`` (``script`` = ``engine:<pid>``),
+    or None: it ended, or the pid now belongs to another program."""
+    pid = (job.script or "").partition("engine:")[2]
+    if pid == str(os.getpid()):
+        return os.getpid()
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes() if pid.isdigit() else b""
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return int(pid) if b"hpcpipe" in argv else None
+
+
 @dataclass
 class _Running:
     item: PlanItem
@@ -84,37 +100,119 @@ class _Running:
     wall_start: float = 0.0
 
 
+def run_root() -> Path:
+    """Where local runs keep their folders (``[local] run_root``, default ``<home>/runs``)."""
+    return Path(config.get("local", "run_root", str(config.home() / "runs")))
+
+
 @dataclass
 class LocalEngine:
-    """Runs plans to completion in the foreground (the embedded default backend)."""
+    """Runs plans to completion in the foreground (the embedded default backend).
+
+    ``budget`` (CPUs, RAM, GPUs) is read from the machine when first needed, so a refresh or a
+    cancel, which need none, asks no ``nvidia-smi``.
+    """
 
     store: object
     ledger: Ledger
-    budget: dict[str, float] = field(default_factory=machine_budget)
+    budget: dict[str, float] | None = None
     poll_secs: float = 0.1
     backend: str = "local"
+    #: what it does with a plan ("nothing to run")
+    verb = "run"
     _replayer: threading.Thread | None = field(default=None, repr=False)
     _replay_checked: float = field(default=0.0, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The backend's name, as every backend has one (``ledger`` rows carry it)."""
+        return self.backend
+
+    def _budget(self) -> dict[str, float]:
+        if self.budget is None:
+            self.budget = machine_budget()
+        return self.budget
+
+    # ------------------------------------------------------------------ the Backend interface
+    def submit(self, plans: list[Plan], run_id: str, dry_run: bool = False,
+               recorded: Callable[[SubmitReport], None] | None = None) -> SubmitReport:
+        """Run the plans here, in the foreground; the report carries each task's final status.
+
+        The intents go into the ledger first (``reserve``, under the caller's submission lock),
+        then ``recorded`` is called (the CLI releases the lock there: the tasks may run for
+        hours), then the tasks run. A dry run lists what would run and changes nothing.
+        """
+        t0 = time.perf_counter()
+        plans = [p for p in plans if p.items]
+        report = SubmitReport(run_id, str(run_root() / run_id), backend=self.name)
+        if dry_run:
+            for plan in plans:
+                names = {i.id: i.task["name"] for i in plan.items}
+                for item in plan.items:
+                    deps = [names[p] for p in item.parents_in_plan]
+                    t = item.task
+                    report.commands.append(f"would run {t['name']} (cpu {t['cpu']}, gpu {t['gpu']}, ram {t['ram']}G)"
+                                           + (f" after {', '.join(deps)}" if deps else ""))
+            return report
+        run_dir = Path(report.run_dir)
+        self.reserve(plans, run_id, run_dir)
+        if recorded is not None:
+            recorded(report)
+        report.final = self.run(plans, run_id, run_dir)
+        report.elements = len(report.final)
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def refresh(self) -> RefreshReport:
+        """The local sweep: tasks whose process died without a final result are recorded
+        (``sweep.sweep_local``); the process table is the scheduler here, asked per job."""
+        from ..sweep import sweep_local
+
+        return RefreshReport(swept=len(sweep_local(self.store, self.ledger)))
+
+    def cancel(self, jobs: list[JobRecord], runs: Iterable[str] = ()) -> int:
+        """SIGTERM the engines running ``jobs`` (and every job of ``runs``) on this machine.
+
+        An engine stops as on Ctrl-C: its running tasks are stopped and go back to Waiting, the
+        others are not started. A task's own process is not signalled alone: the engine would
+        take its death for a failure and hold its children. Returns the jobs of those engines.
+        """
+        jobs = list(jobs)
+        for run in runs:
+            jobs += [j for j in self.ledger.run(run) if j.backend == self.name and j.live and j not in jobs]
+        engines = {pid for pid in map(engine_pid, jobs) if pid}
+        for pid in engines:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        return len([j for j in jobs if engine_pid(j) in engines])
 
     def needs(self, task: dict) -> dict[str, float]:
         """What a task takes from the budget (a GPU task on a GPU-less machine: one CPU-GPU slot)."""
         return {"cpu": float(task.get("cpu") or 1), "ram": float(task.get("ram") or 0),
                 "gpu": float(task.get("gpu") or 0)}
 
-    def check(self, plans: list[Plan]) -> None:
-        """Refuse, before anything runs, a task bigger than the whole machine."""
-        for plan in plans:
-            for item in plan.items:
-                for key, value in self.needs(item.task).items():
-                    limit = self.budget[key] if key != "gpu" or self.budget["gpu"] > 0 else 1
-                    if value > limit:
-                        raise BadInput(f"task {item.task['name']} asks {key}={value:g} but this machine's budget "
-                                       f"is {limit:g} (set [local] {key + 's' if key != 'ram' else key} in the config)")
+    def check(self, tasks: list[dict], dry_run: bool = False) -> None:
+        """Refuse, before anything is recorded or runs, a task bigger than the whole machine."""
+        for task in tasks:
+            for key, value in self.needs(task).items():
+                limit = self._budget()[key] if key != "gpu" or self._budget()["gpu"] > 0 else 1
+                if value > limit:
+                    raise BadInput(f"task {task['name']} asks {key}={value:g} but this machine's budget "
+                                   f"is {limit:g} (set [local] {key + 's' if key != 'ram' else key} in the config)")
+
+    def reserve(self, plans: list[Plan], run_id: str, run_dir: Path) -> None:
+        """Record every planned task in the ledger before the first one starts (the intent,
+        under the submission lock): a concurrent submit sees them live and plans them not
+        again. The engine's pid names the intent, so the sweep knows when it died."""
+        self.ledger.record([{"task_id": it.id, "session": it.task.get("session"), "task_name": it.task["name"],
+                             "run_id": run_id, "backend": self.backend, "run_dir": str(run_dir),
+                             "script": f"engine:{os.getpid()}"} for plan in plans for it in plan.items])
 
     def run(self, plans: list[Plan], run_id: str, run_dir: Path) -> dict[str, str]:
         """Run every plan's items; returns ``{task id: final status}``."""
-        self.check(plans)
+        self.check([it.task for plan in plans for it in plan.items])
         self._write_run(plans, run_id, run_dir)
+        self._started: set[str] = set()
         items = {it.id: it for plan in plans for it in plan.items}
         index = {it.id: i for i, plan in enumerate(plans) for it in plan.items}
         final: dict[str, str] = {}
@@ -143,6 +241,9 @@ class LocalEngine:
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
+            # intents of tasks that never started (held, interrupted) are no live job any more
+            self.ledger.forget([(it.id, run_id) for it in items.values()]
+                               + [(tid, run_id) for tid in final if tid not in self._started])
         self._replay_at_end()
         return final
 
@@ -178,7 +279,7 @@ class LocalEngine:
 
     # ------------------------------------------------------------------ scheduling
     def _free(self, running: dict[str, _Running]) -> dict[str, float]:
-        free = dict(self.budget)
+        free = dict(self._budget())
         if free["gpu"] == 0:
             free["gpu"] = 1  # the CPU fallback slot for GPU tasks
         for r in running.values():
@@ -223,7 +324,8 @@ class LocalEngine:
         elif note is not None:
             try:
                 with health.reporting(self.store):
-                    fields["log"] = (self.store.get_task(task_id).get("log") or "") + f"\n{note}\n"
+                    self.store.append_log(task_id, note, **fields)
+                return
             except Unreachable as exc:
                 health.mark_down(outbox.store_key(self.store), str(exc))
                 _logger.warning("store unreachable: %s", note)
@@ -265,6 +367,7 @@ class LocalEngine:
 
     def _launch(self, item: PlanItem, index: int, need, run_id, run_dir: Path) -> _Running:
         task = item.task
+        self._started.add(item.id)
         log_path = run_dir / "logs" / f"{task['name']}.{index}.log"
         argv = self._argv(item, index, run_dir, log_path)
         with open(log_path, "ab") as log:
@@ -273,7 +376,7 @@ class LocalEngine:
                                     start_new_session=True, preexec_fn=_die_with_parent)
         self.ledger.record([{"task_id": task["id"], "session": task.get("session"), "task_name": task["name"],
                              "run_id": run_id, "backend": self.backend, "job_id": proc.pid, "state": "RUNNING",
-                             "run_dir": str(run_dir)}])
+                             "run_dir": str(run_dir), "script": f"engine:{os.getpid()}"}])
         _logger.info("started %s (pid %d), log %s", task["name"], proc.pid, log_path)
         return _Running(item, proc, time.monotonic(), log_path, need, run_dir, time.time())
 

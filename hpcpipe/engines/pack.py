@@ -76,6 +76,9 @@ class _NoLedger:
     def set_folded(self, updates) -> None:
         pass
 
+    def forget(self, rows) -> None:
+        pass
+
 
 class PackStore:
     """The few store calls the engine makes, answered from the run folder.
@@ -99,6 +102,10 @@ class PackStore:
             if op["op"] == "update_task" and op["payload"].get("task_id") == task_id:
                 task.update({k: v for k, v in op["payload"].items() if k != "task_id"})
         return task
+
+    def append_log(self, task_id: str, text: str, **fields) -> dict:
+        """A log line, recorded as one operation of the task's result file."""
+        return self.update_task(task_id, log=(self.get_task(task_id).get("log") or "") + f"\n{text}\n", **fields)
 
     def update_task(self, task_id: str, **fields) -> dict:
         delivered = False
@@ -145,7 +152,7 @@ class PackEngine(LocalEngine):
             need["ram"] = need["cpu"] * self.budget["ram"] / self.budget["cpu"]
         return need
 
-    def check(self, plans: list[Plan]) -> None:
+    def check(self, tasks: list, dry_run: bool = False) -> None:
         """A task bigger than the allocation is Errored, not fatal to the rest of the pack."""
 
     def _argv(self, item: PlanItem, index: int, run_dir: Path, log_path: Path) -> list[str]:

@@ -135,8 +135,6 @@ def apply(store, plans, escalations: dict[str, Escalation]) -> list[Escalation]:
             if esc.raised:
                 item.task[esc.field] = esc.new
                 fields[esc.field] = esc.new
-            current = store.get_task(item.id)
-            log = (current.get("log") or "")
-            store.update_task(item.id, **fields, log=(log + "\n" if log else "") + esc.line() + "\n")
+            store.append_log(item.id, esc.line(), **fields)
             done.append(esc)
     return done

@@ -76,8 +76,27 @@ def pending(state, task_status: str | None) -> tuple[str, str] | None:
             return "Waiting", reasons.line(reasons.REQUEUED, f"SLURM requeued job {state.job_id} "
                                            f"({state.state}, {state.reason or 'no reason'}); back to Waiting "
                                            "until it runs again")
+    elif state.state in (reasons.NODE_FAIL, reasons.PREEMPTED):
+        if task_status in (None, "Started"):
+            return "Waiting", reasons.line(reasons.REQUEUED, f"SLURM job {state.job_id} ended {state.state}; "
+                                           "back to Waiting: SLURM requeues it (not counted as a failure)")
     elif state.state == "PENDING" and state.reason == "DependencyNeverSatisfied":
         if task_status in (None, "Waiting"):
             return "Held", reasons.line(reasons.CANCELLED, f"SLURM job {state.job_id} can never start "
                                         "(DependencyNeverSatisfied: a parent failed); Held until its parents are done")
     return None
+
+
+def lost(job_id: str, since: str, grace: float, task_status: str, result_text: str | None) -> tuple[str, str] | None:
+    """What to record for a job SLURM has forgotten (unknown for ``grace`` seconds since ``since``).
+
+    A task the job had started (its result file holds operations, or the store says Started) is
+    Errored with the reason; a task nothing ran for stays as it is (Waiting): it can be
+    submitted again now that the job is declared lost. None: nothing to record.
+    """
+    ran = bool((read_result(result_text) or {}).get("ops"))
+    if task_status not in ("Started", "Waiting") or (task_status == "Waiting" and not ran):
+        return None
+    return "Errored", reasons.line(reasons.LOST, f"SLURM job {job_id} {reasons.DESCRIPTIONS[reasons.LOST]} "
+                                   f"since {since} (grace period {grace:.0f} s): declared lost; the cluster "
+                                   "was probably restarted with its state wiped")

@@ -11,7 +11,8 @@ import re
 
 TIMEOUT, MEMORY, CANCELLED, KILLED = "TIMEOUT", "MEMORY", "CANCELLED", "KILLED"
 NODE_FAIL, PREEMPTED, REQUEUED, FAILED = "NODE_FAIL", "PREEMPTED", "REQUEUED", "FAILED"
-KINDS = (TIMEOUT, MEMORY, CANCELLED, KILLED, NODE_FAIL, PREEMPTED, REQUEUED, FAILED)
+LOST = "LOST"
+KINDS = (TIMEOUT, MEMORY, CANCELLED, KILLED, NODE_FAIL, PREEMPTED, REQUEUED, FAILED, LOST)
 _TAG = re.compile(r"\[hpcpipe:([A-Z_]+)\]")
 
 #: what slurmstepd writes into the job's output file when it kills for memory
@@ -67,6 +68,7 @@ DESCRIPTIONS = {
     PREEMPTED: "was preempted",
     REQUEUED: "was requeued by SLURM",
     FAILED: "failed",
+    LOST: "is known to SLURM no more (neither squeue nor sacct lists it)",
 }
 
 

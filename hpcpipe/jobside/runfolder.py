@@ -18,29 +18,20 @@ for reports Alyx did not take.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import NotFound, StoreError, Unreachable
+from ..files import atomic_write
 from ..status import DONE
 from ..store import health, outbox
 from ..store.base import TaskStore, check_fields
+from . import reasons
 
-_writes = itertools.count()
 _logger = logging.getLogger(__name__)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # unique per write: a signal handler's write must not share a half-written temp file
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_writes)}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 #: the fields of a record a job needs, besides id, status and parents: shared by every session's
@@ -50,9 +41,14 @@ _TYPE_FIELDS = ("name", "executable", "level", "priority", "cpu", "gpu", "ram", 
 _SHARED = _TYPE_FIELDS[:-1]  # compared by value; arguments (a dict) by identity
 
 
-def session_entry(eid: str, path: str, deck: list[dict]) -> dict:
-    """What a job needs to know of its session: id, path on the cluster, every task record."""
-    return {"eid": eid, "path": path, "tasks": deck}
+def session_entry(eid: str, path: str, deck: list[dict], elsewhere: dict[str, str] | None = None) -> dict:
+    """What a job needs to know of its session: id, path on the cluster, every task record, and
+    ``elsewhere``: the run folder of each parent that runs in an earlier run (or was submitted
+    by another process), whose result file tells the job that parent's real outcome."""
+    entry = {"eid": eid, "path": path, "tasks": deck}
+    if elsewhere:
+        entry["elsewhere"] = dict(elsewhere)
+    return entry
 
 
 def run_json(run_id: str, store_kind: str, location: str, upstream: bool | None = None,
@@ -102,6 +98,8 @@ def sessions_json(entries: dict[int, dict]) -> str:
                 shapes[id(origin)] = kinds
         sessions[str(i)] = {"eid": entry["eid"], "path": entry["path"],
                             "tasks": [(k, t["id"], t["status"], t["parents"]) for k, t in zip(kinds, tasks)]}
+        if entry.get("elsewhere"):
+            sessions[str(i)]["elsewhere"] = entry["elsewhere"]
     return json.dumps({"types": fields, "sessions": sessions})
 
 
@@ -124,7 +122,7 @@ def load_session_entries(run_dir: Path, chunk: str) -> dict[str, dict]:
 def _expand(types: list[dict], entry: dict) -> dict:
     tasks = [dict(types[t], id=tid, status=status, parents=parents, session=entry["eid"])
              for t, tid, status, parents in entry["tasks"]]
-    return session_entry(entry["eid"], entry["path"], tasks)
+    return session_entry(entry["eid"], entry["path"], tasks, entry.get("elsewhere"))
 
 
 def result_path(run_dir: Path | str, task_id: str) -> Path:
@@ -187,7 +185,7 @@ class RunFolderStore(TaskStore):
         return self.guard.critical() if self.guard is not None else contextlib.nullcontext()
 
     def _save(self) -> None:
-        _atomic_write(result_path(self.run_dir, self.task_id), json.dumps(self.result))
+        atomic_write(result_path(self.run_dir, self.task_id), json.dumps(self.result))
 
     def _record(self, op: str, payload: dict, delivered: bool) -> None:
         self.result["ops"].append({"op": op, "payload": payload, "delivered": delivered})
@@ -212,14 +210,29 @@ class RunFolderStore(TaskStore):
 
     # -- tasks
     def _overlay(self) -> None:
-        """Parents that ran in this run: their outcome is in their own result files."""
+        """The tasks' real outcome, not the copy taken at submission: a task that ran in this run
+        (or in the earlier run ``elsewhere`` names) has it in its result file; with an upstream
+        store (Alyx), a parent still not done there is read from the store itself."""
+        elsewhere = self.entry.get("elsewhere") or {}
         for tid, task in self.tasks.items():
             if tid == self.task_id or task["status"] in DONE:
                 continue
-            res = read_result(_read(result_path(self.run_dir, tid)))
-            for op in (res or {}).get("ops", []):
-                if op["op"] == "update_task" and op["payload"]["task_id"] == tid and "status" in op["payload"]:
-                    task["status"] = op["payload"]["status"]
+            for folder in (self.run_dir, elsewhere.get(tid)):
+                if folder is None:
+                    continue
+                res = read_result(_read(result_path(folder, tid)))
+                for op in (res or {}).get("ops", []):
+                    if op["op"] == "update_task" and op["payload"]["task_id"] == tid and "status" in op["payload"]:
+                        task["status"] = op["payload"]["status"]
+        if self.upstream is None:
+            return
+        for pid in self.tasks.get(self.task_id, {}).get("parents") or []:
+            parent = self.tasks.get(pid)
+            if parent is not None and parent["status"] not in DONE:
+                try:
+                    parent["status"] = self.upstream.get_task(pid)["status"]
+                except (Unreachable, NotFound):
+                    pass
 
     def list_tasks(self, session=None, status=None, name=None, graph=None) -> list[dict]:
         self._overlay()
@@ -333,7 +346,7 @@ def append_op(run_dir: Path | str, task_id: str, fields: dict, delivered: bool =
     result["ops"].append({"op": "update_task", "payload": dict(fields, task_id=task_id), "delivered": delivered})
     if final:
         result.update(final=True, status=fields.get("status", result.get("status")))
-    _atomic_write(path, json.dumps(result))
+    atomic_write(path, json.dumps(result))
 
 
 def _read(path: Path) -> str | None:
@@ -359,10 +372,7 @@ def store_payload(store: TaskStore, op: str, payload: dict) -> dict:
 
 
 def _apply(store: TaskStore, op: str, payload: dict):
-    payload = store_payload(store, op, payload)
-    if op == "update_task":
-        return store.update_task(payload.pop("task_id"), **payload)
-    return store.register_files(**payload)
+    return outbox.apply(store, op, store_payload(store, op, payload))
 
 
 def fold(store: TaskStore, results: Iterable[tuple[str, str | None, int]],
@@ -384,5 +394,24 @@ def fold(store: TaskStore, results: Iterable[tuple[str, str | None, int]],
         for op in ops[applied:]:
             if not op.get("delivered"):  # kept in the outbox if the store cannot take it now
                 outbox.deliver(store, op["op"], _replay=replay, **store_payload(store, op["op"], op["payload"]))
+        note = requeue_note(res) if applied < len(ops) else None
+        if note:
+            outbox.deliver(store, "append_log", _replay=replay, task_id=task_id, text=note)
         out[task_id] = (len(ops), bool(res.get("final")))
     return out
+
+
+def requeue_note(res: dict) -> str | None:
+    """The line a final result of a requeued job adds to its task's log, or None.
+
+    The last attempt's report replaces the log (ibllib's ``clobber``), so without it nothing
+    would say that SLURM preempted or failed the job and ran it again. Tagged ``REQUEUED``
+    only when the task ended done: after a failure the failure's tag must stay the last one,
+    since ``rerun --escalate`` reads the last tag.
+    """
+    restarts = int((res.get("job") or {}).get("restart") or 0)
+    if not res.get("final") or restarts < 1:
+        return None
+    text = (f"SLURM requeued job {(res.get('job') or {}).get('job_id')} {restarts} time(s) (preemption or node "
+            f"failure); the log above is the last attempt's")
+    return reasons.line(reasons.REQUEUED, text) if res.get("status") in DONE else f"hpcpipe: {text}"

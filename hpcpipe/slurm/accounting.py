@@ -23,9 +23,9 @@ import re
 from typing import Iterable
 
 from ..errors import BackendError
+from ..jobstate import normalise as normalise_state
 from ..usage import Usage
 from .render import expand_indices
-from .status import normalise_state
 from .transport import Transport
 
 USAGE_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Reason", "Partition", "NodeList", "Submit", "Start",

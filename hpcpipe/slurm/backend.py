@@ -12,63 +12,45 @@ log out after submitting. Two shapes:
   all done go into an array with no dependency: SLURM makes an index that the parent array
   lacks wait for the *whole* parent array (see docs/SLURM.md).
 
-Every job of a run carries the run id as its job name, so one ``sacct --name`` (or one query
-by ids) covers the run. What each job must know sits in the run folder (``jobside.runfolder``),
-written before the first sbatch.
+Every job of a run carries the run id as its job name and ``hpcpipe:<call>`` as its comment, so
+one ``squeue --me --name=<runs>`` finds every job of those runs, whichever process submitted
+them. Which call is which is planned by ``layout`` (a pure function); what each job must know
+sits in the run folder (``jobside.runfolder``), and every call is recorded in the ledger as an
+intent (``SUBMITTING``), all before the first sbatch. ``refresh`` turns intents into jobs (adopted
+from squeue by run name and comment) or ``UNSUBMITTED`` (SLURM never got them) when no
+submission holds the lock, so a submitter killed at any point leaves nothing queued twice.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .. import config, recorder
+from .. import config, jobstate, recorder
+from ..backends import RefreshReport, SubmitReport
 from ..errors import BackendError, BadInput
 from ..jobside import reasons, runfolder
-from ..jobside.outcome import pending, swept, warn_signal
-from ..ledger import Ledger
+from ..jobside.outcome import lost, pending, swept, warn_signal
+from ..ledger import JobRecord, Ledger
 from ..pipeline import job_size, time_out_secs
-from ..plan import Plan, PlanItem
+from ..plan import Plan
 from ..status import STARTED, WAITING
+from . import layout as layouts
+from .cancel import cancel
 from .limits import ClusterLimits
-from .pack import EMITTED, RUN_KEY, Pack, PackShape, binds_for, build_packs, environments, hand_command, step_argv
+from .pack import RUN_KEY, Pack, PackShape, binds_for, build_packs, environments, hand_command, step_argv
 from .pack import size as pack_size
 from .profiles import Profile, load_profile
 from .render import JobSpec, Resources, job_script
-from .status import JobWatcher
+from .status import JobState, JobWatcher
 from .submit import format_command, sbatch_argv, submit
 from .transport import LocalTransport, Transport
 
 _logger = logging.getLogger(__name__)
 BACKEND = "slurm"
-
-
-@dataclass
-class SubmitReport:
-    """What a submission did (printed as the end-of-run summary)."""
-
-    run_id: str
-    run_dir: str
-    jobs: int = 0          # sbatch calls
-    arrays: int = 0
-    elements: int = 0      # tasks submitted (array elements or single jobs)
-    chunks: int = 0
-    seconds: float = 0.0
-    sbatch_seconds: float = 0.0
-    commands: list[str] = field(default_factory=list)
-    not_submitted: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        client = self.seconds - self.sbatch_seconds
-        text = (f"run {self.run_id}: {self.elements} task(s) in {self.jobs} sbatch call(s)"
-                + (f", {self.arrays} array(s) over {self.chunks} chunk(s)" if self.arrays else "")
-                + f" in {self.seconds:.2f} s (sbatch {self.sbatch_seconds:.2f} s, client {client:.2f} s)")
-        if self.not_submitted:
-            text += f"\n{len(self.not_submitted)} session(s) not submitted: {self.not_submitted[0]}..."
-        return text
 
 
 #: the record fields a job's resources come from
@@ -96,10 +78,20 @@ class _DryIds:
         return jid
 
 
+def _elapsed(since: str) -> float:
+    return (_dt.datetime.now() - _dt.datetime.fromisoformat(since)).total_seconds()
+
+
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
 class SlurmBackend:
     """sbatch through a transport (this machine, or a login node over SSH)."""
 
     name = BACKEND
+    #: what it does with a plan ("nothing to submit")
+    verb = "submit"
 
     def __init__(self, store, ledger: Ledger, transport: Transport | None = None,
                  profile: Profile | str | None = None, run_root: str | None = None,
@@ -117,6 +109,8 @@ class SlurmBackend:
         self.map_path = map_path or (lambda p: p)
         #: the --remote target this backend submits through (recorded with every job)
         self.remote = remote
+        #: seconds a job may stay unknown to SLURM (or NODE_FAIL/PREEMPTED, not requeued) before it is lost
+        self.lost_after = float(config.get("slurm", "lost_after_secs", jobstate.LOST_AFTER_SECS))
         self._limits: ClusterLimits | None = None
         self._binds: list[str] = []
 
@@ -143,12 +137,13 @@ class SlurmBackend:
             return None
 
     def _spec(self, run_id: str, run_dir: str, task: dict, command: list[str], log_name: str,
-              dependencies=(), aftercorr=(), array=None, throttle=None) -> JobSpec:
+              dependencies=(), aftercorr=(), array=None, throttle=None, comment=None) -> JobSpec:
         return JobSpec(name=run_id, command=command, resources=_resources(task),
                        output=f"{run_dir}/logs/{log_name}", dependencies=list(dependencies),
                        workdir=run_dir,  # jobs start where the submitting directory cannot shadow packages
                        aftercorr=list(aftercorr), array=array, array_throttle=throttle,
                        env={"HPCPIPE_RUN_ID": run_id}, task_env=task["name"], binds=self._binds,
+                       comment=comment,
                        signal=warn_signal(time_out_secs(task), config.get("slurm", "signal_secs", 60)))
 
     def _set_binds(self, plans: list[Plan], run_dir: str) -> None:
@@ -162,14 +157,24 @@ class SlurmBackend:
                "--task-name", task_name]
         return cmd + (["--array"] if index is None else ["--index", str(index)])
 
-    def check_limits(self, specs: Iterable[JobSpec]) -> None:
-        """Refuse, before the first sbatch, a job its partition cannot run."""
+    def check(self, tasks: Iterable[dict], dry_run: bool = False) -> None:
+        """Refuse, before anything is recorded, a task its partition cannot run (one check per
+        distinct set of resources). A dry run only warns when the cluster cannot be asked."""
+        distinct = {tuple(map(t.get, _RESOURCE_FIELDS)): t for t in tasks}
+        self._check_or_warn([self._spec("check", "/check", t, ["true"], "x") for t in distinct.values()], dry_run)
+
+    def _check_or_warn(self, specs: list[JobSpec], dry_run: bool) -> None:
         from .render import resolve_partition
 
-        for spec in specs:
-            self.limits.check(spec, resolve_partition(spec, self.profile), self.profile.io_license or None)
+        try:
+            for spec in specs:
+                self.limits.check(spec, resolve_partition(spec, self.profile), self.profile.io_license or None)
+        except BackendError as exc:
+            if not dry_run:
+                raise
+            _logger.warning("dry run: cluster limits not checked (%s)", exc)
 
-    def _write_run(self, run_id: str, run_dir: str, chunks: dict[str, dict[int, dict]],
+    def _write_run(self, run_id: str, run_dir: str, chunks: dict[str, dict[int, Plan]],
                    extra: dict | None = None) -> None:
         self.transport.makedirs(f"{run_dir}/logs")
         self.transport.makedirs(f"{run_dir}/results")
@@ -177,88 +182,45 @@ class SlurmBackend:
                                   runfolder.run_json(run_id, getattr(self.store, "kind", "sqlite"),
                                                      self.profile.location, extra=extra))
         for chunk, entries in chunks.items():
-            self.transport.write_file(f"{run_dir}/sessions/{chunk}.json", runfolder.sessions_json(entries))
+            self.transport.write_file(f"{run_dir}/sessions/{chunk}.json", runfolder.sessions_json(
+                {i: self._entry(p) for i, p in entries.items()}))
 
     def _entry(self, plan: Plan) -> dict:
-        entry = runfolder.session_entry(plan.session, self.map_path(str(plan.session_path)), plan.deck)
+        # parents live in earlier runs: the job reads their outcome from their own result files
+        elsewhere = {j.task_id: self.map_path(j.run_dir) if j.remote is None else j.run_dir
+                     for item in plan.items for j in item.parents_live if j.run_dir}
+        entry = runfolder.session_entry(plan.session, self.map_path(str(plan.session_path)), plan.deck,
+                                        elsewhere=elsewhere)
         if plan.origin is not None:  # the chunk file then works out its task types once per template
             entry["origin"] = plan.origin
         return entry
 
-    def _sbatch(self, report: SubmitReport, spec: JobSpec, script_name: str, dry: _DryIds | None,
-                label: str) -> str:
-        script = job_script(spec, self.profile)
-        path = f"{report.run_dir}/scripts/{script_name}.sh"
-        report.jobs += 1
-        if dry is not None:
-            self.transport.write_file(path, script, mode=0o755)
-            report.commands.append(format_command(sbatch_argv(path)))
-            return dry.new(label)
+    # ------------------------------------------------------------------ submitting
+    def submit(self, plans: list[Plan], run_id: str, dry_run: bool = False,
+               recorded: Callable[[SubmitReport], None] | None = None) -> SubmitReport:
+        """One sbatch per task, afterok on parents submitted in this run or still live.
+        Returns once they are queued (``recorded`` is for backends that run in the foreground)."""
         t0 = time.perf_counter()
-        job_id = submit(self.transport, script, path)
-        report.sbatch_seconds += time.perf_counter() - t0
-        return job_id
-
-    # ------------------------------------------------------------------ one job per task
-    def submit(self, plans: list[Plan], run_id: str, dry_run: bool = False) -> SubmitReport:
-        """One sbatch per task, afterok on parents submitted in this run or still live."""
-        t0 = time.perf_counter()
-        run_dir = f"{self.run_root}/{run_id}"
-        report = SubmitReport(run_id, run_dir)
         plans = [p for p in plans if p.items]
-        self._set_binds(plans, run_dir)
-        entries = {i: self._entry(p) for i, p in enumerate(plans)}
-        specs: list[tuple[int, PlanItem, JobSpec]] = []
-        for i, plan in enumerate(plans):
-            for item in plan.items:
-                cmd = self._command(run_dir, "c0", item.task["name"], i)
-                specs.append((i, item, self._spec(run_id, run_dir, item.task, cmd,
-                                                  f"{item.task['name']}.{i}.%j.out")))
-        self._check_or_warn([s for _, _, s in specs], dry_run)
-        self._write_run(run_id, run_dir, {"c0": entries})
-        dry = _DryIds() if dry_run else None
-        job_of: dict[str, str] = {}
-        records = []
-        for i, item, spec in specs:
-            spec.dependencies = [job_of[p] for p in item.parents_in_plan] + [j.backend_id for j in item.parents_live]
-            job_id = self._sbatch(report, spec, f"{item.task['name']}.{i}", dry,
-                                  f"{item.task['name']} of session {i}")
-            job_of[item.id] = job_id
-            report.elements += 1
-            records.append({"task_id": item.id, "session": item.task.get("session"),
-                            "task_name": item.task["name"], "run_id": run_id, "backend": BACKEND,
-                            "job_id": job_id, "run_dir": run_dir, "state": "PENDING",
-                            "remote": self.remote})
-            if dry is None:
-                self.ledger.record(records[-1:])  # at once: a crash later must not forget this job
-        if dry is not None:
-            report.commands.extend(f"# {jid} = {label}" for jid, label in dry.names.items())
+        self.check([item.task for p in plans for item in p.items], dry_run)
+        self._set_binds(plans, f"{self.run_root}/{run_id}")
+        report = self._submit_layout(run_id, layouts.per_task(plans), None, dry_run)
         report.seconds = time.perf_counter() - t0
         return report
 
-    def _check_or_warn(self, specs: list[JobSpec], dry_run: bool) -> None:
-        try:
-            self.check_limits(specs)
-        except BackendError as exc:
-            if not dry_run:
-                raise
-            _logger.warning("dry run: cluster limits not checked (%s)", exc)
-
-    # ------------------------------------------------------------------ arrays
     def backfill(self, plans: list[Plan], run_id: str, throttle: int | None = None, dry_run: bool = False,
                  progress: Callable[[int, int], None] | None = None, deferred: bool = False) -> SubmitReport:
-        """One array per task type per chunk; aftercorr between arrays of a chunk.
+        """One array per task type per chunk; aftercorr between arrays of a chunk (and onto the
+        arrays of earlier runs that hold live parents).
 
         ``deferred``: the plans' new records carry provisional ids, made after queueing
         (``hpcpipe.recorder``); the run folder gets the ``records/`` folder their ids go to."""
         t0 = time.perf_counter()
-        run_dir = f"{self.run_root}/{run_id}"
-        report = SubmitReport(run_id, run_dir)
         # sessions with nothing to run still have records to make (Held, or not asked for)
         unqueued = [p for p in plans if deferred and not p.items and
                     any(recorder.is_provisional(t["id"]) for t in p.deck)]
         plans = [p for p in plans if p.items]
-        self._set_binds(plans, run_dir)
+        self._set_binds(plans, f"{self.run_root}/{run_id}")
         try:
             limits = self.limits
             size = max(1, min(limits.max_array_size, limits.max_job_count))
@@ -268,28 +230,12 @@ class SlurmBackend:
                 raise
             _logger.warning("dry run: cluster limits not read (%s); chunks of 1000", exc)
             size, budget = 1000, None
-        chunks = self._chunks(plans, size, budget, report)
-        report.chunks = len(chunks)
         # every script is checked before the first sbatch (once per distinct set of resources;
         # plans stamped from one template once for all of them)
-        sources = {id(p.origin) if p.origin is not None else id(p): (p.origin or p) for chunk in chunks for p in chunk}
-        distinct = {tuple(map(item.task.get, _RESOURCE_FIELDS)): item.task
-                    for plan in sources.values() for item in plan.items}
-        self._check_or_warn([self._spec(run_id, run_dir, task, ["true"], "x") for task in distinct.values()],
-                            dry_run)
-        files = {f"c{k}": {i: self._entry(p) for i, p in enumerate(chunk)} for k, chunk in enumerate(chunks)}
-        if deferred:
-            self.transport.makedirs(f"{run_dir}/{recorder.RECORDS}")
-            if unqueued:  # no job reads it: the recorder's to-do list only
-                files["unqueued"] = {i: self._entry(p) for i, p in enumerate(unqueued)}
-        self._write_run(run_id, run_dir, files)
-        dry = _DryIds() if dry_run else None
-        for k, chunk in enumerate(chunks):
-            self._submit_chunk(report, run_id, run_dir, f"c{k}", chunk, throttle, dry)
-            if progress:
-                progress(k + 1, len(chunks))
-        if dry is not None:
-            report.commands.extend(f"# {jid} = {label}" for jid, label in dry.names.items())
+        sources = {id(p.origin) if p.origin is not None else id(p): (p.origin or p) for p in plans}
+        self.check([item.task for plan in sources.values() for item in plan.items], dry_run)
+        report = self._submit_layout(run_id, layouts.arrays(plans, size, budget), throttle, dry_run, progress,
+                                     records=deferred, unqueued=unqueued)
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -301,90 +247,89 @@ class SlurmBackend:
         queued = len(res.stdout.splitlines()) if res.returncode == 0 else 0
         return max(0, limits.max_submit_jobs - queued)
 
-    @staticmethod
-    def _chunks(plans: list[Plan], size: int, budget: int | None, report: SubmitReport) -> list[list[Plan]]:
-        chunks: list[list[Plan]] = []
-        used = 0
-        for plan in plans:
-            n = len(plan.items)
-            if budget is not None and used + n > budget:
-                report.not_submitted.append(f"{plan.session_path} (MaxSubmitJobs reached; run backfill again later)")
-                continue
-            used += n
-            if not chunks or len(chunks[-1]) >= size:
-                chunks.append([])
-            chunks[-1].append(plan)
-        return chunks
+    def _submit_layout(self, run_id: str, layout: layouts.Layout, throttle: int | None, dry_run: bool,
+                       progress: Callable[[int, int], None] | None = None, records: bool = False,
+                       unqueued: list[Plan] = ()) -> SubmitReport:
+        """Run folder, then every call recorded as an intent, then the sbatch calls in order.
 
-    def _submit_chunk(self, report: SubmitReport, run_id: str, run_dir: str, chunk: str,
-                      plans: list[Plan], throttle: int | None, dry: _DryIds | None) -> None:
-        stamped: dict[int, list[int]] = {}  # sessions by the template plan they were stamped from
-        general = []
-        for i, plan in enumerate(plans):
-            if plan.origin is not None:
-                stamped.setdefault(id(plan.origin), []).append(i)
-            else:
-                general.append(i)
-        for k, indices in enumerate(stamped.values()):
-            self._submit_stamped(report, run_id, run_dir, chunk, plans, indices, throttle, dry, k)
-        if general:
-            self._submit_general(report, run_id, run_dir, chunk, plans, general, throttle, dry, len(stamped))
-
-    def _submit_stamped(self, report: SubmitReport, run_id: str, run_dir: str, chunk: str, plans: list[Plan],
-                        indices: list[int], throttle: int | None, dry: _DryIds | None, number: int) -> None:
-        """Sessions stamped from one template plan: one array per task type holding all of them,
-        each waiting (``aftercorr``) on its parent types' arrays; the work per task is its
-        ledger row's three values."""
-        origin = plans[indices[0]].origin
-        array_of: dict[str, str] = {}  # template task id (its name) -> array job id
-        for j, titem in enumerate(origin.items):
-            name = titem.task["name"]
-            corr = sorted({array_of[p] for p in titem.parents_in_plan})
-            spec = self._spec(run_id, run_dir, titem.task, self._command(run_dir, chunk, name, None),
-                              f"{name}.{chunk}.%A_%a.out", aftercorr=corr, array=indices, throttle=throttle)
-            job_id = self._sbatch(report, spec, f"{name}.{chunk}.{number}", dry, f"{name} array of chunk {chunk}")
-            array_of[titem.id] = job_id
-            report.arrays += 1
-            report.elements += len(indices)
+        ``records``: the run folder gets ``records/`` (deferred Alyx records) and, for sessions
+        with nothing to queue, an ``unqueued`` chunk no job reads: the recorder's to-do list."""
+        run_dir = f"{self.run_root}/{run_id}"
+        report = SubmitReport(run_id, run_dir, chunks=len(layout.chunks) if any(c.array for c in layout.calls) else 0,
+                              not_submitted=layout.not_submitted)
+        if records:
+            self.transport.makedirs(f"{run_dir}/{recorder.RECORDS}")
+        self._write_run(run_id, run_dir, dict(layout.chunks, **({"unqueued": dict(enumerate(unqueued))}
+                                                                if unqueued else {})))
+        if not dry_run:
+            self._record_intents(run_id, run_dir, layout)
+        dry = _DryIds() if dry_run else None
+        job_of: dict[str, str] = {}
+        chunks_done: set[str] = set()
+        for n, call in enumerate(layout.calls):
+            try:
+                job_of[call.script] = self._sbatch(report, run_id, run_dir, call, job_of, throttle, dry)
+            except BaseException as exc:
+                # calls never tried reached SLURM for sure not; the one that failed is left to the
+                # next refresh, which adopts it if SLURM has it after all
+                never = [c.script for c in layout.calls[n + 1:]]
+                self.ledger.set_state([(item.id, run_id, jobstate.UNSUBMITTED, f"not submitted: {exc}")
+                                       for c in layout.calls[n + 1:] for _, item in c.members])
+                _logger.warning("%d sbatch call(s) of run %s not made: %s", len(never), run_id, exc)
+                raise
             if dry is None:
-                tasks = [plans[i].items[j].task for i in indices]
-                self.ledger.record_array({"task_name": name, "run_id": run_id, "backend": BACKEND, "job_id": job_id,
-                                          "run_dir": run_dir, "state": "PENDING", "remote": self.remote},
-                                         [t["id"] for t in tasks], [t.get("session") for t in tasks], indices)
+                self.ledger.submitted(run_id, call.script, job_of[call.script])
+            report.elements += len(call.members)
+            report.arrays += int(call.array)
+            if progress and call.chunk not in chunks_done and call.array:
+                chunks_done.add(call.chunk)
+                progress(len(chunks_done), report.chunks)
+        if dry is not None:
+            report.commands.extend(f"# {jid} = {label}" for jid, label in dry.names.items())
+        return report
 
-    def _submit_general(self, report: SubmitReport, run_id: str, run_dir: str, chunk: str, plans: list[Plan],
-                        which: list[int], throttle: int | None, dry: _DryIds | None, first: int) -> None:
-        # task types in dependency order (every session shares the pipeline), in one pass
-        by_name: dict[str, list[tuple[int, PlanItem]]] = {}
-        for i in which:
-            for item in plans[i].items:
-                by_name.setdefault(item.task["name"], []).append((i, item))
-        array_of: dict[str, str] = {}  # task id -> array job id holding it
-        records = []
-        for name, elements in by_name.items():
-            groups: dict[tuple, list[tuple[int, PlanItem]]] = defaultdict(list)
-            for i, item in elements:
-                corr = tuple(sorted({array_of[p] for p in item.parents_in_plan})) if item.parents_in_plan else ()
-                live = tuple(sorted(j.backend_id for j in item.parents_live)) if item.parents_live else ()
-                groups[(corr, live)].append((i, item))
-            for g, ((corr, live), members) in enumerate(groups.items(), first):
-                indices = [i for i, _ in members]
-                spec = self._spec(run_id, run_dir, members[0][1].task, self._command(run_dir, chunk, name, None),
-                                  f"{name}.{chunk}.%A_%a.out", dependencies=live, aftercorr=corr,
-                                  array=indices, throttle=throttle)
-                job_id = self._sbatch(report, spec, f"{name}.{chunk}.{g}", dry, f"{name} array of chunk {chunk}")
-                report.arrays += 1
-                report.elements += len(members)
-                common = {"task_name": name, "run_id": run_id, "backend": BACKEND, "job_id": job_id,
-                          "run_dir": run_dir, "state": "PENDING", "remote": self.remote}
-                for i, item in members:
-                    task_id = item.task["id"]
-                    array_of[task_id] = job_id
-                    records.append({"task_id": task_id, "session": item.task.get("session"), "array_index": i,
-                                    **common})
-                if dry is None:
-                    self.ledger.record(records)
-                    records = []
+    def _record_intents(self, run_id: str, run_dir: str, layout: layouts.Layout) -> None:
+        """Every call's members as intents (``SUBMITTING``, no job id), one statement per call:
+        what a row holds beyond the call's common values is its task, session and index."""
+        for call in layout.calls:
+            self.ledger.record_array(
+                {"task_name": call.task_name, "run_id": run_id, "backend": BACKEND, "job_id": "",
+                 "run_dir": run_dir, "state": jobstate.SUBMITTING, "remote": self.remote, "chunk": call.chunk,
+                 "script": call.script},
+                [item.id for _, item in call.members], [item.task.get("session") for _, item in call.members],
+                [i if call.array else None for i, _ in call.members])
+
+    def _sbatch(self, report: SubmitReport, run_id: str, run_dir: str, call: layouts.Call,
+                job_of: dict[str, str], throttle: int | None, dry: _DryIds | None) -> str:
+        first_index, first = call.members[0]
+        after = [job_of[c] for c in call.after_calls]
+        if call.array:
+            spec = self._spec(run_id, run_dir, first.task, self._command(run_dir, call.chunk, call.task_name, None),
+                              f"{call.task_name}.{call.chunk}.%A_%a.out", dependencies=call.afterok_ids,
+                              aftercorr=after + call.aftercorr_ids, array=[i for i, _ in call.members],
+                              throttle=throttle, comment=call.comment)
+            label = f"{call.task_name} array of chunk {call.chunk}"
+        else:
+            spec = self._spec(run_id, run_dir, first.task,
+                              self._command(run_dir, call.chunk, call.task_name, first_index),
+                              f"{call.task_name}.{first_index}.%j.out", dependencies=after + call.afterok_ids,
+                              comment=call.comment)
+            label = f"{call.task_name} of session {first_index}"
+        return self._sbatch_script(report, spec, f"{run_dir}/scripts/{call.script}.sh", dry, label)
+
+    def _sbatch_script(self, report: SubmitReport, spec: JobSpec, path: str, dry: _DryIds | None,
+                       label: str) -> str:
+        """Render ``spec`` to ``path`` and sbatch it (a dry run writes it and counts a made-up id)."""
+        script = job_script(spec, self.profile)
+        report.jobs += 1
+        if dry is not None:
+            self.transport.write_file(path, script, mode=0o755)
+            report.commands.append(format_command(sbatch_argv(path)))
+            return dry.new(label)
+        t0 = time.perf_counter()
+        job_id = submit(self.transport, script, path)
+        report.sbatch_seconds += time.perf_counter() - t0
+        return job_id
 
     # ------------------------------------------------------------------ packs
     def pack(self, plans: list[Plan], run_id: str, shape: PackShape | None = None, dry_run: bool = False,
@@ -392,7 +337,7 @@ class SlurmBackend:
         """Packed execution: a few allocations, each running its tasks as job steps (``slurm.pack``).
 
         ``emit_dir``: hand-submit mode. The run folder and one self-contained script go there,
-        nothing is submitted; the tasks' ledger rows wait (``EMITTED``) until the script runs and
+        nothing is submitted; the tasks' ledger rows wait (``jobstate.EMITTED``) until the script runs and
         its engine writes its job id into the run folder, which ``refresh`` adopts.
         """
         t0 = time.perf_counter()
@@ -411,30 +356,38 @@ class SlurmBackend:
         lenient = dry_run or bool(emit_dir)
         specs = [self._pack_spec(run_id, run_dir, pk, shape, binds, lenient) for pk in packs]
         self._check_or_warn(specs, lenient)
-        self._write_run(run_id, run_dir, {"c0": {i: self._entry(p) for i, p in enumerate(plans)}},
+        self._write_run(run_id, run_dir, {"c0": dict(enumerate(plans))},
                         extra={RUN_KEY: [pk.name for pk in packs]})
         for pk in packs:
             self.transport.write_file(f"{run_dir}/packs/{pk.name}.json", pk.text(env, self.python))
         dry = _DryIds() if dry_run and not emit_dir else None
+
+        def rows(pk: Pack, job_id: str, state: str) -> list[dict]:
+            return [{"task_id": t["id"], "session": t.get("session"), "task_name": t["name"], "run_id": run_id,
+                     "backend": BACKEND, "job_id": job_id, "run_dir": run_dir, "state": state,
+                     "remote": self.remote, "script": f"pack.{pk.name}"} for t in pk.tasks]
+
+        if not dry_run and not emit_dir:  # intents first, as for every sbatch call (adopted by comment)
+            self.ledger.record([r for pk in packs for r in rows(pk, "", jobstate.SUBMITTING)])
         job_of: dict[str, str] = {}
         for pk, spec in zip(packs, specs):
             spec.after_any = sorted(pk.after_jobs) + [job_of[name] for name in sorted(pk.after)]
+            spec.comment = layouts.COMMENT_PREFIX + f"pack.{pk.name}"
             if emit_dir:
                 path = f"{emit_dir}/{run_id}.sbatch"
                 self.transport.write_file(path, job_script(spec, self.profile), mode=0o755)
                 report.commands.append(hand_command(path))
-                job_id, state = f"emitted:{pk.name}", EMITTED
+                job_of[pk.name] = f"emitted:{pk.name}"
+                if not dry_run:
+                    self.ledger.record(rows(pk, job_of[pk.name], jobstate.EMITTED))
             else:
-                job_id = self._sbatch(report, spec, f"pack.{pk.name}", dry, f"pack {pk.name}")
-                state = "PENDING"
-            job_of[pk.name] = job_id
+                job_of[pk.name] = self._sbatch_script(report, spec, f"{run_dir}/scripts/pack.{pk.name}.sh", dry,
+                                                      f"pack {pk.name}")
+                if dry is None:
+                    self.ledger.submitted(run_id, f"pack.{pk.name}", job_of[pk.name])
             report.elements += len(pk.items)
             if dry_run:
                 report.commands.extend(self._step_lines(pk, env, run_dir, binds))
-                continue
-            self.ledger.record([{"task_id": t["id"], "session": t.get("session"), "task_name": t["name"],
-                                 "run_id": run_id, "backend": BACKEND, "job_id": job_id, "run_dir": run_dir,
-                                 "state": state, "remote": self.remote} for t in pk.tasks])
         if dry is not None:
             report.commands.extend(f"# {jid} = {label}" for jid, label in dry.names.items())
         report.seconds = time.perf_counter() - t0
@@ -483,44 +436,121 @@ class SlurmBackend:
     def watcher(self) -> JobWatcher:
         return JobWatcher(self.transport)
 
-    def refresh(self) -> dict:
-        """Fold job results into the store, ask SLURM about live jobs (one batched query),
-        and close out jobs SLURM ended without a result: the sweep.
+    def _mine(self, job: JobRecord) -> bool:
+        return job.backend == BACKEND and job.remote == self.remote
 
-        Returns counts, and the SLURM state of each live task id (for the status table).
+    def refresh(self) -> RefreshReport:
+        """Fold job results into the store, ask SLURM about live jobs (one batched query), and
+        close out jobs SLURM ended without a result: the sweep.
+
+        Intents (recorded before sbatch) are resolved only while this process holds the ledger's
+        lock: then no submission is under way on this machine, and squeue's answer is the truth.
+        A query SLURM cannot answer changes nothing (the note says why).
         """
-        mine = lambda j: j.backend == BACKEND and j.remote == self.remote  # noqa: E731
-        self._adopt([j for j in self.ledger.live(BACKEND) if j.state == EMITTED and j.remote == self.remote])
-        jobs = [j for j in self.ledger.unfolded() if mine(j)]
-        self._adopt_records(jobs)
-        texts = [(j, self.transport.read_file(str(runfolder.result_path(j.run_dir, j.task_id)))) for j in jobs]
-        folded = runfolder.fold(self.store, [(j.task_id, t, j.folded_ops) for j, t in texts])
-        self.ledger.set_folded([(j.task_id, j.run_id, *folded[j.task_id]) for j in jobs if j.task_id in folded])
-        live = [j for j in self.ledger.live(BACKEND) if j.remote == self.remote and j.state != EMITTED]
+        report = RefreshReport()
+        self._adopt([j for j in self.ledger.live(BACKEND) if j.state == jobstate.EMITTED and j.remote == self.remote])
+        unfolded = [j for j in self.ledger.unfolded() if self._mine(j)]
+        self._adopt_records(unfolded)
+        folded = self._fold(unfolded)
+        report.folded = len(folded)
+        live = [j for j in self.ledger.live(BACKEND) if j.remote == self.remote and j.state != jobstate.EMITTED]
+        intents = [j for j in live if j.intent]
+        jobs = [j for j in live if not j.intent]
         watcher = self.watcher()
         elements: dict[str, set[int]] = defaultdict(set)
-        for j in live:  # an array is watched once, with the elements it really has
+        for j in jobs:  # an array is watched once, with the elements it really has
             if j.array_index is not None:
                 elements[j.job_id].add(j.array_index)
             else:
                 elements.setdefault(j.job_id, set())
+        names = {j.job_id: j.run_id for j in jobs}
         for job_id, indices in elements.items():
-            watcher.watch(job_id, indices=indices or None)
-        states = watcher.poll() if live else {}
-        updates, swept = [], 0
-        for j in live:
+            watcher.watch(job_id, indices=indices or None, name=names[job_id])
+        try:
+            states = watcher.poll() if jobs else {}
+            if intents and self.ledger.locked_here:
+                self._resolve_intents(intents, watcher, folded, report)
+        except BackendError as exc:
+            report.notes.append(f"SLURM did not answer ({exc}); job states not refreshed")
+            report.queries = watcher.queries
+            return report
+        if watcher.fallback:
+            report.notes.append(watcher.fallback)
+        # "unknown" only counts towards "lost" when the answer was complete (accounting asked or absent)
+        complete = watcher.use_sacct is False or not watcher.fallback
+        updates, doubts = [], []
+        by_key = {(j.task_id, j.run_id): j for j in jobs}
+        for j in jobs:
             st = states.get(j.backend_id)
             if st is None:
                 continue
+            applied, final = folded.get((j.task_id, j.run_id), (j.folded_ops, False))
+            if st.state in jobstate.DOUBTFUL:
+                since = j.doubt_since or _now()
+                if j.doubt_since is None:
+                    doubts.append((j.task_id, j.run_id, since))
+                if final:  # it ended and reported; SLURM has merely forgotten it since
+                    updates.append((j.task_id, j.run_id, jobstate.COMPLETED, "result folded; SLURM forgot the job"))
+                elif complete and _elapsed(since) >= self.lost_after:
+                    report.lost += 1
+                    report.swept += self._lose(j, st, since, applied)
+                    continue
+                else:
+                    updates.append((j.task_id, j.run_id, st.state, st.reason or None))
+                    report.swept += self._pending(j, st)
+                continue
+            if j.doubt_since:
+                doubts.append((j.task_id, j.run_id, None))
             updates.append((j.task_id, j.run_id, st.state, st.reason or None))
-            applied, final = folded.get(j.task_id, (j.folded_ops, False))
             if st.final and not final:
-                swept += self._sweep_one(j, st, applied)
-            elif not st.final and st.state != "RUNNING":
-                swept += self._pending(j, st)
+                report.swept += self._sweep_one(j, st, applied)
+            elif not st.final and st.state != jobstate.RUNNING:
+                report.swept += self._pending(j, st)
+        # only what changed is written: a refresh that learns nothing leaves the ledger as it was
+        self.ledger.set_state([u for u in updates if (u[2], u[3]) != (by_key[u[:2]].state, by_key[u[:2]].reason)])
+        self.ledger.set_doubt(doubts)
+        report.queries = watcher.queries
+        report.states = {j.task_id: states[j.backend_id] for j in jobs if j.backend_id in states}
+        return report
+
+    def _fold(self, jobs: list[JobRecord]) -> dict[tuple[str, str], tuple[int, bool]]:
+        """Fold the result files of ``jobs``; ``{(task id, run id): (ops applied, final)}``."""
+        out = {}
+        for j in jobs:
+            text = self.transport.read_file(str(runfolder.result_path(j.run_dir, j.task_id)))
+            done = runfolder.fold(self.store, [(j.task_id, text, j.folded_ops)]).get(j.task_id)
+            if done is not None:
+                out[(j.task_id, j.run_id)] = done
+        self.ledger.set_folded([(t, run, *done) for (t, run), done in out.items()])
+        return out
+
+    def find_runs(self, watcher: JobWatcher, run_ids: Iterable[str]) -> list[JobState]:
+        """Every job SLURM's controller has for these runs (this user's, any state), in one query."""
+        return watcher.find(sorted(set(run_ids)))
+
+    def _resolve_intents(self, intents: list[JobRecord], watcher: JobWatcher,
+                         folded: dict[tuple[str, str], tuple[int, bool]], report: RefreshReport) -> None:
+        """Intents of submitters that stopped: adopt what SLURM has, the rest was never submitted."""
+        found: dict[tuple[str, str], str] = {}
+        for st in self.find_runs(watcher, {j.run_id for j in intents}):
+            if st.comment.startswith(layouts.COMMENT_PREFIX):
+                found[(st.name, st.comment[len(layouts.COMMENT_PREFIX):])] = st.array_job_id
+        calls = {(j.run_id, j.script) for j in intents}
+        for run_id, script in sorted(calls, key=lambda c: (c[0], c[1] or "")):
+            if (run_id, script) in found:
+                self.ledger.submitted(run_id, script, found[(run_id, script)])
+                report.adopted += 1
+        gone = [j for j in intents if (j.run_id, j.script) not in found]
+        updates = []
+        for j in gone:
+            done = folded.get((j.task_id, j.run_id))
+            if done and done[1]:  # it ran and reported long ago: SLURM no longer lists it
+                updates.append((j.task_id, j.run_id, jobstate.COMPLETED, "result folded; SLURM forgot the job"))
+            else:
+                updates.append((j.task_id, j.run_id, jobstate.UNSUBMITTED,
+                                "recorded before sbatch, but SLURM never got it (the submitter stopped)"))
+                report.unsubmitted += 1
         self.ledger.set_state(updates)
-        return {"folded": len(folded), "queries": watcher.queries, "swept": swept,
-                "states": {j.task_id: states[j.backend_id] for j in live if j.backend_id in states}}
 
     def _adopt_records(self, jobs: list) -> None:
         """Jobs of a backfill whose records are made after queueing (``hpcpipe.recorder``) take
@@ -581,12 +611,8 @@ class SlurmBackend:
             cache[run_dir] = bool(data.get(RUN_KEY))
         return cache[run_dir]
 
-    def _sweep_one(self, job, st, applied: int) -> int:
-        """A job SLURM ended without a final result: record why, so nothing stays Started.
-
-        ``applied``: operations of its result already folded in this refresh.
-        """
-        # the job may have written its result between the fold and the query: fold once more
+    def _close(self, job: JobRecord, applied: int, outcome: Callable[[dict, str | None], tuple[str, str] | None]) -> int:
+        """Fold once more (the job may have written its result meanwhile), else record ``outcome``."""
         text = self.transport.read_file(str(runfolder.result_path(job.run_dir, job.task_id)))
         done = runfolder.fold(self.store, [(job.task_id, text, applied)]).get(job.task_id)
         if done and done[1]:
@@ -594,19 +620,36 @@ class SlurmBackend:
             return 0
         self._recorded(job)
         task = self.store.get_task(job.task_id)
-        if self._packed(job.run_dir) and not (runfolder.read_result(text) or {}).get("ops"):
-            # its allocation ended before its turn: nothing ran, nothing is wrong with the task
-            status, why = WAITING, reasons.line(reasons.CANCELLED, (
-                f"pack allocation SLURM job {st.job_id} ended {st.state} before this task ran; "
-                "Waiting for the next submission"))
-        else:
-            status, why = swept(st, task["status"], text, self.transport.read_file)
-        if task["status"] in (STARTED, WAITING):
-            self.store.update_task(job.task_id, status=status, log=(task.get("log") or "") + f"\n{why}\n")
+        found = outcome(task, text)
+        if found is not None and task["status"] in (STARTED, WAITING):
+            self.store.append_log(job.task_id, found[1], status=found[0])
         self.ledger.set_folded([(job.task_id, job.run_id, done[0] if done else applied, True)])
-        return 1
+        return int(found is not None)
 
-    def _pending(self, job, st) -> int:
+    def _sweep_one(self, job: JobRecord, st: JobState, applied: int) -> int:
+        """A job SLURM ended without a final result: record why, so nothing stays Started."""
+        def outcome(task: dict, text: str | None) -> tuple[str, str]:
+            if self._packed(job.run_dir) and not (runfolder.read_result(text) or {}).get("ops"):
+                # its allocation ended before its turn: nothing ran, nothing is wrong with the task
+                return WAITING, reasons.line(reasons.CANCELLED, (
+                    f"pack allocation SLURM job {st.job_id} ended {st.state} before this task ran; "
+                    "Waiting for the next submission"))
+            return swept(st, task["status"], text, self.transport.read_file)
+
+        return self._close(job, applied, outcome)
+
+    def _lose(self, job: JobRecord, st: JobState, since: str, applied: int) -> int:
+        """A job unknown to SLURM (or NODE_FAIL/PREEMPTED and never requeued) for the grace period."""
+        if st.state == jobstate.UNKNOWN:
+            why = f"unknown to squeue and sacct since {since}"
+            outcome = lambda task, text: lost(job.backend_id, since, self.lost_after, task["status"], text)  # noqa: E731
+        else:
+            why = f"{st.state} since {since} and not requeued"
+            outcome = lambda task, text: swept(st, task["status"], text, self.transport.read_file)  # noqa: E731
+        self.ledger.set_state([(job.task_id, job.run_id, jobstate.LOST, why)])
+        return self._close(job, applied, outcome)
+
+    def _pending(self, job: JobRecord, st: JobState) -> int:
         """A pending job whose task needs a record: requeued (Waiting) or never startable (Held)."""
         if pending(st, None) is None:
             return 0
@@ -615,5 +658,27 @@ class SlurmBackend:
         found = pending(st, task["status"])
         if found is None:
             return 0
-        self.store.update_task(job.task_id, status=found[0], log=(task.get("log") or "") + f"\n{found[1]}\n")
+        self.store.append_log(job.task_id, found[1], status=found[0])
         return 1
+
+    # ------------------------------------------------------------------ cancelling
+    def cancel(self, jobs: list[JobRecord], runs: Iterable[str] = ()) -> int:
+        """scancel ``jobs`` and every job SLURM has for ``runs`` (also those the ledger never
+        recorded); their tasks, if Waiting or Started, become Errored. Returns jobs cancelled."""
+        # intents and emitted scripts nobody submitted yet have no SLURM job to scancel
+        ids = {j.backend_id for j in jobs if not j.intent and j.state != jobstate.EMITTED}
+        runs = set(runs)
+        unrecorded: set[str] = set()
+        if runs:
+            found = {st.array_job_id for st in self.find_runs(self.watcher(), runs) if not st.final}
+            unrecorded = found - ids - {j.job_id for j in jobs}
+        if ids | unrecorded:
+            cancel(self.transport, sorted(ids | unrecorded))
+        for j in jobs:
+            task = self.store.get_task(j.task_id)
+            if task["status"] in (WAITING, STARTED):
+                self.store.append_log(j.task_id, f"cancelled by hpcpipe cancel (SLURM job {j.backend_id})",
+                                      status="Errored")
+        self.ledger.set_state([(j.task_id, j.run_id, jobstate.CANCELLED, "hpcpipe cancel") for j in jobs])
+        self.ledger.set_folded([(j.task_id, j.run_id, j.folded_ops, True) for j in jobs])
+        return len(jobs) + len(unrecorded)

@@ -44,7 +44,6 @@ from .render import mem_mb
 
 #: what ``run.json`` says about a packed run (the sweep treats its unstarted tasks as Waiting)
 RUN_KEY = "packs"
-EMITTED = "EMITTED"
 SPLITS = ("none", "gpu", "long:SECS", "tasks:NAME,NAME")
 
 

@@ -136,6 +136,9 @@ class JobSpec:
     binds: list[str] = field(default_factory=list)
     #: nodes of one allocation (a pack); resources are then per node
     nodes: int = 1
+    #: ``--comment``: which sbatch call of its run this is (``hpcpipe:<script>``), so a job
+    #: found in squeue is adopted by the ledger even when its submitter died before recording it
+    comment: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.resources, Mapping):
@@ -299,6 +302,9 @@ def sbatch_options(spec: JobSpec, profile: Profile) -> list[tuple[str, str | Non
     res = spec.resources
     assert isinstance(res, Resources)
     opts: list[tuple[str, str | None]] = [("--job-name", spec.name)]
+    if spec.comment:
+        _one_line("job comment", spec.comment)
+        opts.append(("--comment", spec.comment))
     partition = resolve_partition(spec, profile)
     if partition:
         opts.append(("--partition", partition))

@@ -7,7 +7,12 @@ asks once per poll for every job it still considers live:
   keeps allocations only (no ``.batch``/``.extern`` steps). ``--json`` is not used: on
   22.05 it reports exit code 0 for a job that exited 3.
 * ``squeue --noheader --states=all -j <ids> -O ...`` otherwise (no slurmdbd): it only knows
-  jobs for ``MinJobAge`` after they end, so a job it no longer lists is reported UNKNOWN.
+  jobs for ``MinJobAge`` after they end.
+
+A watched id that neither lists (or that now names another job: a cluster restarted with its
+state wiped gives old ids to new jobs, so each id is watched with the run name it must carry) is
+``UNKNOWN`` -- not final (``hpcpipe.jobstate``): the ledger declares it ``LOST`` once it has
+stayed unknown for the grace period. States are spelled as ``hpcpipe.jobstate`` says.
 
 Array jobs are watched by their array job id; sacct/squeue return one row per started
 element (``123_4``) and one row for all pending ones (``123_[5-9%2]``), which is expanded
@@ -25,29 +30,19 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ..errors import BackendError
+from ..jobstate import UNKNOWN, is_final, normalise
 from .render import expand_indices
 from .transport import Transport
 
-#: states after which a job never changes again
-FINAL_STATES = frozenset({
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-    "BOOT_FAIL", "DEADLINE", "REVOKED", "UNKNOWN",
-})
 SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Reason", "Elapsed", "NodeList", "Partition",
                 "JobName")
 # squeue -O: a ':|' suffix makes the field unpadded and untruncated, followed by '|'
 SQUEUE_FIELDS = ("JobArrayID", "JobID", "ArrayJobID", "State", "exit_code", "Reason", "TimeUsed",
-                 "NodeList", "Partition", "Name")
+                 "NodeList", "Partition", "Comment", "Name")
 _ELEMENT = re.compile(r"^(\d+)_(\d+)$")
 _PENDING_ARRAY = re.compile(r"^(\d+)_\[(.+)\]$")
 _NO_ACCOUNTING = ("accounting storage is disabled", "slurm accounting storage is disabled",
                   "accounting_storage/none")
-
-
-def normalise_state(raw: str) -> str:
-    """``CANCELLED by 0`` -> ``CANCELLED``; ``RUNNING+`` (truncated) -> ``RUNNING``."""
-    word = raw.strip().split(" ", 1)[0].rstrip("+*")
-    return word.upper() or "UNKNOWN"
 
 
 @dataclass
@@ -68,11 +63,13 @@ class JobState:
     elapsed: str = ""
     nodes: str = ""
     partition: str = ""
+    #: ``--comment`` (squeue only): ``hpcpipe:<script>`` names the sbatch call of a run
+    comment: str = ""
 
     @property
     def final(self) -> bool:
         """True once the state can no longer change."""
-        return self.state in FINAL_STATES
+        return is_final(self.state)
 
     def display(self) -> str:
         """``PENDING (Dependency)``, ``FAILED 3:0``, ``COMPLETED`` for status tables."""
@@ -128,7 +125,7 @@ def parse_sacct(text: str) -> list[JobState]:
         if ":" in exit_code:
             a, b = exit_code.split(":", 1)
             code, sig = (int(a) if a.isdigit() else None), (int(b) if b.isdigit() else None)
-        st = normalise_state(state)
+        st = normalise(state)
         out += _rows(job_id, name=name, state=st, exit_code=code, signal=sig,
                      reason=_reason(reason) if st == "PENDING" else "",
                      elapsed=elapsed, nodes="" if nodes == "None assigned" else nodes,
@@ -151,15 +148,16 @@ def parse_squeue(text: str) -> list[JobState]:
         parts = line.split("|", n - 1)
         if len(parts) < n:
             continue
-        job_id, _raw, _array_job, state, status, reason, elapsed, nodes, partition, name = parts
+        job_id, _raw, _array_job, state, status, reason, elapsed, nodes, partition, comment, name = parts
         code = sig = None
         if status.strip().isdigit():
             raw = int(status)
             code, sig = (raw >> 8) & 0xFF, raw & 0x7F
-        st = normalise_state(state)
+        st = normalise(state)
         out += _rows(job_id.strip(), name=name, state=st, exit_code=code, signal=sig,
                      reason=_reason(reason) if st == "PENDING" else "",
-                     elapsed=elapsed.strip(), nodes=nodes.strip(), partition=partition.strip())
+                     elapsed=elapsed.strip(), nodes=nodes.strip(), partition=partition.strip(),
+                     comment=_reason(comment))
     return out
 
 
@@ -181,14 +179,19 @@ def sacct_argv(ids: Iterable[str] = (), name: str | None = None, since: str | No
     return argv
 
 
-def squeue_argv(ids: Iterable[str] = (), name: str | None = None) -> list[str]:
-    """The squeue command: all states (finished ones for MinJobAge), unpadded fields."""
+def squeue_argv(ids: Iterable[str] = (), name: str | None = None, mine: bool = False) -> list[str]:
+    """The squeue command: all states (finished ones for MinJobAge), unpadded fields.
+
+    ``name`` may list several job names, comma-separated; ``mine``: only this user's jobs.
+    """
     argv = ["squeue", "--noheader", "--states=all", "-O", squeue_format()]
     ids = list(ids)
     if ids:
         argv.append(f"--jobs={','.join(ids)}")
     if name is not None:
         argv.append(f"--name={name}")
+    if mine:
+        argv.append("--me")
     return argv
 
 
@@ -225,13 +228,21 @@ class JobWatcher:
         self.queries_by_command: dict[str, int] = {}
         self.last_poll_by_command: dict[str, int] = {}
         self.polls = 0
+        #: why the last poll read states from squeue only although accounting exists ("" if it did not)
+        self.fallback = ""
         self._keys: dict[str, set[int] | None] = {}  # watched id -> expected array indices
+        self._names: dict[str, str] = {}  # watched id -> the job name it must carry
         self._done: set[str] = set()
         self._states: dict[str, JobState] = {}
 
     # -- what to watch
-    def watch(self, job_ids: Iterable[str] | str, indices: Iterable[int] | None = None) -> None:
-        """Follow these job ids; for one array id, ``indices`` says which elements exist."""
+    def watch(self, job_ids: Iterable[str] | str, indices: Iterable[int] | None = None,
+              name: str | None = None) -> None:
+        """Follow these job ids; for one array id, ``indices`` says which elements exist.
+
+        ``name``: the job name the ids must carry; a row with another name is another job that
+        got a recycled id, and the watched one counts as unknown.
+        """
         if isinstance(job_ids, str):
             job_ids = [job_ids]
         for jid in job_ids:
@@ -241,6 +252,8 @@ class JobWatcher:
             self._keys.setdefault(jid, None)
             if indices is not None:
                 self._keys[jid] = set(int(i) for i in indices)
+            if name is not None:
+                self._names[jid] = name
 
     @property
     def watched(self) -> list[str]:
@@ -251,6 +264,19 @@ class JobWatcher:
     def live(self) -> list[str]:
         """Watched ids with an element that may still change (asked about at the next poll)."""
         return [k for k in self._keys if k not in self._done]
+
+    def find(self, names: list[str]) -> list[JobState]:
+        """Every job of this user named one of ``names`` (run ids) that the controller has, in any
+        state (ended ones for MinJobAge): one ``squeue --me --name=a,b`` query, comments included."""
+        rows: list[JobState] = []
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            self._count("squeue")
+            res = self.transport.run(squeue_argv(name=",".join(chunk), mine=True))
+            if res.returncode != 0:
+                raise BackendError(f"squeue failed: {(res.stderr or res.stdout).strip() or res.returncode}")
+            rows += parse_squeue(res.stdout)
+        return rows
 
     def discover(self, name: str, since: str = "now-7days") -> list[str]:
         """Find the jobs named ``name`` (a run tag) and watch them; returns their ids.
@@ -278,20 +304,22 @@ class JobWatcher:
         record a pending job's changing reason, so ids that sacct does not list yet, or lists
         as PENDING, are asked of squeue (the controller, authoritative) in one more call in
         the same poll: at most two queries per poll, and one once nothing is new or pending.
+        What the controller was asked and does not list, sacct did not list either: UNKNOWN.
         """
         before = self.queries
         before_cmd = dict(self.queries_by_command)
+        self.fallback = ""
         live = self.live
         for start in range(0, len(live), self.max_ids_per_query):
             chunk = live[start:start + self.max_ids_per_query]
             rows, source = self._query(chunk)
-            covered = self._update(chunk, rows, from_squeue=(source == "squeue" and self.use_sacct is False))
+            covered = self._update(chunk, rows, authoritative=source == "squeue")
             if source == "sacct":
                 ask = [k for k in chunk if k not in self._done and (
                     k not in covered
                     or (self.pending_reasons and any(st.state == "PENDING" for st in self.state_of(k))))]
                 if ask:
-                    self._update(ask, self._run_squeue(ids=ask), from_squeue=False)
+                    self._update(ask, self._run_squeue(ids=ask), authoritative=True, known=covered)
         self.polls += 1
         self.last_poll_queries = self.queries - before
         self.last_poll_by_command = {k: v - before_cmd.get(k, 0) for k, v in self.queries_by_command.items()
@@ -331,8 +359,9 @@ class JobWatcher:
         if self.use_sacct is not False:
             try:
                 return self._run_sacct(ids=ids), "sacct"
-            except _FallBack:
-                pass
+            except _FallBack as exc:
+                if self.use_sacct is not False:  # accounting exists but did not answer now
+                    self.fallback = f"accounting (sacct) did not answer: {exc}; states from squeue only"
         return self._run_squeue(ids=ids), "squeue"
 
     def _run_sacct(self, ids: list[str] | None = None, name: str | None = None,
@@ -362,11 +391,13 @@ class JobWatcher:
         self.queries += 1
         self.queries_by_command[command] = self.queries_by_command.get(command, 0) + 1
 
-    def _update(self, asked: list[str], rows: list[JobState], from_squeue: bool) -> set[str]:
+    def _update(self, asked: list[str], rows: list[JobState], authoritative: bool,
+                known: set[str] = frozenset()) -> set[str]:
         """Record rows; retire ids whose every element is final; return the ids the rows cover.
 
-        ``from_squeue`` (no accounting at all): an id squeue does not list has ended more
-        than MinJobAge ago, or never existed; either way it is UNKNOWN and final.
+        ``authoritative``: the rows come from the controller (squeue), so an asked id or element
+        they do not list (and that is not in ``known``: listed by sacct in this poll) is UNKNOWN
+        now. Rows naming another job than the one watched (recycled ids) are dropped.
         """
         by_key: dict[str, list[JobState]] = {k: [] for k in asked}
         for row in rows:
@@ -377,40 +408,43 @@ class JobWatcher:
         covered: set[str] = set()
         for key, key_rows in by_key.items():
             expected = self._keys.get(key)
+            name = self._names.get(key)
+            key_rows = [r for r in key_rows if (name is None or r.name == name)
+                        and (expected is None or r.array_index is None or r.array_index in expected)]
             if expected is not None:  # elements that do not exist are not reported
-                key_rows = [r for r in key_rows if r.array_index is None or r.array_index in expected]
                 if expected <= {r.array_index for r in key_rows}:
                     covered.add(key)
             elif key_rows:
                 covered.add(key)
             for row in key_rows:
                 self._states[row.job_id] = row
-            if key_rows and from_squeue:  # elements squeue has forgotten ended long ago
-                listed = {r.job_id for r in key_rows}
-                for st in self.state_of(key):
-                    if st.job_id not in listed and not st.final:
-                        st.state, st.reason = "UNKNOWN", ""
-            if not key_rows and from_squeue:
-                known = self.state_of(key)
-                for st in known:
-                    if not st.final:
-                        st.state, st.reason = "UNKNOWN", ""
-                if not known:
-                    base, index = _split_id(key)
-                    self._states[key] = JobState(job_id=key, array_job_id=base, array_index=index,
-                                                 name="", state="UNKNOWN")
-                self._done.add(key)
-                continue
+            if authoritative and key not in known:
+                self._mark_unknown(key, expected, {r.job_id for r in key_rows})
             states = self.state_of(key)
             if not states:
                 continue  # not in accounting yet (sacct lags sbatch slightly)
-            if expected is not None:
-                got = {s.array_index for s in states}
-                if not expected <= got:
-                    continue
+            if expected is not None and not expected <= {s.array_index for s in states}:
+                continue
             if all(s.final for s in states):
                 self._done.add(key)
         return covered
+
+    def _mark_unknown(self, key: str, expected: set[int] | None, listed: set[str]) -> None:
+        """Elements of ``key`` the controller does not list and no final state covers: UNKNOWN."""
+        index = _split_id(key)[1]
+        wanted = [f"{key}_{i}" for i in sorted(expected)] if expected and index is None else [key]
+        if expected is None and index is None:
+            wanted = [s.job_id for s in self.state_of(key)] or [key]
+        for jid in wanted:
+            if jid in listed:
+                continue
+            st = self._states.get(jid)
+            if st is None:
+                b, i = _split_id(jid)
+                self._states[jid] = JobState(job_id=jid, array_job_id=b, array_index=i,
+                                             name=self._names.get(key, ""), state=UNKNOWN)
+            elif not st.final:
+                st.state, st.reason = UNKNOWN, ""
 
 
 class _FallBack(Exception):

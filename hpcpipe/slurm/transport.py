@@ -7,12 +7,12 @@ transport. Implementations: ``LocalTransport`` here, ``hpcpipe.ssh.SSHTransport`
 from __future__ import annotations
 
 import abc
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BackendError
+from ..files import atomic_write
 
 
 @dataclass
@@ -79,12 +79,7 @@ class LocalTransport(Transport):
         return Result(list(argv), proc.returncode, proc.stdout, proc.stderr)
 
     def write_file(self, path: str, content: str, mode: int = 0o644) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(content)
-        tmp.chmod(mode)
-        os.replace(tmp, target)
+        atomic_write(path, content, mode=mode)
 
     def read_file(self, path: str) -> str | None:
         try:

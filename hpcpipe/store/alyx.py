@@ -21,11 +21,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, ContextManager, Iterable, Iterator, Sequence
 
@@ -35,6 +33,7 @@ from ..alyx import register as reg
 from ..alyx.client import PAGE_LIMIT, AlyxClient, AlyxError, AlyxNotFound, AlyxServerError, AlyxUnreachable, error_detail
 from ..alyx.params import url_key
 from ..errors import BadInput, Conflict, NotFound, StoreError, Unreachable
+from ..files import atomic_write
 from ..session import SessionRef, parse_session_path
 from ..status import ALYX_INT, check_statuses
 from . import health
@@ -245,10 +244,7 @@ class AlyxStore(TaskStore):
             return {}
 
     def _save_json(self, name: str, data: dict) -> None:
-        path = self._state_dir() / name
-        tmp = path.with_name(f".{name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
+        atomic_write(self._state_dir() / name, json.dumps(data))
 
     # ------------------------------------------------------------------ sessions
     def session_id(self, session_path: Path | str, create: bool = False) -> str:

@@ -145,6 +145,16 @@ class TaskStore(abc.ABC):
     def update_task(self, task_id: str, **fields: Any) -> dict:
         """Partial update (PATCH): only the given fields change. Returns the stored record."""
 
+    def append_log(self, task_id: str, text: str, **fields: Any) -> dict:
+        """Append ``text`` as a line to the task's log, and set ``fields`` (e.g. ``status``), as one
+        operation: every writer of a log line (sweep, cancel, engines) goes through here, and a
+        store that can (the embedded one) makes it atomic, so a concurrent append is never lost.
+        Alyx's REST API has no append: read-then-PATCH is the best a REST store can do.
+        """
+        check_fields(dict(fields, log=""))
+        task = self.get_task(task_id)
+        return self.update_task(task_id, log=(task.get("log") or "") + f"\n{text}\n", **fields)
+
     @abc.abstractmethod
     def delete_task(self, task_id: str) -> None:
         """Delete a task; it is also removed from its children's ``parents``."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, ContextManager
 
 from .. import config
 from ..errors import Unreachable
+from ..files import atomic_write
 
 _logger = logging.getLogger(__name__)
 #: seconds a store stays marked down after a report failed to reach it
@@ -51,10 +51,7 @@ def mark_down(key: str, reason: str) -> None:
     _down[key] = until
     path = _mark_file(key)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"until": until, "reason": reason}))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps({"until": until, "reason": reason}))
     except OSError as exc:  # a read-only outbox: the in-memory mark still serves this process
         _logger.debug("could not write the store-down mark %s: %s", path, exc)
     _logger.warning("task store %s unreachable (%s): reports go to the outbox for the next %.0f s",

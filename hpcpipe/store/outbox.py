@@ -31,12 +31,13 @@ from typing import Any
 
 from .. import config
 from ..errors import Unreachable
+from ..files import atomic_write
 from . import health
 from .held import release_held_children
 
 _logger = logging.getLogger(__name__)
 #: the store methods a report may call
-OPERATIONS = ("update_task", "register_files")
+OPERATIONS = ("update_task", "append_log", "register_files")
 _counter = itertools.count()
 LOCK_TIMEOUT = 300.0
 
@@ -63,12 +64,16 @@ def _lock():
     return FileLock(str(outbox_dir() / ".lock"), timeout=LOCK_TIMEOUT)
 
 
-def _call(store, op: str, payload: dict) -> Any:
+def apply(store, op: str, payload: dict) -> Any:
+    """Call the store method a report names: the one place a recorded operation (a queued
+    report, a job's result file) becomes a store call."""
     if op not in OPERATIONS:
         raise ValueError(f"unknown outbox operation {op!r}; valid: {', '.join(OPERATIONS)}")
+    payload = dict(payload)
     if op == "update_task":
-        payload = dict(payload)
         return store.update_task(payload.pop("task_id"), **payload)
+    if op == "append_log":
+        return store.append_log(payload.pop("task_id"), payload.pop("text"), **payload)
     return store.register_files(**payload)
 
 
@@ -78,13 +83,8 @@ def queue(op: str, payload: dict, key: str | None = None) -> Path:
         raise ValueError(f"unknown outbox operation {op!r}; valid: {', '.join(OPERATIONS)}")
     folder = outbox_dir()
     name = f"{time.time_ns():020d}-{next(_counter):06d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
-    tmp = folder / f".{name}.tmp"
     report = {"op": op, "payload": payload, "store": key, "queued": time.time()}
-    with open(tmp, "w") as fh:
-        json.dump(report, fh, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / name)
+    atomic_write(folder / name, json.dumps(report, default=str), fsync=True)
     return folder / name
 
 
@@ -120,7 +120,7 @@ def deliver(store, op: str, _replay: bool = True, **payload: Any) -> Any:
     if getattr(store, "keeps_undelivered", False):
         # the store records what it could not deliver itself (a job's run-folder store): no
         # outbox listing on a compute node's shared home folder
-        return _call(store, op, payload)
+        return apply(store, op, payload)
     key = store_key(store)
     if not health.is_down(key) and _replay and pending(store):
         _try_sync(store)
@@ -130,7 +130,7 @@ def deliver(store, op: str, _replay: bool = True, **payload: Any) -> Any:
         return None
     try:
         with health.reporting(store):
-            result = _call(store, op, payload)
+            result = apply(store, op, payload)
     except Unreachable as exc:
         health.mark_down(key, str(exc))
         path = queue(op, payload, key)
@@ -183,7 +183,7 @@ def _sync_locked(store, forced: bool = False) -> int:
                 continue
             try:
                 with health.reporting(store, forced=forced):
-                    result = _call(store, report["op"], report["payload"])
+                    result = apply(store, report["op"], report["payload"])
             except Unreachable as exc:
                 health.mark_down(key, str(exc))
                 return done
@@ -215,11 +215,8 @@ def _release_children(store, tdict: Any) -> None:
 
 
 def _move_failed(path: Path, report: dict, error: str) -> None:
-    failed = path.parent / "failed"
-    failed.mkdir(exist_ok=True)
     report["error"] = error
-    tmp = failed / f".{path.name}.tmp"
-    tmp.write_text(json.dumps(report, default=str))
-    os.replace(tmp, failed / path.name)
+    failed = path.parent / "failed"
+    atomic_write(failed / path.name, json.dumps(report, default=str))
     path.unlink(missing_ok=True)
     _logger.error("outbox report %s refused by the store: %s (kept in %s)", path.name, error, failed)

@@ -346,6 +346,18 @@ class SQLiteStore(TaskStore):
                 raise Conflict(f"update of task {task_id} breaks uniqueness: {exc}") from None
         return self.get_task(task_id)
 
+    def append_log(self, task_id: str, text: str, **fields: Any) -> dict:
+        """One UPDATE (``log = log || line``): atomic, a concurrent append is never lost."""
+        check_fields(dict(fields, log=""))
+        fields["datetime"] = _now()
+        sets = "".join(f", {k} = ?" for k in fields)
+        with self._tx() as db:
+            cur = db.execute(f"UPDATE tasks SET log = COALESCE(log, '') || ?{sets} WHERE id = ?",
+                             [f"\n{text}\n"] + [self._encode(k, v) for k, v in fields.items()] + [task_id])
+            if cur.rowcount == 0:
+                raise NotFound(f"no task with id {task_id}")
+        return self.get_task(task_id)
+
     def delete_task(self, task_id: str) -> None:
         with self._tx() as db:
             if db.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount == 0:

@@ -365,7 +365,26 @@ def test_fold_sees_every_op_across_a_requeue(tmp_path):
     second.finish("Complete", 0)
     text = (run / "results" / f"{created['id']}.json").read_text()
     assert fold(store, [(created["id"], text, applied)])[created["id"]] == (4, True)
-    assert store.get_task(created["id"])["status"] == "Complete"
+    task = store.get_task(created["id"])
+    assert task["status"] == "Complete"
+    # the last attempt's report replaced the log; the fold says the job was requeued, once
+    assert (task["log"] or "").count("[hpcpipe:REQUEUED]") == 1, task["log"]
+    fold(store, [(created["id"], text, 4)])
+    assert store.get_task(created["id"])["log"] == task["log"]
+
+
+def test_requeue_note_keeps_a_failure_the_last_tagged_reason():
+    """After a failed last attempt the note is untagged: ``rerun --escalate`` reads the last tag."""
+    from hpcpipe.jobside import reasons
+    from hpcpipe.jobside.runfolder import requeue_note
+
+    assert requeue_note({"final": True, "status": "Complete", "job": {"restart": 0}}) is None
+    assert requeue_note({"final": False, "status": "Waiting", "job": {"restart": 2}}) is None
+    done = requeue_note({"final": True, "status": "Complete", "job": {"restart": 2, "job_id": "7"}})
+    assert reasons.last_kind(done) == reasons.REQUEUED and "job 7 2 time(s)" in done
+    failed = requeue_note({"final": True, "status": "Errored", "job": {"restart": 1, "job_id": "7"}})
+    log = reasons.line(reasons.MEMORY, "killed for memory") + "\n" + failed
+    assert reasons.last_kind(log) == reasons.MEMORY
 
 
 # ---------------------------------------------------------------------- pure rules

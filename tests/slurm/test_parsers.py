@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from hpcpipe.errors import BackendError, BadInput
+from hpcpipe.jobstate import normalise as normalise_state
 from hpcpipe.slurm.cancel import scancel_argv
 from hpcpipe.slurm.limits import (
     ClusterLimits,
@@ -19,7 +20,7 @@ from hpcpipe.slurm.limits import (
     parse_time_minutes,
 )
 from hpcpipe.slurm.render import JobSpec
-from hpcpipe.slurm.status import JobWatcher, normalise_state, parse_sacct, parse_squeue, sacct_argv
+from hpcpipe.slurm.status import JobWatcher, parse_sacct, parse_squeue, sacct_argv
 from hpcpipe.slurm.submit import format_command, parse_job_id, sbatch_argv
 from hpcpipe.slurm.transport import Result, Transport
 
@@ -136,11 +137,29 @@ def test_watcher_caches_final_jobs_and_falls_back_to_squeue():
     assert w2.use_sacct is False and states["199"].exit_code == 3 and w2.last_poll_queries == 2
     w2.poll()
     assert [c[0] for c in t2.calls] == ["sacct", "squeue", "squeue"]
-    # a job squeue no longer lists (MinJobAge passed) is UNKNOWN and final
+    # a job squeue no longer lists (MinJobAge passed, or the cluster forgot it) is UNKNOWN, not
+    # final: the ledger declares it LOST after its grace period
     t3 = Recorded([("squeue", (1, "", "slurm_load_jobs error: Invalid job id specified"))])
     w3 = JobWatcher(t3, use_sacct=False)
     w3.watch("5")
-    assert w3.poll()["5"].state == "UNKNOWN" and w3.done()
+    assert w3.poll()["5"].state == "UNKNOWN" and not w3.done() and w3.live == ["5"]
+
+
+def test_unknown_to_both_sources_and_recycled_ids_are_unknown():
+    """sacct and squeue both silent about an id, or an id now naming another job (a wiped cluster
+    hands old ids to new jobs): UNKNOWN; array elements the controller does not list likewise."""
+    t = Recorded([("sacct", (0, "", "")), ("squeue", (0, fixture("squeue.txt"), ""))])
+    w = JobWatcher(t)
+    w.watch("198", name="fx_ok")
+    w.watch("201", name="hp-my-run")    # 201 is fx_cancel now: not ours
+    w.watch("77")                       # listed by nobody
+    w.watch("200", indices=[0, 1, 42], name="fx|arr")
+    states = w.poll()
+    assert states["198"].state == "COMPLETED" and "198" not in w.live
+    assert states["201"].state == "UNKNOWN" and states["77"].state == "UNKNOWN"
+    assert states["200_0"].state == "COMPLETED" and states["200_42"].state == "UNKNOWN"
+    assert set(w.live) == {"201", "77", "200"}
+    assert w.last_poll_by_command == {"sacct": 1, "squeue": 1}
 
 
 def test_ids_sacct_does_not_list_yet_are_asked_of_squeue_in_the_same_poll():
