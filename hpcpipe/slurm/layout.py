@@ -128,13 +128,14 @@ def _chunk_calls(layout: Layout, chunk: str, sessions: dict[int, Plan], scattere
             stamped.setdefault(id(plan.origin), []).append(i)
         else:
             general[i] = plan
+    # calls are numbered per chunk and task type: stamped groups first, then the general ones
     for k, indices in enumerate(stamped.values()):
-        _stamped_calls(layout, chunk, sessions, indices, f"s{k}")
+        _stamped_calls(layout, chunk, sessions, indices, k)
     if general:
-        _general_calls(layout, chunk, general, scattered)
+        _general_calls(layout, chunk, general, scattered, first=len(stamped))
 
 
-def _stamped_calls(layout: Layout, chunk: str, sessions: dict[int, Plan], indices: list[int], group: str) -> None:
+def _stamped_calls(layout: Layout, chunk: str, sessions: dict[int, Plan], indices: list[int], group: int) -> None:
     """Sessions stamped from one template plan (new sessions: no live parents, the same items and
     parents in the same order): one array per template task, its dependencies worked out once."""
     origin = sessions[indices[0]].origin
@@ -147,7 +148,7 @@ def _stamped_calls(layout: Layout, chunk: str, sessions: dict[int, Plan], indice
         call_of[titem.id] = script
 
 
-def _general_calls(layout: Layout, chunk: str, sessions: dict[int, Plan], scattered: set[int]) -> None:
+def _general_calls(layout: Layout, chunk: str, sessions: dict[int, Plan], scattered: set[int], first: int = 0) -> None:
     # task types in dependency order (every session shares the pipeline), in one pass
     by_name: dict[str, list[tuple[int, Plan, PlanItem]]] = {}
     for i, plan in sessions.items():
@@ -165,7 +166,7 @@ def _general_calls(layout: Layout, chunk: str, sessions: dict[int, Plan], scatte
                 old_corr = tuple(sorted({j.job_id for j in arrays_}))
                 old_ok = tuple(sorted(j.backend_id for j in item.parents_live if j not in arrays_))
             groups[(corr, old_corr, old_ok)].append((i, item))
-        for g, ((corr, old_corr, old_ok), group) in enumerate(groups.items()):
+        for g, ((corr, old_corr, old_ok), group) in enumerate(groups.items(), first):
             script = f"{name}.{chunk}.{g}"
             layout.calls.append(Call(script, chunk, name, group, array=True, after_calls=list(corr),
                                      aftercorr_ids=list(old_corr), afterok_ids=list(old_ok)))

@@ -158,8 +158,9 @@ def snapshot(env) -> dict:
 @pytest.mark.parametrize("case", ["ram", "time", "profile", "path", "pipeline", "status"])
 def test_refused_submission_changes_no_byte(env, tmp_path, case):
     first, second = session_dirs(tmp_path / "data", 2)
+    # held: no job of the first session runs and writes its files while the two snapshots are taken
     hp(env, "submit", "--session", str(first), "--pipeline", "tests.sample_pipelines.LongPipeline",
-       "--backend", "slurm")
+       "--backend", "slurm", "--profile", "held")
     hp(env, "status")  # settle what a refresh may write, so only the refused command is compared
     before = snapshot(env)
     args = {"ram": ["--session", str(second), "--pipeline", "tests.sample_pipelines.BigRam", "--profile", "tiny"],
