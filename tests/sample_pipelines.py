@@ -318,3 +318,26 @@ class HogPipeline(Pipeline):
     def __init__(self, session_path=None, **kwargs):
         super().__init__(session_path, **kwargs)
         self.tasks = OrderedDict([("Hog", Hog(self.session_path, seconds=30))])
+
+
+class FailFirst(Task):
+    """Fails on a job's first attempt, completes when SLURM runs the job again (a requeue)."""
+
+    cpu = 1
+    ram = 1
+    time_out_secs = 600
+
+    def _run(self, overwrite=False):
+        if int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1:
+            raise RuntimeError("failing on the first attempt")
+        return []
+
+
+class FailFirstPipeline(Pipeline):
+    """One task failing until SLURM requeues its job: a requeue after a final report."""
+
+    _name = "failfirst"
+
+    def __init__(self, session_path=None, **kwargs):
+        super().__init__(session_path, **kwargs)
+        self.tasks = OrderedDict([("FailFirst", FailFirst(self.session_path))])

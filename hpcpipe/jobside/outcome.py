@@ -61,18 +61,21 @@ def swept(state, task_status: str, result_text: str | None,
     return "Errored", reasons.line(kind, text)
 
 
-def pending(state, task_status: str | None) -> tuple[str, str] | None:
+def pending(state, task_status: str | None, reported: bool = False) -> tuple[str, str] | None:
     """What to record for a job SLURM shows pending: ``(status, log line)``, or None.
 
     * pending again after a requeue while its task is Started (the job side was killed before
       it could say so): Waiting;
+    * pending again after its job side had reported a final outcome (``reported``: the job was
+      requeued after that, by a node failure or ``scontrol requeue``): Waiting, whatever the
+      outcome was, since the task runs again;
     * pending with ``DependencyNeverSatisfied`` (a parent failed; no ``--kill-on-invalid-dep``):
       Held, not left Waiting forever.
 
     ``task_status=None`` asks whether the state could need a record at all (no store read).
     """
-    if state.state.startswith("REQUEUE") or (state.state == "PENDING" and state.reason in REQUEUE_REASONS):
-        if task_status in (None, "Started"):
+    if state.state.startswith("REQUEUE") or (state.state == "PENDING" and (reported or state.reason in REQUEUE_REASONS)):
+        if task_status in (None, "Started") or (reported and task_status != "Waiting"):
             return "Waiting", reasons.line(reasons.REQUEUED, f"SLURM requeued job {state.job_id} "
                                            f"({state.state}, {state.reason or 'no reason'}); back to Waiting "
                                            "until it runs again")

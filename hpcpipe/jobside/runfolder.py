@@ -169,8 +169,10 @@ class RunFolderStore(TaskStore):
         self._inflight: tuple | None = None  # (thread, op index, outcome) of a report being sent
         self.result = {"task_id": task_id, "ops": [], "final": False, "upstream": upstream is not None}
         previous = read_result(_read(result_path(self.run_dir, task_id)))
-        if previous is not None and previous.get("ops") and not previous.get("final"):
-            # a requeued job running again: carry on after the operations already recorded
+        if previous is not None and previous.get("ops"):
+            # a requeued job running again: carry on after the operations already recorded, even
+            # after a final outcome (an attempt that judged its SIGTERM wrong): the login node
+            # counts the operations it folded, so the file must never shrink
             self.result["ops"] = previous["ops"]
             self.result["attempts"] = previous.get("attempts", [])
             for op in previous["ops"]:

@@ -16,8 +16,12 @@ What the outcome is (``classify``):
 
 * SIGUSR2: the time limit is near: Errored, ``[hpcpipe:TIMEOUT]``;
 * SIGTERM, the job being requeued (its restart count went up, or slurmstepd wrote "DUE TO JOB
-  REQUEUE"/"DUE TO PREEMPTION" and the job restarts): Waiting, ``[hpcpipe:REQUEUED]``; SLURM runs
-  the job again later and the job side carries on in the same result file;
+  REQUEUE"): Waiting, ``[hpcpipe:REQUEUED]``; SLURM runs the job again later and the job side
+  carries on in the same result file;
+* SIGTERM "DUE TO NODE FAILURE" or "DUE TO PREEMPTION" when ``scontrol`` did not answer in time
+  (the controller is busy then; the CI cluster under load showed it): Waiting, not final, since
+  SLURM may requeue the job; if it ends the job instead, the login node records Errored from
+  the job's last state. With an answer and no restart: Errored, NODE_FAIL/PREEMPTED;
 * SIGTERM at the time limit ("DUE TO TIME LIMIT", or run time >= time limit): Errored, TIMEOUT;
 * SIGTERM otherwise (``scancel``, preemption without requeue): Errored, CANCELLED/PREEMPTED.
 
@@ -120,10 +124,21 @@ def classify(signum: int, env: dict | None = None) -> JobSignal:
     except ValueError:
         restarted = False
     upper = tail.upper()
+    node_failed = "DUE TO NODE FAILURE" in upper
+    preempted = "DUE TO PREEMPTION" in upper or info.get("JobState") == "PREEMPTED"
     if restarted or "DUE TO JOB REQUEUE" in upper:
         return JobSignal(signum, reasons.REQUEUED, "Waiting",
                          f"{where} is being requeued by SLURM ({name}); back to Waiting, it will run again")
-    if "DUE TO PREEMPTION" in upper or info.get("JobState") == "PREEMPTED":
+    if (node_failed or preempted) and not info:
+        # scontrol did not answer (a busy controller, as after a node failure): whether SLURM
+        # requeues is unknown here, so nothing final is claimed; the login node sees the job's
+        # last state and records Errored if SLURM ended it instead (jobstate.DOUBTFUL)
+        why = "its node failed" if node_failed else "it was preempted"
+        return JobSignal(signum, reasons.REQUEUED, "Waiting",
+                         f"{where} stopped ({name}): {why}; back to Waiting, SLURM requeues it unless it ends it")
+    if node_failed:
+        return JobSignal(signum, reasons.NODE_FAIL, "Errored", f"{where}: its node failed ({name}) and it was not requeued")
+    if preempted:
         return JobSignal(signum, reasons.PREEMPTED, "Errored", f"{where} was preempted ({name}) and not requeued")
     run, limit = _seconds(info.get("RunTime")), _seconds(info.get("TimeLimit"))
     if "DUE TO TIME LIMIT" in upper or (run is not None and limit is not None and run >= limit):

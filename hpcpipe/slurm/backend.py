@@ -478,7 +478,7 @@ class SlurmBackend:
             report.notes.append(watcher.fallback)
         # "unknown" only counts towards "lost" when the answer was complete (accounting asked or absent)
         complete = watcher.use_sacct is False or not watcher.fallback
-        updates, doubts = [], []
+        updates, doubts, reopened = [], [], []
         by_key = {(j.task_id, j.run_id): j for j in jobs}
         for j in jobs:
             st = states.get(j.backend_id)
@@ -501,14 +501,21 @@ class SlurmBackend:
                 continue
             if j.doubt_since:
                 doubts.append((j.task_id, j.run_id, None))
+            # pending again after a final report: SLURM requeued it, its next attempt reports (a
+            # requeued pack does not run again what had ended: engines/pack.py)
+            waiting = st.state == jobstate.PENDING or st.state.startswith("REQUEUE")  # sacct: REQUEUED
+            reported = waiting and bool(j.folded or final) and not self._packed(j.run_dir)
+            if reported:
+                reopened.append((j.task_id, j.run_id, applied, False))
             updates.append((j.task_id, j.run_id, st.state, st.reason or None))
             if st.final and not final:
                 report.swept += self._sweep_one(j, st, applied)
             elif not st.final and st.state != jobstate.RUNNING:
-                report.swept += self._pending(j, st)
+                report.swept += self._pending(j, st, reported)
         # only what changed is written: a refresh that learns nothing leaves the ledger as it was
         self.ledger.set_state([u for u in updates if (u[2], u[3]) != (by_key[u[:2]].state, by_key[u[:2]].reason)])
         self.ledger.set_doubt(doubts)
+        self.ledger.set_folded(reopened)
         report.queries = watcher.queries
         report.states = {j.task_id: states[j.backend_id] for j in jobs if j.backend_id in states}
         return report
@@ -649,13 +656,14 @@ class SlurmBackend:
         self.ledger.set_state([(job.task_id, job.run_id, jobstate.LOST, why)])
         return self._close(job, applied, outcome)
 
-    def _pending(self, job: JobRecord, st: JobState) -> int:
-        """A pending job whose task needs a record: requeued (Waiting) or never startable (Held)."""
-        if pending(st, None) is None:
+    def _pending(self, job: JobRecord, st: JobState, reported: bool = False) -> int:
+        """A pending job whose task needs a record: requeued (Waiting) or never startable (Held).
+        ``reported``: its job side had reported a final outcome before SLURM requeued it."""
+        if pending(st, None, reported) is None:
             return 0
         self._recorded(job)
         task = self.store.get_task(job.task_id)
-        found = pending(st, task["status"])
+        found = pending(st, task["status"], reported)
         if found is None:
             return 0
         self.store.append_log(job.task_id, found[1], status=found[0])

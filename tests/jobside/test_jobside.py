@@ -308,16 +308,17 @@ def test_signal_records_errored_with_reason_and_exits_nonzero(tmp_path, sig, kin
     assert last["time_elapsed_secs"] > 0
 
 
-def test_requeue_records_waiting_then_the_restart_continues_the_result(tmp_path):
-    """SIGTERM with slurmstepd's requeue line in the job's output: Waiting, not final; the
-    restarted job (SLURM_RESTART_COUNT=1) appends to the same result file and completes."""
+@pytest.mark.parametrize("due", ["JOB REQUEUE", "NODE FAILURE, SEE SLURMCTLD LOG FOR DETAILS", "PREEMPTION"])
+def test_requeue_records_waiting_then_the_restart_continues_the_result(tmp_path, due):
+    """SIGTERM with slurmstepd's requeue line in the job's output (or a node failure or
+    preemption line while scontrol does not answer): Waiting, not final; the restarted job
+    (SLURM_RESTART_COUNT=1) appends to the same result file and completes."""
     run, tid, _ = _run_folder(tmp_path, 300)
-    fake = {"SLURM_JOB_ID": "999999999"}  # no such job: scontrol says nothing, the output says requeue
+    fake = {"SLURM_JOB_ID": "999999999"}  # no such job: scontrol says nothing, the output says why
     proc, out = _start(run, tmp_path, fake)
     _wait_started(run, tid)
     with open(out, "a") as fh:
-        fh.write("slurmstepd: error: *** JOB 999999999 ON vm CANCELLED AT 2026-01-01T00:00:00 "
-                 "DUE TO JOB REQUEUE ***\n")
+        fh.write(f"slurmstepd: error: *** JOB 999999999 ON vm CANCELLED AT 2026-01-01T00:00:00 DUE TO {due} ***\n")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 75
     res = json.loads((run / "results" / f"{tid}.json").read_text())
@@ -371,6 +372,53 @@ def test_fold_sees_every_op_across_a_requeue(tmp_path):
     assert (task["log"] or "").count("[hpcpipe:REQUEUED]") == 1, task["log"]
     fold(store, [(created["id"], text, 4)])
     assert store.get_task(created["id"])["log"] == task["log"]
+
+
+@pytest.mark.parametrize("due, info, status, kind", [
+    ("NODE FAILURE", {}, "Waiting", "REQUEUED"),  # scontrol silent: SLURM may requeue it
+    ("NODE FAILURE", {"Restarts": "1", "JobState": "PENDING"}, "Waiting", "REQUEUED"),
+    ("NODE FAILURE", {"Restarts": "0", "JobState": "NODE_FAIL"}, "Errored", "NODE_FAIL"),
+    ("PREEMPTION", {}, "Waiting", "REQUEUED"),
+    ("PREEMPTION", {"Restarts": "0", "JobState": "PREEMPTED"}, "Errored", "PREEMPTED"),
+    ("JOB REQUEUE", {}, "Waiting", "REQUEUED"),
+    ("TIME LIMIT", {}, "Errored", "TIMEOUT"),
+])
+def test_sigterm_is_classified_from_slurmstepds_line_and_scontrol(monkeypatch, due, info, status, kind):
+    """Whether a SIGTERM ends the task: a node failure or preemption is final only when scontrol
+    answers that the job was not requeued (under load it may not answer in time)."""
+    from hpcpipe.jobside import reasons, signals
+
+    line = f"slurmstepd: error: *** JOB 7 ON vm CANCELLED AT 2026-01-01T00:00:00 DUE TO {due} ***\n"
+    monkeypatch.setattr(signals, "_tail", lambda path: line)
+    monkeypatch.setattr(signals, "scontrol_job", lambda job: dict(info))
+    got = signals.classify(signal.SIGTERM, {"SLURM_JOB_ID": "7", "SLURM_RESTART_COUNT": "0"})
+    assert (got.status, reasons.last_kind(got.reason)) == (status, kind), got.text
+
+
+def test_a_restart_after_a_final_report_continues_the_result_and_the_fold_follows(tmp_path):
+    """An attempt that reported Errored and was requeued anyway (it took a node failure for a
+    cancel): the next attempt appends, so the login node, which counts folded ops, sees it."""
+    from hpcpipe.jobside.runfolder import RunFolderStore, fold, load_session_entry
+    from hpcpipe.store.sqlite import SQLiteStore
+
+    run, tid, s = _run_folder(tmp_path, 0)
+    store = SQLiteStore(tmp_path / "t.sqlite")
+    entry = load_session_entry(run, "c0", 0)
+    rec = {k: v for k, v in entry["tasks"][0].items() if k not in ("id", "version")}
+    created = store.create_task(dict(rec, session=store.session_id(s, create=True)))
+    entry["tasks"][0]["id"] = tid = created["id"]
+    first = RunFolderStore(run, entry, tid, job={"restart": 0})
+    first.update_task(tid, status="Started")
+    first.update_task(tid, status="Errored", log="cancelled")
+    first.finish("Errored", 143)
+    applied, final = fold(store, [(tid, (run / "results" / f"{tid}.json").read_text(), 0)])[tid]
+    assert (applied, final) == (2, True) and store.get_task(tid)["status"] == "Errored"
+    second = RunFolderStore(run, entry, tid, job={"restart": 1})
+    second.update_task(tid, status="Started")
+    second.update_task(tid, status="Complete")
+    second.finish("Complete", 0)
+    assert fold(store, [(tid, (run / "results" / f"{tid}.json").read_text(), applied)])[tid] == (4, True)
+    assert store.get_task(tid)["status"] == "Complete"
 
 
 def test_requeue_note_keeps_a_failure_the_last_tagged_reason():

@@ -335,6 +335,11 @@ def _settle(env, session, job_id):
     return wait_for(done, timeout=300, interval=3, what="the requeued task to end")
 
 
+def _log(env) -> str:
+    """The (only) task's log, for a failing assertion to show why."""
+    return SQLiteStore(Path(env["HPCPIPE_HOME"]) / "tasks.sqlite").list_tasks()[0]["log"] or ""
+
+
 def test_preempted_job_is_requeued_not_failed_and_its_task_completes(env, tmp_path):
     parts = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()
     if "urgent" not in parts:
@@ -350,8 +355,8 @@ def test_preempted_job_is_requeued_not_failed_and_its_task_completes(env, tmp_pa
         assert rows[0]["status"] == "Waiting", rows  # requeued work is no failure
         assert ledger(env).live("slurm"), "the requeued job must stay live in the ledger"
         rows = _settle(env, session, job.job_id)
-        assert rows[0]["status"] == "Complete", rows
-        log = SQLiteStore(Path(env["HPCPIPE_HOME"]) / "tasks.sqlite").list_tasks()[0]["log"] or ""
+        log = _log(env)
+        assert rows[0]["status"] == "Complete", (rows, log)
         assert "[hpcpipe:REQUEUED]" in log, log
     finally:
         subprocess.run(["scancel", urgent], capture_output=True)
@@ -367,12 +372,33 @@ def test_node_failure_requeues_the_job_and_its_task_completes(env, tmp_path):
         wait_for(lambda: not _squeue_state(job.job_id).startswith("RUNNING"), timeout=120,
                  what="the Hog job off its failed node")
         rows = json.loads(hp(env, "status", "--json").stdout)
-        assert rows[0]["status"] in ("Waiting", "Started"), rows  # never Errored for a node failure
+        assert rows[0]["status"] in ("Waiting", "Started"), (rows, _log(env))  # never Errored for a node failure
     finally:
         subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
     rows = _settle(env, session, job.job_id)
-    assert rows[0]["status"] == "Complete", rows
+    assert rows[0]["status"] == "Complete", (rows, _log(env))
     assert "Started" not in {r["status"] for r in rows}
+
+
+def test_a_job_requeued_after_its_final_report_is_followed_to_its_new_outcome(env, tmp_path):
+    """``scontrol requeue`` of a job that had reported Errored (as SLURM does after a node
+    failure the job side took for a cancel): the task goes back to Waiting and ends with what
+    the job's next attempt reports, not with the first attempt's outcome for good."""
+    session = session_dirs(tmp_path / "data", 1)[0]
+    hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.FailFirstPipeline",
+       "--backend", "slurm")
+    job = ledger(env).live("slurm")[0]
+    result = Path(job.run_dir) / "results" / f"{job.task_id}.json"
+    wait_for(lambda: result.exists() and json.loads(result.read_text()).get("final"), timeout=180,
+             what="the first attempt's final report")
+    wait_for(lambda: not _squeue_state(job.job_id), timeout=60, what="the first attempt to end")
+    subprocess.run(["scontrol", "requeue", job.job_id], check=True)
+    rows = json.loads(hp(env, "status", "--json").stdout)
+    assert rows[0]["status"] == "Waiting", rows  # it runs again: the Errored report is not the end
+    rows = _settle(env, session, job.job_id)
+    assert rows[0]["status"] == "Complete", (rows, _log(env))
+    attempts = json.loads(result.read_text())["attempts"]
+    assert [a["restart"] for a in attempts] == [0, 1], attempts
 
 
 # ------------------------------------------------------------------ 6c, 6d. controller and accounting down
