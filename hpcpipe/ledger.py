@@ -38,8 +38,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     run_dir TEXT, folded_ops INTEGER NOT NULL DEFAULT 0, folded INTEGER NOT NULL DEFAULT 0,
     remote TEXT, doubt_since TEXT, chunk TEXT, script TEXT,
     PRIMARY KEY (task_id, run_id));
-CREATE INDEX IF NOT EXISTS jobs_run ON jobs(run_id);
-CREATE INDEX IF NOT EXISTS jobs_job ON jobs(backend, job_id);
+"""
+#: every query naming a job id also names its run, and ``submitted`` fills in one call's rows by
+#: (run, script): one index serves both. An index on the job id would be rewritten for every
+#: array element when sbatch answers (a backfill's 60,000), for no query; older ledgers lose theirs.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_call ON jobs(run_id, script);
+DROP INDEX IF EXISTS jobs_run;
+DROP INDEX IF EXISTS jobs_job;
 """
 #: columns added since the first schema, for ``Ledger._migrate``
 _ADDED_COLUMNS = (("run_dir", "TEXT"), ("folded_ops", "INTEGER NOT NULL DEFAULT 0"),
@@ -114,6 +120,7 @@ class Ledger:
         self._local = threading.local()
         self._db.executescript(_SCHEMA)
         self._migrate()
+        self._db.executescript(_INDEXES)  # after the migration: ``script`` may be a new column
 
     def _migrate(self) -> None:
         """Add columns a ledger written by an older hpcpipe lacks (nothing recorded is lost)."""

@@ -56,6 +56,10 @@ class Plan:
     def __bool__(self) -> bool:
         return bool(self.items)
 
+    def __len__(self) -> int:
+        """How many tasks it submits."""
+        return len(self.items)
+
 
 def topological(deck: list[dict]) -> list[dict]:
     """Task records ordered so that parents come first (level order is not trusted)."""
@@ -142,16 +146,83 @@ def plan_template(template: list[dict], statuses: Iterable[str] | str = (WAITING
     return plan_session([dict(t, id=t["name"]) for t in template], "template", None, statuses, names)
 
 
-def stamp_plan(template_plan: Plan, records: list[dict], session: str, session_path: Path | None) -> Plan:
-    """``template_plan`` for one session, whose just-created ``records`` (in template order, as
-    ``TaskStore.stamp_tasks`` returns them) carry real ids."""
+def _stamp_spec(template_plan: Plan) -> tuple:
+    """Where each of the template plan's items (and its parents) and held tasks sits in a
+    session's records: worked out once per template."""
     spec = template_plan.stamp
-    if spec is None:  # where each template task sits in the records: worked out once per template
+    if spec is None:
         at = {t["name"]: j for j, t in enumerate(template_plan.deck)}
         spec = template_plan.stamp = ([(at[i.task["name"]], [at[p] for p in i.parents_in_plan])
                                        for i in template_plan.items],
                                       [(at[t["name"]], why) for t, why in template_plan.held])
-    items, held = spec
+    return spec
+
+
+def stamp_plan(template_plan: Plan, records: list[dict], session: str, session_path: Path | None) -> Plan:
+    """``template_plan`` for one session, whose just-created ``records`` (in template order, as
+    ``TaskStore.stamp_tasks`` returns them) carry real ids."""
+    items, held = _stamp_spec(template_plan)
     return Plan(session, session_path, [PlanItem(records[j], [records[p]["id"] for p in parents])
                                         for j, parents in items],
                 [(records[j], why) for j, why in held], deck=records, origin=template_plan)
+
+
+def stamp_plans(template_plan: Plan, made, sessions: list[str], paths: list) -> list[Plan]:
+    """``stamp_plan`` for every session of one ``stamp_tasks`` answer. From the embedded store
+    (``StampedRecords``) the plans are ``StampedPlan``: nothing is built per task until asked."""
+    from .store.base import StampedRecords
+
+    if isinstance(made, StampedRecords):
+        _stamp_spec(template_plan)
+        return [StampedPlan(template_plan, made, k, eid, path) for k, (eid, path) in enumerate(zip(sessions, paths))]
+    return [stamp_plan(template_plan, records, eid, path) for eid, path, records in zip(sessions, paths, made)]
+
+
+class StampedPlan(Plan):
+    """A stamped plan (``stamp_plan``) whose records, items and held tasks are made on first use.
+
+    A backfill's SLURM path asks none of them: it takes the ids of each task type for all
+    sessions at once (``task_ids``), so 10,000 sessions cost 10,000 small objects, not 60,000
+    records and items. Anything else reading ``deck``, ``items`` or ``held`` gets them as a
+    ``stamp_plan`` would have made them, and may change them as usual.
+    """
+
+    _LAZY = frozenset(("deck", "items", "held"))
+
+    def __init__(self, template_plan: Plan, made, k: int, session: str, session_path: Path | None) -> None:
+        # not Plan.__init__: deck, items and held are left unset until __getattr__ makes them
+        self.session, self.session_path, self.skipped = session, session_path, []
+        self.stamp, self.origin = None, template_plan
+        self._template, self._made, self._k = template_plan, made, k
+
+    def __getattr__(self, name: str):
+        if name not in StampedPlan._LAZY:
+            raise AttributeError(name)
+        whole = stamp_plan(self._template, self._made[self._k], self.session, self.session_path)
+        self.deck, self.items, self.held = whole.deck, whole.items, whole.held
+        return getattr(self, name)
+
+    def __bool__(self) -> bool:
+        return bool(self.__dict__["items"] if "items" in self.__dict__ else self._template.items)
+
+    def __len__(self) -> int:
+        return len(self.__dict__["items"] if "items" in self.__dict__ else self._template.items)
+
+    @property
+    def built(self) -> bool:
+        """Whether its records were asked for (then they, not the template, are the truth)."""
+        return "deck" in self.__dict__
+
+    def task_ids(self, position: int) -> list[str]:
+        """The id of the task at ``position`` of the records, in every session of its
+        ``stamp_tasks`` answer (this session's is at ``self.index``)."""
+        return self._made.ids(position)
+
+    @property
+    def index(self) -> int:
+        return self._k
+
+    @property
+    def made(self):
+        """The ``StampedRecords`` it was stamped from (shared by the plans of that answer)."""
+        return self._made

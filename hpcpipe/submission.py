@@ -16,7 +16,7 @@ from . import recorder
 from .ledger import Ledger
 from .pipeline import Pipeline, graph_template, record_existing
 from .pipelines import find_pipeline
-from .plan import Plan, plan_session, plan_template, stamp_plan
+from .plan import Plan, plan_session, plan_template, stamp_plans
 from .session import SessionRef, parse_session_path, parse_session_paths
 from .status import HELD, WAITING, check_statuses
 from .store import TaskStore
@@ -189,5 +189,5 @@ def _stamp(store: TaskStore, template: list[dict], eids: list[str], refs: list[S
         _logger.info("%s held in %d session(s): %s", task["name"], len(eids), reason)
     stamped = [dict(item, status=HELD) if item["name"] in held else item for item in template]
     made = recorder.stamp(stamped, eids) if defer else store.stamp_tasks(stamped, eids)
-    for k, eid, ref, records in zip(where, eids, refs, made):
-        plans[k] = stamp_plan(tplan, records, eid, ref.path)
+    for k, plan in zip(where, stamp_plans(tplan, made, eids, [ref.path for ref in refs])):
+        plans[k] = plan

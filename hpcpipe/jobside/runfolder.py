@@ -28,7 +28,7 @@ from ..errors import NotFound, StoreError, Unreachable
 from ..files import atomic_write
 from ..status import DONE
 from ..store import health, outbox
-from ..store.base import TaskStore, check_fields
+from ..store.base import StampedRecords, TaskStore, check_fields
 from . import reasons
 
 _logger = logging.getLogger(__name__)
@@ -49,6 +49,12 @@ def session_entry(eid: str, path: str, deck: list[dict], elsewhere: dict[str, st
     if elsewhere:
         entry["elsewhere"] = dict(elsewhere)
     return entry
+
+
+def stamped_entry(made: StampedRecords, k: int, path: str) -> dict:
+    """``session_entry`` of session ``k`` of a ``stamp_tasks`` answer whose records were never
+    made: ``sessions_json`` writes it from the answer's columns, with no record per task."""
+    return {"eid": made.sessions[k], "path": path, "stamped": (made, k)}
 
 
 def run_json(run_id: str, store_kind: str, location: str, upstream: bool | None = None,
@@ -76,7 +82,7 @@ def sessions_json(entries: dict[int, dict]) -> str:
     types: dict[tuple, int] = {}
     fields: list[dict] = []
     shapes: dict[int, list[int]] = {}  # the type of each deck position, per template plan
-    sessions = {}
+    sessions: dict[str, str] = {}  # each entry's JSON text
 
     def type_of(task: dict) -> int:
         # records of one type share their arguments dict (stamped): its id() keys the type
@@ -87,7 +93,26 @@ def sessions_json(entries: dict[int, dict]) -> str:
             fields.append({k: task.get(k) for k in _TYPE_FIELDS})
         return index
 
+    # per stamp_tasks answer: its id columns and the text of one session's entry with the
+    # session's own values left as format fields, so a stamped session costs one str.format
+    answers: dict[int, tuple[list[list[str]], str]] = {}
+
+    def stamped(made: StampedRecords, k: int, eid: str, path: str) -> str:
+        known = answers.get(id(made))
+        if known is None:  # one session's records give the types
+            n = len(made.records)
+            tasks = ", ".join(f"[{type_of(task)}, \"{{{j}}}\", {_braced(json.dumps(task['status']))}, ["
+                              + ", ".join(f'"{{{p}}}"' for p in made.parents[j]) + "]]"
+                              for j, task in enumerate(made[0]))
+            known = answers[id(made)] = ([made.ids(j) for j in range(n)],
+                                         f'{{{{"eid": "{{{n}}}", "path": {{{n + 1}}}, "tasks": [{tasks}]}}}}')
+        columns, text = known
+        return text.format(*[column[k] for column in columns], eid, json.dumps(path))
+
     for i, entry in entries.items():
+        if "stamped" in entry:  # ids and session ids are hex and UUIDs: nothing to escape
+            sessions[str(i)] = stamped(*entry["stamped"], entry["eid"], entry["path"])
+            continue
         tasks = entry["tasks"]
         # sessions stamped from one template plan (``origin``) have the same types, in order
         origin = entry.get("origin")
@@ -96,11 +121,18 @@ def sessions_json(entries: dict[int, dict]) -> str:
             kinds = [type_of(task) for task in tasks]
             if origin is not None:
                 shapes[id(origin)] = kinds
-        sessions[str(i)] = {"eid": entry["eid"], "path": entry["path"],
-                            "tasks": [(k, t["id"], t["status"], t["parents"]) for k, t in zip(kinds, tasks)]}
+        entry_out = {"eid": entry["eid"], "path": entry["path"],
+                     "tasks": [(k, t["id"], t["status"], t["parents"]) for k, t in zip(kinds, tasks)]}
         if entry.get("elsewhere"):
-            sessions[str(i)]["elsewhere"] = entry["elsewhere"]
-    return json.dumps({"types": fields, "sessions": sessions})
+            entry_out["elsewhere"] = entry["elsewhere"]
+        sessions[str(i)] = json.dumps(entry_out)
+    return "".join(['{"types": ', json.dumps(fields), ', "sessions": {',
+                    ", ".join(f'"{i}": {text}' for i, text in sessions.items()), "}}"])
+
+
+def _braced(text: str) -> str:
+    """``text`` safe inside a ``str.format`` template."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def load_session_entry(run_dir: Path, chunk: str, index: int) -> dict:

@@ -36,7 +36,7 @@ from ..jobside import reasons, runfolder
 from ..jobside.outcome import lost, pending, swept, warn_signal
 from ..ledger import JobRecord, Ledger
 from ..pipeline import job_size, time_out_secs
-from ..plan import Plan
+from ..plan import Plan, StampedPlan
 from ..status import STARTED, WAITING
 from . import layout as layouts
 from .cancel import cancel
@@ -186,6 +186,9 @@ class SlurmBackend:
                 {i: self._entry(p) for i, p in entries.items()}))
 
     def _entry(self, plan: Plan) -> dict:
+        if isinstance(plan, StampedPlan) and not plan.built and plan.origin is not None:
+            # its records were never made: the chunk file reads them from the store's answer
+            return runfolder.stamped_entry(plan.made, plan.index, self.map_path(str(plan.session_path)))
         # parents live in earlier runs: the job reads their outcome from their own result files
         elsewhere = {j.task_id: self.map_path(j.run_dir) if j.remote is None else j.run_dir
                      for item in plan.items for j in item.parents_live if j.run_dir}
@@ -219,7 +222,7 @@ class SlurmBackend:
         # sessions with nothing to run still have records to make (Held, or not asked for)
         unqueued = [p for p in plans if deferred and not p.items and
                     any(recorder.is_provisional(t["id"]) for t in p.deck)]
-        plans = [p for p in plans if p.items]
+        plans = [p for p in plans if p]
         self._set_binds(plans, f"{self.run_root}/{run_id}")
         try:
             limits = self.limits
@@ -273,8 +276,8 @@ class SlurmBackend:
                 # calls never tried reached SLURM for sure not; the one that failed is left to the
                 # next refresh, which adopts it if SLURM has it after all
                 never = [c.script for c in layout.calls[n + 1:]]
-                self.ledger.set_state([(item.id, run_id, jobstate.UNSUBMITTED, f"not submitted: {exc}")
-                                       for c in layout.calls[n + 1:] for _, item in c.members])
+                self.ledger.set_state([(task_id, run_id, jobstate.UNSUBMITTED, f"not submitted: {exc}")
+                                       for c in layout.calls[n + 1:] for task_id in c.columns()[1]])
                 _logger.warning("%d sbatch call(s) of run %s not made: %s", len(never), run_id, exc)
                 raise
             if dry is None:
@@ -292,12 +295,12 @@ class SlurmBackend:
         """Every call's members as intents (``SUBMITTING``, no job id), one statement per call:
         what a row holds beyond the call's common values is its task, session and index."""
         for call in layout.calls:
+            indices, task_ids, sessions = call.columns()
             self.ledger.record_array(
                 {"task_name": call.task_name, "run_id": run_id, "backend": BACKEND, "job_id": "",
                  "run_dir": run_dir, "state": jobstate.SUBMITTING, "remote": self.remote, "chunk": call.chunk,
                  "script": call.script},
-                [item.id for _, item in call.members], [item.task.get("session") for _, item in call.members],
-                [i if call.array else None for i, _ in call.members])
+                task_ids, sessions, indices if call.array else [None] * len(indices))
 
     def _sbatch(self, report: SubmitReport, run_id: str, run_dir: str, call: layouts.Call,
                 job_of: dict[str, str], throttle: int | None, dry: _DryIds | None) -> str:
@@ -306,7 +309,7 @@ class SlurmBackend:
         if call.array:
             spec = self._spec(run_id, run_dir, first.task, self._command(run_dir, call.chunk, call.task_name, None),
                               f"{call.task_name}.{call.chunk}.%A_%a.out", dependencies=call.afterok_ids,
-                              aftercorr=after + call.aftercorr_ids, array=[i for i, _ in call.members],
+                              aftercorr=after + call.aftercorr_ids, array=call.columns()[0],
                               throttle=throttle, comment=call.comment)
             label = f"{call.task_name} array of chunk {call.chunk}"
         else:

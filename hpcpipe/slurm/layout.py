@@ -20,9 +20,10 @@ come from several earlier chunks is the one exception: it waits ``afterok`` on t
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..plan import Plan, PlanItem
+from ..plan import Plan, PlanItem, StampedPlan
 
 #: every job's ``--comment``: ``hpcpipe:<call name>`` (the run itself is the job name)
 COMMENT_PREFIX = "hpcpipe:"
@@ -37,7 +38,7 @@ class Call:
     chunk: str
     task_name: str
     #: ``(index in the chunk, item)``
-    members: list[tuple[int, PlanItem]]
+    members: Sequence[tuple[int, PlanItem]]
     array: bool
     #: calls of this run waited on (``afterok`` for single jobs, ``aftercorr`` for arrays)
     after_calls: list[str] = field(default_factory=list)
@@ -49,6 +50,34 @@ class Call:
     @property
     def comment(self) -> str:
         return COMMENT_PREFIX + self.script
+
+    def columns(self) -> tuple[list[int], list[str], list[str | None]]:
+        """The members' indices, task ids and sessions (what the ledger records of each), read
+        from the stamped records without making an item per member when it can."""
+        if isinstance(self.members, StampedMembers):
+            return self.members.columns()
+        return ([i for i, _ in self.members], [item.id for _, item in self.members],
+                [item.task.get("session") for _, item in self.members])
+
+
+class StampedMembers(Sequence):
+    """A call's members when they are the same task of sessions stamped from one store answer
+    (``StampedPlan``): ``(index, item)`` made only when asked for; ``columns`` at list speed."""
+
+    def __init__(self, indices: list[int], plans: list[StampedPlan], item: int, position: int) -> None:
+        self.indices, self.plans, self.item, self.position = indices, plans, item, position
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, n):
+        if isinstance(n, slice):
+            return [self[k] for k in range(*n.indices(len(self)))]
+        return self.indices[n], self.plans[n].items[self.item]
+
+    def columns(self) -> tuple[list[int], list[str], list[str | None]]:
+        ids = self.plans[0].task_ids(self.position)
+        return list(self.indices), [ids[p.index] for p in self.plans], [p.session for p in self.plans]
 
 
 @dataclass
@@ -81,6 +110,8 @@ def per_task(plans: list[Plan]) -> Layout:
 def _anchor(plan: Plan) -> tuple[tuple[str, str | None], int] | None | bool:
     """The earlier chunk and index a session's live array parents share: ``((run, chunk), index)``;
     None when it has no live array parent; False when they are scattered over several."""
+    if plan.origin is not None:  # stamped: a new session, no live parent
+        return None
     found = {((j.run_id, j.chunk), j.array_index) for item in plan.items for j in item.parents_live
              if j.array_index is not None}
     if not found:
@@ -97,7 +128,7 @@ def arrays(plans: list[Plan], size: int, budget: int | None = None) -> Layout:
     anchored: dict[tuple[str, str | None], dict[int, Plan]] = {}
     scattered: set[int] = set()
     for plan in plans:
-        n = len(plan.items)
+        n = len(plan)
         if budget is not None and used + n > budget:
             layout.not_submitted.append(f"{plan.session_path} (MaxSubmitJobs reached; run backfill again later)")
             continue
@@ -139,11 +170,17 @@ def _stamped_calls(layout: Layout, chunk: str, sessions: dict[int, Plan], indice
     """Sessions stamped from one template plan (new sessions: no live parents, the same items and
     parents in the same order): one array per template task, its dependencies worked out once."""
     origin = sessions[indices[0]].origin
+    plans = [sessions[i] for i in indices]
+    made = getattr(plans[0], "made", None)
+    # one store answer, records never asked for: members read from it, no item per element
+    lazy = made is not None and all(type(p) is StampedPlan and p.made is made and not p.built for p in plans)
+    positions = [at for at, _ in origin.stamp[0]] if lazy else []
     call_of: dict[str, str] = {}
     for j, titem in enumerate(origin.items):
         name = titem.task["name"]
         script = f"{name}.{chunk}.{group}"
-        layout.calls.append(Call(script, chunk, name, [(i, sessions[i].items[j]) for i in indices], array=True,
+        members = StampedMembers(indices, plans, j, positions[j]) if lazy else [(i, p.items[j]) for i, p in zip(indices, plans)]
+        layout.calls.append(Call(script, chunk, name, members, array=True,
                                  after_calls=sorted({call_of[p] for p in titem.parents_in_plan})))
         call_of[titem.id] = script
 

@@ -62,6 +62,46 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+
+class StampedRecords(Sequence):
+    """``stamp_tasks``' answer from a store that numbers the ids of a bulk write (the embedded
+    one: ``<block><12 hex digits>``, task type ``j`` of session ``k`` numbered ``j * sessions + k``).
+
+    It is the list of each session's records, in template order, but a session's dicts are made
+    only when asked for: a backfill of 10,000 sessions asks for none of its 60,000, and takes
+    the ids of one task type for every session at once (``ids``).
+    """
+
+    def __init__(self, records: list[dict], sessions: list[str], block: str) -> None:
+        #: the template's records (no id, session or parents), in template order
+        self.records = records
+        self.sessions = sessions
+        self.block = block
+        index = {r["name"]: j for j, r in enumerate(records)}
+        #: each record's parents, by template position
+        self.parents = [[index[p] for p in r.get("parents") or []] for r in records]
+        self._ids: dict[int, list[str]] = {}
+
+    def ids(self, j: int) -> list[str]:
+        """The id of task type ``j`` in every session, in session order."""
+        found = self._ids.get(j)
+        if found is None:
+            base, block = j * len(self.sessions), self.block
+            found = self._ids[j] = [f"{block}{base + k:012x}" for k in range(len(self.sessions))]
+        return found
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        if k < 0:
+            k += len(self)
+        ids = [self.ids(j)[k] for j in range(len(self.records))]
+        return [dict(rec, id=ids[j], session=self.sessions[k], parents=[ids[p] for p in self.parents[j]])
+                for j, rec in enumerate(self.records)]
+
 class TaskStore(abc.ABC):
     """Where task records live. Implementations: ``SQLiteStore`` (embedded) and ``AlyxStore``."""
 
@@ -124,7 +164,7 @@ class TaskStore(abc.ABC):
         """
         return [self.create_task(r) for r in records]
 
-    def stamp_tasks(self, template: Sequence[dict], sessions: Sequence[str]) -> list[list[dict]]:
+    def stamp_tasks(self, template: Sequence[dict], sessions: Sequence[str]) -> Sequence[list[dict]]:
         """Create one pipeline's graph for many sessions that have none of its tasks yet.
 
         ``template``: the task records without ``session``, parents *by name*, parents listed

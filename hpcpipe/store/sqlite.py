@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator
 from ..errors import BadInput, Conflict, NotFound
 from ..session import parse_session_path
 from ..status import check_statuses
-from .base import TASK_FIELDS, TaskStore, check_fields
+from .base import TASK_FIELDS, StampedRecords, TaskStore, check_fields
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -276,12 +276,15 @@ class SQLiteStore(TaskStore):
                 raise
         return prepared
 
-    def stamp_tasks(self, template, sessions) -> list[list[dict]]:
+    def stamp_tasks(self, template, sessions) -> StampedRecords:
         """One ``INSERT ... SELECT`` per task type for every session at once.
 
         The template's fields are checked and encoded once; ids, parents and the session of each
         row are made by SQLite from the session list (one JSON parameter), so the cost per
-        session is a few rows written in C, not Python work per task.
+        session is a few rows written in C, not Python work per task. Task type ``j`` of session
+        ``k`` is numbered ``j * sessions + k``: each statement appends to the id index instead of
+        threading its rows between the previous type's. The records are made only when asked
+        for (``StampedRecords``).
         """
         template = [dict(item) for item in template]
         for item in template:
@@ -289,10 +292,13 @@ class SQLiteStore(TaskStore):
             if "status" not in item:
                 raise BadInput("a task needs a 'status' when it is created")
         index = {item["name"]: j for j, item in enumerate(template)}
-        n_types, block, now = len(template), _id_block(), _now()
+        block, now = _id_block(), _now()
         sessions = list(sessions)
+        # parents by name until a session's records are asked for (``StampedRecords``)
+        records = [{k: item.get(k) for k in TASK_FIELDS} | {"datetime": now, "parents": list(item.get("parents") or [])}
+                   for item in template]
         if not sessions or not template:
-            return [[] for _ in sessions]
+            return StampedRecords(records if sessions else [], sessions, block)
         cols = [k for k in TASK_FIELDS if k not in ("id", "parents", "session", "datetime")]
         listing = json.dumps(sessions)
         with self._tx() as db:
@@ -301,25 +307,18 @@ class SQLiteStore(TaskStore):
             if missing:
                 raise BadInput(f"session {missing[0]} does not exist")
             for j, item in enumerate(template):
-                self._stamp_one(db, j, item, index, n_types, block, now, listing, cols)
-        records = [{k: item.get(k) for k in TASK_FIELDS} | {"datetime": now} for item in template]
-        parent_index = [[index[p] for p in item.get("parents") or []] for item in template]
-        out = []
-        for k, eid in enumerate(sessions):
-            ids = [f"{block}{k * n_types + j:012x}" for j in range(n_types)]
-            out.append([rec | {"id": ids[j], "session": eid, "parents": [ids[p] for p in parent_index[j]]}
-                        for j, rec in enumerate(records)])
-        return out
+                self._stamp_one(db, j, item, index, len(sessions), block, now, listing, cols)
+        return StampedRecords(records, sessions, block)
 
-    def _stamp_one(self, db: sqlite3.Connection, j: int, item: dict, index: dict[str, int], n_types: int,
+    def _stamp_one(self, db: sqlite3.Connection, j: int, item: dict, index: dict[str, int], n_sessions: int,
                    block: str, now: str, listing: str, cols: list[str]) -> None:
         """Task type ``j`` of a template, for every session, in one statement."""
         parents = [index[p] for p in item.get("parents") or []]
         parents_sql = (f"printf('[{','.join(chr(34) + '%s%012x' + chr(34) for _ in parents)}]'"
-                       + "".join(f", :block, key * {n_types} + {p}" for p in parents) + ")")
+                       + "".join(f", :block, {p * n_sessions} + key" for p in parents) + ")")
         try:
             db.execute(f"INSERT INTO tasks (id, parents, session, datetime, {','.join(cols)}) "
-                       f"SELECT printf('%s%012x', :block, key * {n_types} + {j}), {parents_sql}, value, :now, "
+                       f"SELECT printf('%s%012x', :block, {j * n_sessions} + key), {parents_sql}, value, :now, "
                        f"{','.join(':' + c for c in cols)} FROM json_each(:sessions)",
                        {"block": block, "now": now, "sessions": listing,
                         **{c: self._encode(c, item.get(c)) for c in cols}})
