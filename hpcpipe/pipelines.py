@@ -10,6 +10,7 @@ A pipeline is a subclass of hpcpipe's ``Pipeline`` or of ``ibllib.pipes.tasks.Pi
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib.metadata import entry_points
 
 from .errors import BadInput
@@ -19,9 +20,16 @@ from .pipeline import Pipeline, str2class
 GROUP = "hpcpipe.pipelines"
 
 
+@lru_cache(maxsize=1)
+def _entry_points() -> dict:
+    """The group's entry points by name, read once per process (it reads every installed
+    package's metadata; a backfill asks for its pipeline twice: checks, then planning)."""
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
 def registered() -> dict[str, str]:
     """Registered pipeline names and the object each points to."""
-    return {ep.name: ep.value for ep in entry_points(group=GROUP)}
+    return {name: ep.value for name, ep in _entry_points().items()}
 
 
 def is_pipeline_class(cls: object) -> bool:
@@ -31,7 +39,7 @@ def is_pipeline_class(cls: object) -> bool:
 
 def find_pipeline(name: str) -> type:
     """The Pipeline class called ``name`` (entry-point name or ``package.module.Class``)."""
-    eps = {ep.name: ep for ep in entry_points(group=GROUP)}
+    eps = _entry_points()
     if name in eps:
         cls = eps[name].load()
     elif "." in name:

@@ -57,7 +57,7 @@ def parse_session_path(path: Path | str, must_exist: bool = True) -> SessionRef:
             raise BadInput(f"session path {raw} does not exist") from None
         if not is_dir:
             raise BadInput(f"session path {raw} is not a folder")
-    ref = _parse(str(raw))
+    ref = _parse(str(raw.absolute()))  # cached per absolute path: a relative one depends on the cwd
     if ref is None:
         raise _not_a_session(raw)
     return ref
@@ -73,10 +73,14 @@ def parse_session_paths(paths: Iterable[Path | str | SessionRef]) -> list[Sessio
     duplicates (after resolving) dropped; ``BadInput`` names the first bad one. A
     ``SessionRef`` (already checked) is kept as it is.
 
-    Same answer as ``parse_session_path`` for each, at a fraction of the cost: folders shared by
-    sessions (root, lab, subject, date) are resolved once, so a session costs an ``lstat`` or
-    two, not a ``realpath`` walking every component of its path.
+    Same answer as ``parse_session_path`` for each, at a fraction of the cost. On Linux the
+    kernel resolves each path in one go: the folder is opened with ``O_PATH`` (no read, just
+    the lookup, which fails for a missing path or a file) and its real path read back from
+    ``/proc/self/fd``, three system calls and no Python per path component. Elsewhere, folders
+    shared by sessions (root, lab, subject, date) are resolved once, so a session costs an
+    ``lstat`` or two, not a ``realpath`` walking every component of its path.
     """
+    resolve = _resolve_by_fd if _BY_FD else _resolve_by_lstat
     real: dict[str, str] = {}
     seen: dict[str, SessionRef] = {}
     for path in paths:
@@ -84,19 +88,7 @@ def parse_session_paths(paths: Iterable[Path | str | SessionRef]) -> list[Sessio
             seen.setdefault(str(path.path), path)
             continue
         text = os.path.expanduser(os.fspath(path))
-        full = text if text[:1] == "/" and "//" not in text and "/." not in text and text[-1:] != "/" \
-            else os.path.abspath(text)
-        head, _, tail = full.rpartition("/")
-        head = head or "/"
-        try:
-            resolved = _join(_real_dir(head, real), tail)
-            st = os.lstat(resolved)
-            if stat.S_ISLNK(st.st_mode):
-                resolved, st = os.path.realpath(resolved), os.stat(resolved)
-        except (FileNotFoundError, NotADirectoryError):
-            raise BadInput(f"session path {text} does not exist") from None
-        if not stat.S_ISDIR(st.st_mode):
-            raise BadInput(f"session path {text} is not a folder")
+        resolved = resolve(text, real)
         if resolved in seen:
             continue
         found = _SESSION_RE.search(resolved)
@@ -105,6 +97,41 @@ def parse_session_paths(paths: Iterable[Path | str | SessionRef]) -> list[Sessio
         seen[resolved] = SessionRef(Path(resolved), found["subject"], found["date"], int(found["number"]),
                                     found["lab"])
     return list(seen.values())
+
+
+#: Linux: a folder's real path from an ``O_PATH`` descriptor (``parse_session_paths``)
+_BY_FD = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")
+
+
+def _resolve_by_fd(text: str, real: dict[str, str]) -> str:
+    try:
+        fd = os.open(text, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise BadInput(f"session path {text} does not exist") from None
+    except NotADirectoryError:  # the path, or a folder on its way, is a file
+        raise BadInput(f"session path {text} " + ("is not a folder" if os.path.exists(text) else "does not exist")) \
+            from None
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
+def _resolve_by_lstat(text: str, real: dict[str, str]) -> str:
+    full = text if text[:1] == "/" and "//" not in text and "/." not in text and text[-1:] != "/" \
+        else os.path.abspath(text)
+    head, _, tail = full.rpartition("/")
+    head = head or "/"
+    try:
+        resolved = _join(_real_dir(head, real), tail)
+        st = os.lstat(resolved)
+        if stat.S_ISLNK(st.st_mode):
+            resolved, st = os.path.realpath(resolved), os.stat(resolved)
+    except (FileNotFoundError, NotADirectoryError):
+        raise BadInput(f"session path {text} does not exist") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise BadInput(f"session path {text} is not a folder")
+    return resolved
 
 
 def _join(folder: str, name: str) -> str:

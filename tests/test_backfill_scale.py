@@ -126,7 +126,13 @@ def test_a_bad_path_among_many_records_nothing(stores, tmp_path):
     assert store.list_tasks() == [] and store._db.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0
 
 
-def test_parse_session_paths_agrees_with_parse_session_path(tmp_path, monkeypatch):
+@pytest.mark.parametrize("by_fd", [True, False], ids=["fd", "lstat"])
+def test_parse_session_paths_agrees_with_parse_session_path(tmp_path, monkeypatch, by_fd):
+    import hpcpipe.session
+
+    if by_fd and not hpcpipe.session._BY_FD:
+        pytest.skip("no O_PATH or /proc/self/fd here")
+    monkeypatch.setattr(hpcpipe.session, "_BY_FD", by_fd)
     (a, b) = sessions(tmp_path / "real", 2)
     (tmp_path / "link").symlink_to(tmp_path / "real")
     linked = tmp_path / "link" / "lab" / "Subjects" / "S0001" / "2026-11-20" / "001"
@@ -138,7 +144,7 @@ def test_parse_session_paths_agrees_with_parse_session_path(tmp_path, monkeypatc
     assert [r.path for r in refs] == [a.resolve(), b.resolve()]  # duplicates after resolving dropped
     (tmp_path / "f").write_text("")
     for bad, why in ((tmp_path / "nope", "does not exist"), (tmp_path / "f", "not a folder"),
-                     (tmp_path / "real", "not a session path")):
+                     (tmp_path / "f" / "2026-11-20" / "001", "does not exist"), (tmp_path / "real", "not a session path")):
         with pytest.raises(BadInput, match=why):
             parse_session_paths([a, bad])
 
@@ -191,3 +197,58 @@ def test_chunk_file_of_stamped_sessions_works_out_their_types_once(stores, tmp_p
         runfolder._SHARED = real
     assert text == runfolder.sessions_json(plain)
     assert len(keyed) == 6  # the six task types of the first session, none afterwards
+
+
+def test_stamped_sessions_reach_the_ledger_and_chunk_file_without_a_record_per_task(stores, tmp_path, monkeypatch):
+    """The SLURM path of a backfill (layout, ledger columns, chunk file) reads the store's answer by
+    task type: no session's records or items are made, but one to work out the task types."""
+    from hpcpipe.plan import StampedPlan
+    from hpcpipe.slurm import layout as layouts
+    from hpcpipe.store.base import StampedRecords
+
+    store, ledger = stores
+    plans = plan_sessions(sessions(tmp_path, 40), PIPELINE, store, ledger)
+    asked = []
+    whole = StampedRecords.__getitem__
+    monkeypatch.setattr(StampedRecords, "__getitem__", lambda self, k: (asked.append(k), whole(self, k))[1])
+    layout = layouts.arrays(plans, 1000)
+    columns = [call.columns() for call in layout.calls]
+    text = runfolder.sessions_json({i: runfolder.stamped_entry(p.made, p.index, str(p.session_path))
+                                    for i, p in layout.chunks["c0"].items()})
+    assert all(type(p) is StampedPlan and not p.built for p in plans) and asked == [0]
+    # the same as the plans' own records and items say, once they are made
+    assert [c.task_name for c in layout.calls] == ["Raw", "Sync", "Spikes", "Trials", "QC", "Summary"]
+    for call, (indices, task_ids, eids) in zip(layout.calls, columns):
+        assert indices == list(range(40)) and len(call.members) == 40
+        assert task_ids == [next(i.id for i in p.items if i.task["name"] == call.task_name) for p in plans]
+        assert eids == [p.session for p in plans] == [t["session"] for t in (i.task for _, i in call.members)]
+    assert text == runfolder.sessions_json({i: runfolder.session_entry(p.session, str(p.session_path), p.deck)
+                                            for i, p in enumerate(plans)})
+    assert {t["id"]: t for p in plans for t in p.deck} == {t["id"]: t for t in store.list_tasks()}
+
+
+def test_a_stamped_plan_changed_by_its_reader_is_planned_as_changed(stores, tmp_path):
+    """Resources applied to a plan's records (``resources.apply``) make it a plan of its own."""
+    from hpcpipe.slurm import layout as layouts
+
+    store, ledger = stores
+    plans = plan_sessions(sessions(tmp_path, 3), PIPELINE, store, ledger)
+    plans[1].items[0].task["cpu"] = 4
+    plans[1].origin = None
+    layout = layouts.arrays(plans, 1000)
+    raws = [c for c in layout.calls if c.task_name == "Raw"]
+    assert sorted(c.columns()[0] for c in raws) == [[0, 2], [1]]
+    assert next(c for c in raws if c.columns()[0] == [1]).members[0][1].task["cpu"] == 4
+
+
+def test_ledger_fills_in_one_calls_job_id_through_an_index(tmp_path):
+    """``submitted`` finds one call's rows by (run, script) without a scan, and no index is
+    rewritten for each row when the job id arrives."""
+    ledger = Ledger(tmp_path / "jobs.sqlite")
+    plan = " ".join(r[-1] for r in ledger._db.execute(
+        "EXPLAIN QUERY PLAN UPDATE jobs SET job_id='1', state='PENDING' WHERE run_id='r' AND script='s'"))
+    assert "USING INDEX jobs_call" in plan, plan
+    indexed = {r[0] for r in ledger._db.execute("SELECT name FROM pragma_index_info('jobs_call')")}
+    on_job_id = [r[0] for r in ledger._db.execute("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='jobs' "
+                                                  "AND sql LIKE '%job_id%' AND sql NOT LIKE '%WHERE%'")]
+    assert indexed == {"run_id", "script"} and on_job_id == []

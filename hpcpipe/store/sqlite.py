@@ -192,21 +192,30 @@ class SQLiteStore(TaskStore):
         return Path(row["path"]) if row else None
 
     def session_ids(self, refs, create: bool = False) -> list[str | None]:
-        """One query for the known sessions and one insert for the new ones, whatever their number."""
+        """One query for the known sessions and one insert for the new ones, whatever their number.
+
+        With ``create``, both run in one write transaction: no other writer can register one of
+        the new sessions in between, so their ids are the ones the insert numbered."""
         paths = [str(r.path) for r in refs]
         known_sql = "SELECT path, id FROM sessions WHERE path IN (SELECT value FROM json_each(?))"
-        known = dict(self._db.execute(known_sql, (json.dumps(paths),)).fetchall())
-        new = [r for r in refs if str(r.path) not in known]
-        if new and create:
-            with self._tx() as db:
-                db.execute("INSERT OR IGNORE INTO sessions SELECT printf('%s%012x', ?, key), json_extract(value, '$[0]'), "
+        if not create:
+            known = dict(self._db.execute(known_sql, (json.dumps(paths),)).fetchall())
+            return [known.get(p) for p in paths]
+        with self._tx() as db:
+            known = dict(db.execute(known_sql, (json.dumps(paths),)).fetchall())
+            new: dict[str, int] = {}  # each new path once, at its first place
+            for k, p in enumerate(paths):
+                if p not in known:
+                    new.setdefault(p, k)
+            if new:
+                block = _id_block()
+                db.execute("INSERT INTO sessions SELECT printf('%s%012x', ?, key), json_extract(value, '$[0]'), "
                            "json_extract(value, '$[1]'), json_extract(value, '$[2]'), "
                            "json_extract(value, '$[3]'), json_extract(value, '$[4]') FROM json_each(?)",
-                           (_id_block(), json.dumps([[str(r.path), r.subject, r.date, r.number, r.lab]
-                                                     for r in new])))
-                # a concurrent writer may have registered some of them first: read back all
-                known.update(db.execute(known_sql, (json.dumps([str(r.path) for r in new]),)).fetchall())
-        return [known.get(p) for p in paths]
+                           (block, json.dumps([[p, refs[k].subject, refs[k].date, refs[k].number, refs[k].lab]
+                                               for p, k in new.items()])))
+                known.update((p, f"{block}{n:012x}") for n, p in enumerate(new))
+        return [known[p] for p in paths]
 
     # ------------------------------------------------------------------ tasks
     def list_tasks(self, session: str | None = None, status: Iterable[str] | str | None = None,
