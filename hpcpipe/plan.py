@@ -193,12 +193,15 @@ class StampedPlan(Plan):
         # not Plan.__init__: deck, items and held are left unset until __getattr__ makes them
         self.session, self.session_path, self.skipped = session, session_path, []
         self.stamp, self.origin = None, template_plan
-        self._template, self._made, self._k = template_plan, made, k
+        #: the ``StampedRecords`` it was stamped from (shared by the plans of that answer), and
+        #: its session's place there
+        self.made, self.index = made, k
+        self._template = template_plan
 
     def __getattr__(self, name: str):
         if name not in StampedPlan._LAZY:
             raise AttributeError(name)
-        whole = stamp_plan(self._template, self._made[self._k], self.session, self.session_path)
+        whole = stamp_plan(self._template, self.made[self.index], self.session, self.session_path)
         self.deck, self.items, self.held = whole.deck, whole.items, whole.held
         return getattr(self, name)
 
@@ -216,13 +219,4 @@ class StampedPlan(Plan):
     def task_ids(self, position: int) -> list[str]:
         """The id of the task at ``position`` of the records, in every session of its
         ``stamp_tasks`` answer (this session's is at ``self.index``)."""
-        return self._made.ids(position)
-
-    @property
-    def index(self) -> int:
-        return self._k
-
-    @property
-    def made(self):
-        """The ``StampedRecords`` it was stamped from (shared by the plans of that answer)."""
-        return self._made
+        return self.made.ids(position)

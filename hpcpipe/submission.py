@@ -88,20 +88,22 @@ def dry_deck(template: list[dict], eid: str | None, existing: list[dict],
     return eid, deck
 
 
+_UNSEEN = object()
+
+
 def session_templates(refs: list[SessionRef], classes: list[type[Pipeline]], store: TaskStore) -> list[list[dict]]:
     """Each session's graph template: one per pipeline class (the Task objects are built and
     checked once per class), or one per session for a class with ``graph_per_session``.
     Sessions sharing a template share the very same list object (the stamping groups by it)."""
-    by_class: dict[type, list[dict]] = {}
+    by_class: dict[type, list[dict] | None] = {}  # None: built per session
     out = []
     for ref, cls in zip(refs, classes):
-        # an ibllib pipeline may build its tasks from the session (its default: one per session)
-        if getattr(cls, "graph_per_session", not issubclass(cls, Pipeline)):
-            out.append(template_of(instantiate(cls, ref.path, store)))
-            continue
-        if cls not in by_class:
-            by_class[cls] = template_of(instantiate(cls, ref.path, store))
-        out.append(by_class[cls])
+        template = by_class.get(cls, _UNSEEN)
+        if template is _UNSEEN:
+            # an ibllib pipeline may build its tasks from the session (its default: one per session)
+            per_session = getattr(cls, "graph_per_session", not issubclass(cls, Pipeline))
+            template = by_class[cls] = None if per_session else template_of(instantiate(cls, ref.path, store))
+        out.append(template_of(instantiate(cls, ref.path, store)) if template is None else template)
     return out
 
 

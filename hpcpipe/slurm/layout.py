@@ -66,6 +66,7 @@ class StampedMembers(Sequence):
 
     def __init__(self, indices: list[int], plans: list[StampedPlan], item: int, position: int) -> None:
         self.indices, self.plans, self.item, self.position = indices, plans, item, position
+        self._columns: tuple | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -76,8 +77,10 @@ class StampedMembers(Sequence):
         return self.indices[n], self.plans[n].items[self.item]
 
     def columns(self) -> tuple[list[int], list[str], list[str | None]]:
-        ids = self.plans[0].task_ids(self.position)
-        return list(self.indices), [ids[p.index] for p in self.plans], [p.session for p in self.plans]
+        if self._columns is None:
+            ids = self.plans[0].task_ids(self.position)
+            self._columns = (self.indices, [ids[p.index] for p in self.plans], [p.session for p in self.plans])
+        return self._columns
 
 
 @dataclass
