@@ -150,8 +150,7 @@ def refresh_all(store, ledger: Ledger, backend=None, remotes: dict | None = None
     from .engines.local import LocalEngine
 
     report = LocalEngine(store, ledger).refresh()
-    jobs = [j for j in ledger.unfolded() if j.backend == "slurm"] + ledger.live("slurm")
-    for remote in sorted({j.remote for j in jobs}, key=lambda r: r or ""):
+    for remote in sorted(ledger.remotes("slurm"), key=lambda r: r or ""):
         report.merge(_slurm_for(remote, store, ledger, backend, remotes).refresh())
     return report
 

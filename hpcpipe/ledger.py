@@ -22,13 +22,13 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from . import config
 from .errors import HpcpipeError
-from .jobstate import FINAL, SUBMITTING
+from .jobstate import EMITTED, FINAL, SUBMITTING
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -60,9 +60,10 @@ class Busy(HpcpipeError):
     """Another submission on this machine holds the ledger's lock (after the bounded wait)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class JobRecord:
-    """One task's job in one run."""
+    """One task's job in one run (built from a row's values in column order: ``status`` reads
+    60,000 of them per poll)."""
 
     task_id: str
     session: str | None
@@ -237,11 +238,58 @@ class Ledger:
 
     def unfolded(self) -> list[JobRecord]:
         """Jobs with a run folder whose result may still bring news."""
-        return self._select("run_dir IS NOT NULL AND folded = 0")
+        return self._select(_UNFOLDED)
+
+    # -- a refresh's reads: what it needs of 60,000 rows is a few columns, and whole records
+    # -- only of the jobs with news (docs/ARCHITECTURE.md, "status at scale")
+    def jobs_of(self, backend: str, remote: str | None, where: str, args: tuple = ()) -> list[JobRecord]:
+        """Records of one backend and ``--remote`` target (None: this machine) matching ``where``."""
+        return self._select(f"backend = ? AND remote IS ? AND ({where})", (backend, remote, *args))
+
+    def unfolded_runs(self, backend: str, remote: str | None) -> set[str]:
+        """The run folders holding jobs whose result may still bring news."""
+        sql = f"SELECT DISTINCT run_dir FROM jobs WHERE backend = ? AND remote IS ? AND {_UNFOLDED}"
+        return {r[0] for r in self._db.execute(sql, (backend, remote))}
+
+    def unfolded_in(self, backend: str, remote: str | None, run_dir: str, task_ids: Iterable[str]) -> list[JobRecord]:
+        """The unfolded jobs of one run folder among ``task_ids`` (those with a result file)."""
+        return self.jobs_of(backend, remote, f"run_dir = ? AND {_UNFOLDED} AND task_id IN (SELECT value FROM "
+                            "json_each(?))", (run_dir, json.dumps(list(task_ids))))
+
+    def watch_list(self, backend: str, remote: str | None) -> list[tuple[str, str, list[int] | None]]:
+        """``(job id, run id, array indices or None)`` of every submitted live job: what the
+        watcher asks SLURM about, an array once with the elements it really has."""
+        sql = (f"SELECT job_id, run_id, group_concat(array_index) FROM jobs WHERE backend = ? AND remote IS ? "
+               f"AND {_LIVE} AND job_id != '' AND state != '{EMITTED}' GROUP BY job_id, run_id")
+        return [(job_id, run_id, [int(i) for i in indices.split(",")] if indices else None)
+                for job_id, run_id, indices in self._db.execute(sql, (backend, remote))]
+
+    def live_states(self, backend: str, remote: str | None) -> list[tuple]:
+        """``(rowid, task_id, run_id, backend id, state, reason, doubt_since, folded)`` of every submitted
+        live job, as plain tuples: a refresh compares them with SLURM's answer and loads whole
+        records (``by_rowid``) only of the jobs whose news needs handling."""
+        sql = (f"SELECT rowid, task_id, run_id, CASE WHEN array_index IS NULL THEN job_id ELSE job_id || '_' || array_index "
+               f"END, state, reason, doubt_since, folded FROM jobs WHERE backend = ? AND remote IS ? AND {_LIVE} "
+               f"AND job_id != '' AND state != '{EMITTED}'")
+        cursor = self._db.cursor()
+        cursor.row_factory = None
+        return cursor.execute(sql, (backend, remote)).fetchall()
+
+    def by_rowid(self, rowids: Iterable[int]) -> list[JobRecord]:
+        """The records of these rows (``live_states``' first column)."""
+        rowids = list(rowids)
+        return self._select("rowid IN (SELECT value FROM json_each(?))", (json.dumps(rowids),)) if rowids else []
+
+    def remotes(self, backend: str) -> set[str | None]:
+        """The ``--remote`` targets (None: this machine) that have open jobs of ``backend``."""
+        sql = f"SELECT DISTINCT remote FROM jobs WHERE backend = ? AND ({_LIVE} OR {_UNFOLDED})"
+        return {r[0] for r in self._db.execute(sql, (backend,))}
 
     def _select(self, where: str = "", args: tuple = ()) -> list[JobRecord]:
-        sql = "SELECT * FROM jobs" + (f" WHERE {where}" if where else "") + " ORDER BY submitted, rowid"
-        return [JobRecord(**dict(r)) for r in self._db.execute(sql, args)]
+        sql = f"SELECT {_COLUMNS} FROM jobs" + (f" WHERE {where}" if where else "") + " ORDER BY submitted, rowid"
+        cursor = self._db.cursor()
+        cursor.row_factory = None  # plain tuples, in JobRecord's field order
+        return [JobRecord(*row) for row in cursor.execute(sql, args)]
 
     def history(self, task_ids: Iterable[str] | None = None) -> list[JobRecord]:
         """Every job of these tasks (all tasks when None), oldest first: each attempt."""
@@ -252,26 +300,25 @@ class Ledger:
         return sorted(rows, key=lambda r: r.submitted or "")
 
     def latest(self, task_ids: Iterable[str] | None = None) -> dict[str, JobRecord]:
-        """The most recent job of each task (all tasks when ``task_ids`` is None)."""
+        """The most recent job of each task (all tasks when ``task_ids`` is None). Many ids (a
+        status of a whole backfill) are one scan of the table, not a query per 500 ids."""
+        wanted = None if task_ids is None else set(task_ids)
+        rows = self.history(wanted) if wanted is not None and len(wanted) <= _ID_QUERY_MAX else self._select()
         out: dict[str, JobRecord] = {}
-        for rec in self.history(task_ids):
-            out[rec.task_id] = rec  # ordered by submission time: the last one wins
+        for rec in rows:  # ordered by submission time: the last one wins
+            if wanted is None or rec.task_id in wanted:
+                out[rec.task_id] = rec
         return out
 
     def live(self, backend: str | None = None) -> list[JobRecord]:
         """Jobs not yet seen in a final state."""
-        finals = ",".join(f"'{s}'" for s in FINAL)
         if backend:
-            return self._select(f"state NOT IN ({finals}) AND backend = ?", (backend,))
-        return self._select(f"state NOT IN ({finals})")
+            return self._select(f"{_LIVE} AND backend = ?", (backend,))
+        return self._select(_LIVE)
 
     def run(self, run_id: str) -> list[JobRecord]:
         """Every job of one run."""
         return self._select("run_id = ?", (run_id,))
-
-    def intents(self, backend: str | None = None) -> list[JobRecord]:
-        """Rows recorded before sbatch whose job id is not known yet."""
-        return [j for j in self.live(backend) if j.intent]
 
     @property
     def locked_here(self) -> bool:
@@ -328,6 +375,16 @@ class Ledger:
         if db is not None:
             db.close()
             self._local.db = None
+
+
+#: JobRecord's fields, as the columns a select reads (in that order)
+_COLUMNS = ", ".join(f.name for f in fields(JobRecord))
+_LIVE = "state NOT IN ({})".format(",".join(f"'{s}'" for s in sorted(FINAL)))
+_UNFOLDED = "(run_dir IS NOT NULL AND folded = 0)"
+#: rows recorded before sbatch whose job id is not known yet (``JobRecord.intent``)
+INTENT = f"state = '{SUBMITTING}' AND job_id = ''"
+#: above this many task ids, ``latest`` scans the table once instead of querying per 500 ids
+_ID_QUERY_MAX = 2000
 
 
 def _chunks(items: list, size: int):

@@ -34,7 +34,7 @@ from ..backends import RefreshReport, SubmitReport
 from ..errors import BackendError, BadInput
 from ..jobside import reasons, runfolder
 from ..jobside.outcome import lost, pending, swept, warn_signal
-from ..ledger import JobRecord, Ledger
+from ..ledger import INTENT, JobRecord, Ledger
 from ..pipeline import job_size, time_out_secs
 from ..plan import Plan, StampedPlan
 from ..status import STARTED, WAITING
@@ -439,9 +439,6 @@ class SlurmBackend:
     def watcher(self) -> JobWatcher:
         return JobWatcher(self.transport)
 
-    def _mine(self, job: JobRecord) -> bool:
-        return job.backend == BACKEND and job.remote == self.remote
-
     def refresh(self) -> RefreshReport:
         """Fold job results into the store, ask SLURM about live jobs (one batched query), and
         close out jobs SLURM ended without a result: the sweep.
@@ -451,27 +448,23 @@ class SlurmBackend:
         A query SLURM cannot answer changes nothing (the note says why).
         """
         report = RefreshReport()
-        self._adopt([j for j in self.ledger.live(BACKEND) if j.state == jobstate.EMITTED and j.remote == self.remote])
-        unfolded = [j for j in self.ledger.unfolded() if self._mine(j)]
-        self._adopt_records(unfolded)
-        folded = self._fold(unfolded)
+        ledger, remote = self.ledger, self.remote
+        self._adopt(ledger.jobs_of(BACKEND, remote, f"state = '{jobstate.EMITTED}'"))
+        present = self._results_present(ledger.unfolded_runs(BACKEND, remote))
+        self._adopt_records(ledger.jobs_of(BACKEND, remote, f"run_dir IS NOT NULL AND folded = 0 AND task_id LIKE "
+                                                            f"'{recorder.PREFIX}%'"), present)
+        names = {d: [n[:-5] for n in files if n.endswith(".json")] for d, files in present.items()}
+        folded = self._fold([j for d, tids in names.items() if tids
+                             for j in ledger.unfolded_in(BACKEND, remote, d, tids)])
         report.folded = len(folded)
-        live = [j for j in self.ledger.live(BACKEND) if j.remote == self.remote and j.state != jobstate.EMITTED]
-        intents = [j for j in live if j.intent]
-        jobs = [j for j in live if not j.intent]
+        intents = ledger.jobs_of(BACKEND, remote, INTENT)
         watcher = self.watcher()
-        elements: dict[str, set[int]] = defaultdict(set)
-        for j in jobs:  # an array is watched once, with the elements it really has
-            if j.array_index is not None:
-                elements[j.job_id].add(j.array_index)
-            else:
-                elements.setdefault(j.job_id, set())
-        names = {j.job_id: j.run_id for j in jobs}
-        for job_id, indices in elements.items():
-            watcher.watch(job_id, indices=indices or None, name=names[job_id])
+        watched = ledger.watch_list(BACKEND, remote)
+        for job_id, run_id, indices in watched:
+            watcher.watch(job_id, indices=indices, name=run_id)
         try:
-            states = watcher.poll() if jobs else {}
-            if intents and self.ledger.locked_here:
+            states = watcher.poll() if watched else {}
+            if intents and ledger.locked_here:
                 self._resolve_intents(intents, watcher, folded, report)
         except BackendError as exc:
             report.notes.append(f"SLURM did not answer ({exc}); job states not refreshed")
@@ -479,27 +472,44 @@ class SlurmBackend:
             return report
         if watcher.fallback:
             report.notes.append(watcher.fallback)
+        # only jobs with news are loaded whole and handled: a poll of 60,000 pending elements that
+        # learns nothing compares tuples and writes nothing
+        news = []
+        for rowid, task_id, run_id, backend_id, state, reason, doubt_since, was_folded in ledger.live_states(
+                BACKEND, remote):
+            st = states.get(backend_id)
+            if st is None:
+                continue
+            report.states[task_id] = st
+            if (st.state != state or (st.reason or None) != reason or doubt_since or was_folded
+                    or st.state in jobstate.DOUBTFUL or (task_id, run_id) in folded):
+                news.append(rowid)
+        self._handle(ledger.by_rowid(news), states, folded, watcher, report)
+        report.queries = watcher.queries
+        return report
+
+    def _handle(self, jobs: list[JobRecord], states: dict[str, JobState], folded: dict, watcher: JobWatcher,
+                report: RefreshReport) -> None:
+        """What SLURM's news means for these jobs: states written, the sweep of jobs that ended
+        without a result, Waiting for a requeue, Held for a never-satisfied dependency, lost."""
         # "unknown" only counts towards "lost" when the answer was complete (accounting asked or absent)
         complete = watcher.use_sacct is False or not watcher.fallback
         updates, doubts, reopened = [], [], []
-        by_key = {(j.task_id, j.run_id): j for j in jobs}
         for j in jobs:
-            st = states.get(j.backend_id)
-            if st is None:
-                continue
+            st = states[j.backend_id]
             applied, final = folded.get((j.task_id, j.run_id), (j.folded_ops, False))
             if st.state in jobstate.DOUBTFUL:
                 since = j.doubt_since or _now()
                 if j.doubt_since is None:
                     doubts.append((j.task_id, j.run_id, since))
                 if final:  # it ended and reported; SLURM has merely forgotten it since
-                    updates.append((j.task_id, j.run_id, jobstate.COMPLETED, "result folded; SLURM forgot the job"))
+                    updates.append((j, jobstate.COMPLETED, "result folded; SLURM forgot the job"))
                 elif complete and _elapsed(since) >= self.lost_after:
                     report.lost += 1
                     report.swept += self._lose(j, st, since, applied)
                     continue
                 else:
-                    updates.append((j.task_id, j.run_id, st.state, st.reason or None))
+                    updates.append((j, st.state, st.reason or None))
                     report.swept += self._pending(j, st)
                 continue
             if j.doubt_since:
@@ -510,18 +520,16 @@ class SlurmBackend:
             reported = waiting and bool(j.folded or final) and not self._packed(j.run_dir)
             if reported:
                 reopened.append((j.task_id, j.run_id, applied, False))
-            updates.append((j.task_id, j.run_id, st.state, st.reason or None))
+            updates.append((j, st.state, st.reason or None))
             if st.final and not final:
                 report.swept += self._sweep_one(j, st, applied)
             elif not st.final and st.state != jobstate.RUNNING:
                 report.swept += self._pending(j, st, reported)
         # only what changed is written: a refresh that learns nothing leaves the ledger as it was
-        self.ledger.set_state([u for u in updates if (u[2], u[3]) != (by_key[u[:2]].state, by_key[u[:2]].reason)])
+        self.ledger.set_state([(j.task_id, j.run_id, state, reason) for j, state, reason in updates
+                               if (state, reason) != (j.state, j.reason)])
         self.ledger.set_doubt(doubts)
         self.ledger.set_folded(reopened)
-        report.queries = watcher.queries
-        report.states = {j.task_id: states[j.backend_id] for j in jobs if j.backend_id in states}
-        return report
 
     def _fold(self, jobs: list[JobRecord]) -> dict[tuple[str, str], tuple[int, bool]]:
         """Fold the result files of ``jobs``; ``{(task id, run id): (ops applied, final)}``."""
@@ -562,7 +570,7 @@ class SlurmBackend:
                 report.unsubmitted += 1
         self.ledger.set_state(updates)
 
-    def _adopt_records(self, jobs: list) -> None:
+    def _adopt_records(self, jobs: list, present: dict[str, set[str]]) -> None:
         """Jobs of a backfill whose records are made after queueing (``hpcpipe.recorder``) take
         their store ids as soon as the recorder or the job wrote them; a job that ended with its
         reports kept under its provisional id gets its record made now, and its result file
@@ -574,8 +582,7 @@ class SlurmBackend:
         renames = []
         for run_dir, rows in by_run.items():
             known = recorder.known_ids(run_dir, [j.task_id for j in rows])
-            reported = [j.task_id for j in rows if j.task_id not in known
-                        and runfolder.result_path(run_dir, j.task_id).exists()]
+            reported = [j.task_id for j in rows if j.task_id not in known and f"{j.task_id}.json" in present[run_dir]]
             if reported:
                 known.update(self._record_now(run_dir, reported))
                 for tid in reported:
@@ -604,14 +611,22 @@ class SlurmBackend:
             self.ledger.rename_tasks([(old, job.run_id, known[old])])
             job.task_id = known[old]
 
-    def _adopt(self, emitted: list) -> None:
+    def _adopt(self, emitted: list) -> bool:
         """Hand-submitted scripts: a pack engine that started wrote its SLURM job id into the run
-        folder (``packs/<name>.job``); its tasks' ledger rows take that id."""
+        folder (``packs/<name>.job``); its tasks' ledger rows take that id. True if any did."""
+        adopted = False
         for run_id, run_dir, placeholder in sorted({(j.run_id, j.run_dir, j.job_id) for j in emitted}):
             name = placeholder.partition(":")[2]
             text = self.transport.read_file(f"{run_dir}/packs/{name}.job")
             if text and text.strip().isdigit():
                 self.ledger.adopt(run_id, placeholder, text.strip())
+                adopted = True
+        return adopted
+
+    def _results_present(self, run_dirs: Iterable[str]) -> dict[str, set[str]]:
+        """The result files each run folder holds now, one directory listing per run: a poll
+        opens only the results that exist (a backfill's 60,000 pending tasks have none yet)."""
+        return {d: set(self.transport.list_dir(f"{d}/results")) for d in run_dirs}
 
     def _packed(self, run_dir: str) -> bool:
         """Whether a run's tasks ran in packs (its ``run.json`` says so)."""

@@ -7,6 +7,7 @@ transport. Implementations: ``LocalTransport`` here, ``hpcpipe.ssh.SSHTransport`
 from __future__ import annotations
 
 import abc
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,11 @@ class Transport(abc.ABC):
     def makedirs(self, path: str) -> None:
         """Create a directory and its parents on the cluster side."""
 
+    @abc.abstractmethod
+    def list_dir(self, path: str) -> list[str]:
+        """The names in a directory on the cluster side ([] when it does not exist): one call
+        instead of a read per file that may not be there."""
+
     def close(self) -> None:
         """Release the connection, if any."""
 
@@ -89,3 +95,9 @@ class LocalTransport(Transport):
 
     def makedirs(self, path: str) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
+
+    def list_dir(self, path: str) -> list[str]:
+        try:
+            return os.listdir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return []

@@ -474,6 +474,15 @@ class SSHTransport(Transport):
     def makedirs(self, path: str) -> None:
         self._sftp_call(f"creating {path}", lambda sftp: _sftp_makedirs(sftp, str(path)))
 
+    def list_dir(self, path: str) -> list[str]:
+        def do(sftp: paramiko.SFTPClient) -> list[str]:
+            try:
+                return sftp.listdir(str(path))
+            except FileNotFoundError:
+                return []
+
+        return self._sftp_call(f"listing {path}", do)
+
 
 # ---------------------------------------------------------------------- helpers
 def _sftp_makedirs(sftp: paramiko.SFTPClient, path: str) -> None:

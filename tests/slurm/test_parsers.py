@@ -112,6 +112,9 @@ class Recorded(Transport):
     def makedirs(self, path):
         raise AssertionError
 
+    def list_dir(self, path):
+        raise AssertionError
+
 
 def test_watcher_caches_final_jobs_and_falls_back_to_squeue():
     final_only = "\n".join(l for l in fixture("sacct.txt").splitlines() if l.split("|")[0] in ("198", "199", "201"))
