@@ -71,13 +71,17 @@ class RefreshReport:
     adopted: int = 0
     unsubmitted: int = 0
     lost: int = 0
-    #: the scheduler's state of each live task id (``slurm.status.JobState``), for the status table
+    #: live jobs the scheduler was asked about
+    checked: int = 0
+    #: the scheduler's state of live task ids (``slurm.status.JobState``), for the status table;
+    #: not of the elements of an array SLURM shows in the one state the ledger has for all of
+    #: them: the table shows those from the ledger
     states: dict = field(default_factory=dict)
     #: one line each, for the user: accounting down, controller unreachable...
     notes: list[str] = field(default_factory=list)
 
     def merge(self, other: "RefreshReport") -> None:
-        for key in ("folded", "queries", "swept", "adopted", "unsubmitted", "lost"):
+        for key in ("folded", "queries", "swept", "adopted", "unsubmitted", "lost", "checked"):
             setattr(self, key, getattr(self, key) + getattr(other, key))
         self.states.update(other.states)
         self.notes += other.notes

@@ -43,3 +43,12 @@ def normalise(raw: str) -> str:
     """SLURM's spelling to ours: ``CANCELLED by 0`` -> ``CANCELLED``, ``RUNNING+`` -> ``RUNNING``."""
     word = raw.strip().split(" ", 1)[0].rstrip("+*")
     return word.upper() or UNKNOWN
+
+
+def display(state: str, reason: str | None = None, exit_code: int | None = None, signal: int | None = None) -> str:
+    """A job's state as status tables show it: ``PENDING (Dependency)``, ``FAILED 3:0``."""
+    if state == PENDING and reason:
+        return f"PENDING ({reason})"
+    if exit_code or signal:
+        return f"{state} {exit_code}:{signal or 0}"
+    return state

@@ -264,16 +264,26 @@ class Ledger:
         return [(job_id, run_id, [int(i) for i in indices.split(",")] if indices else None)
                 for job_id, run_id, indices in self._db.execute(sql, (backend, remote))]
 
-    def live_states(self, backend: str, remote: str | None) -> list[tuple]:
-        """``(rowid, task_id, run_id, backend id, state, reason, doubt_since, folded)`` of every submitted
-        live job, as plain tuples: a refresh compares them with SLURM's answer and loads whole
-        records (``by_rowid``) only of the jobs whose news needs handling."""
-        sql = (f"SELECT rowid, task_id, run_id, CASE WHEN array_index IS NULL THEN job_id ELSE job_id || '_' || array_index "
-               f"END, state, reason, doubt_since, folded FROM jobs WHERE backend = ? AND remote IS ? AND {_LIVE} "
-               f"AND job_id != '' AND state != '{EMITTED}'")
+    def array_groups(self, backend: str, remote: str | None) -> list[tuple[str, str, str | None, bool]]:
+        """``(job id, state, reason, quiet)`` per live array and distinct state: an array all of
+        whose rows show one state, none doubtful or folded (``quiet``), needs no look per element
+        when SLURM too shows one state for all of it."""
+        sql = (f"SELECT job_id, state, reason, max(doubt_since IS NOT NULL OR folded) = 0 FROM jobs WHERE backend = ? "
+               f"AND remote IS ? AND {_LIVE} AND job_id != '' AND state != '{EMITTED}' AND array_index IS NOT NULL "
+               "GROUP BY job_id, state, reason")
+        return [(j, st, r, bool(q)) for j, st, r, q in self._db.execute(sql, (backend, remote))]
+
+    def live_states(self, backend: str, remote: str | None, skip: Iterable[str] = ()) -> list[tuple]:
+        """``(rowid, task_id, run_id, backend id, state, reason, doubt_since, folded)`` of every
+        submitted live job but those of the ``skip`` job ids, as plain tuples: a refresh compares
+        them with SLURM's answer and loads whole records (``by_rowid``) only of the jobs whose
+        news needs handling."""
+        sql = (f"SELECT rowid, task_id, run_id, CASE WHEN array_index IS NULL THEN job_id ELSE job_id || '_' || "
+               f"array_index END, state, reason, doubt_since, folded FROM jobs WHERE backend = ? AND remote IS ? AND "
+               f"{_LIVE} AND job_id != '' AND state != '{EMITTED}' AND job_id NOT IN (SELECT value FROM json_each(?))")
         cursor = self._db.cursor()
         cursor.row_factory = None
-        return cursor.execute(sql, (backend, remote)).fetchall()
+        return cursor.execute(sql, (backend, remote, json.dumps(sorted(skip)))).fetchall()
 
     def by_rowid(self, rowids: Iterable[int]) -> list[JobRecord]:
         """The records of these rows (``live_states``' first column)."""
@@ -308,6 +318,23 @@ class Ledger:
         for rec in rows:  # ordered by submission time: the last one wins
             if wanted is None or rec.task_id in wanted:
                 out[rec.task_id] = rec
+        return out
+
+    def shown(self, task_ids: Iterable[str] | None = None) -> dict[str, tuple[str, str, str, str | None]]:
+        """What a status row shows of each task's most recent job: ``(backend, backend id,
+        state, reason)``, as plain tuples (a whole backfill's 60,000 rows: no records built)."""
+        wanted = None if task_ids is None else set(task_ids)
+        sql = ("SELECT task_id, backend, CASE WHEN array_index IS NULL THEN job_id ELSE job_id || '_' || array_index "
+               "END, state, reason FROM jobs")
+        args: tuple = ()
+        if wanted is not None and len(wanted) <= _ID_QUERY_MAX:
+            sql, args = sql + " WHERE task_id IN (SELECT value FROM json_each(?))", (json.dumps(sorted(wanted)),)
+        cursor = self._db.cursor()
+        cursor.row_factory = None
+        out = {}
+        for task_id, *shown in cursor.execute(sql + " ORDER BY submitted, rowid", args):
+            if wanted is None or task_id in wanted:
+                out[task_id] = tuple(shown)  # ordered by submission time: the last one wins
         return out
 
     def live(self, backend: str | None = None) -> list[JobRecord]:

@@ -268,7 +268,7 @@ class RunFolderStore(TaskStore):
                 except (Unreachable, NotFound):
                     pass
 
-    def list_tasks(self, session=None, status=None, name=None, graph=None) -> list[dict]:
+    def list_tasks(self, session=None, status=None, name=None, graph=None, fields=None) -> list[dict]:
         self._overlay()
         out = [dict(t) for t in self.tasks.values()
                if (name is None or t["name"] == name) and (graph is None or t["graph"] == graph)]

@@ -454,8 +454,8 @@ class SlurmBackend:
         self._adopt_records(ledger.jobs_of(BACKEND, remote, f"run_dir IS NOT NULL AND folded = 0 AND task_id LIKE "
                                                             f"'{recorder.PREFIX}%'"), present)
         names = {d: [n[:-5] for n in files if n.endswith(".json")] for d, files in present.items()}
-        folded = self._fold([j for d, tids in names.items() if tids
-                             for j in ledger.unfolded_in(BACKEND, remote, d, tids)])
+        folded_records = [j for d, tids in names.items() if tids for j in ledger.unfolded_in(BACKEND, remote, d, tids)]
+        folded = self._fold(folded_records)
         report.folded = len(folded)
         intents = ledger.jobs_of(BACKEND, remote, INTENT)
         watcher = self.watcher()
@@ -472,15 +472,28 @@ class SlurmBackend:
             return report
         if watcher.fallback:
             report.notes.append(watcher.fallback)
-        # only jobs with news are loaded whole and handled: a poll of 60,000 pending elements that
-        # learns nothing compares tuples and writes nothing
+        # only jobs with news are loaded whole and handled: an array SLURM shows in one state that
+        # the ledger already has for all its rows is not looked at per element, and a poll of a
+        # backfill's 60,000 pending elements that learns nothing compares a few tuples, writes nothing
+        groups: dict[str, list] = defaultdict(list)
+        for job_id, state, reason, quiet in ledger.array_groups(BACKEND, remote):
+            groups[job_id].append((state, reason, quiet))
+        folded_jobs = {j.job_id for j in folded_records}
+        same = set()
+        for job_id, rows in groups.items():
+            one = watcher.uniform(job_id)
+            if (one is not None and len(rows) == 1 and rows[0] == (one.state, one.reason or None, True)
+                    and one.state not in jobstate.DOUBTFUL and job_id not in folded_jobs):
+                same.add(job_id)
+        report.checked = sum(1 for k in states if k.partition("_")[0] in same)
         news = []
         for rowid, task_id, run_id, backend_id, state, reason, doubt_since, was_folded in ledger.live_states(
-                BACKEND, remote):
+                BACKEND, remote, skip=same):
             st = states.get(backend_id)
             if st is None:
                 continue
             report.states[task_id] = st
+            report.checked += 1
             if (st.state != state or (st.reason or None) != reason or doubt_since or was_folded
                     or st.state in jobstate.DOUBTFUL or (task_id, run_id) in folded):
                 news.append(rowid)

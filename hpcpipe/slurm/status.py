@@ -15,9 +15,11 @@ state wiped gives old ids to new jobs, so each id is watched with the run name i
 stayed unknown for the grace period. States are spelled as ``hpcpipe.jobstate`` says.
 
 Array jobs are watched by their array job id; sacct/squeue return one row per started
-element (``123_4``) and one row for all pending ones (``123_[5-9%2]``), which is expanded
-here into one state per element. ``CANCELLED by 0`` becomes ``CANCELLED``. Once every row
-of a watched id is final it is never asked for again. ``queries`` counts SLURM commands run.
+element (``123_4``) and one row for all pending ones (``123_[5-9%2]``). That row stays one
+state (``indices`` lists its elements) which every element's id maps to: a backfill's 60,000
+pending elements are a few objects, and ``uniform(id)`` tells a refresh that an array is in
+one state throughout. ``CANCELLED by 0`` becomes ``CANCELLED``. Once every row of a watched id
+is final it is never asked for again. ``queries`` counts SLURM commands run.
 
 Very long id lists are split (``max_ids_per_query``, default 5000) because one argv element
 may not exceed 128 KiB on Linux; with job arrays a run has few ids, so one query per poll.
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ..errors import BackendError
-from ..jobstate import UNKNOWN, is_final, normalise
+from ..jobstate import UNKNOWN, display, is_final, normalise
 from .render import expand_indices
 from .transport import Transport
 
@@ -45,11 +47,12 @@ _NO_ACCOUNTING = ("accounting storage is disabled", "slurm accounting storage is
                   "accounting_storage/none")
 
 
-@dataclass
+@dataclass(slots=True)
 class JobState:
-    """One job or array element as SLURM last reported it."""
+    """One job or array element as SLURM last reported it (or all pending elements of an
+    array: ``indices``)."""
 
-    #: ``123`` or ``123_4`` for an array element
+    #: ``123``, ``123_4`` for an array element, ``123_[5-9]`` for pending elements
     job_id: str
     #: ``123`` (same as job_id for a plain job)
     array_job_id: str
@@ -65,6 +68,13 @@ class JobState:
     partition: str = ""
     #: ``--comment`` (squeue only): ``hpcpipe:<script>`` names the sbatch call of a run
     comment: str = ""
+    #: the elements a pending-array row stands for (None: one job or one element)
+    indices: tuple[int, ...] | None = None
+
+    @property
+    def elements(self) -> set:
+        """The array indices this row covers (``{None}`` for a plain job)."""
+        return set(self.indices) if self.indices is not None else {self.array_index}
 
     @property
     def final(self) -> bool:
@@ -73,11 +83,7 @@ class JobState:
 
     def display(self) -> str:
         """``PENDING (Dependency)``, ``FAILED 3:0``, ``COMPLETED`` for status tables."""
-        if self.state == "PENDING" and self.reason:
-            return f"PENDING ({self.reason})"
-        if self.exit_code or self.signal:
-            return f"{self.state} {self.exit_code}:{self.signal or 0}"
-        return self.state
+        return display(self.state, self.reason, self.exit_code, self.signal)
 
 
 # ------------------------------------------------------------------ parsers (pure)
@@ -89,14 +95,21 @@ def _split_id(job_id: str) -> tuple[str, int | None]:
 
 
 def _rows(job_id: str, **kw) -> list[JobState]:
-    """One row, or one per element when ``job_id`` is a pending-array row ``123_[4-9%2]``."""
+    """One row; a pending-array row ``123_[4-9%2]`` keeps its elements in ``indices``."""
     m = _PENDING_ARRAY.match(job_id)
     if m:
-        base = m.group(1)
-        return [JobState(job_id=f"{base}_{i}", array_job_id=base, array_index=i, **kw)
-                for i in expand_indices(m.group(2))]
+        return [JobState(job_id=job_id, array_job_id=m.group(1), array_index=None,
+                         indices=tuple(expand_indices(m.group(2))), **kw)]
     base, index = _split_id(job_id)
     return [JobState(job_id=job_id, array_job_id=base, array_index=index, **kw)]
+
+
+def _covered(rows: Iterable[JobState]) -> set:
+    """Every array index the rows cover."""
+    out: set = set()
+    for r in rows:
+        out |= r.elements
+    return out
 
 
 def _reason(raw: str) -> str:
@@ -234,6 +247,7 @@ class JobWatcher:
         self._names: dict[str, str] = {}  # watched id -> the job name it must carry
         self._done: set[str] = set()
         self._states: dict[str, JobState] = {}
+        self._uniform: dict[str, JobState | None] = {}
 
     # -- what to watch
     def watch(self, job_ids: Iterable[str] | str, indices: Iterable[int] | None = None,
@@ -331,8 +345,13 @@ class JobWatcher:
         return dict(self._states)
 
     def state_of(self, job_id: str) -> list[JobState]:
-        """States of one watched id: the job itself, or every element of an array."""
-        return [s for s in self._states.values() if s.job_id == job_id or s.array_job_id == job_id]
+        """States of one watched id: the job itself, or every element of an array (a pending
+        range once)."""
+        seen: dict[int, JobState] = {}
+        for s in self._states.values():
+            if (s.job_id == job_id or s.array_job_id == job_id) and id(s) not in seen:
+                seen[id(s)] = s
+        return list(seen.values())
 
     def done(self) -> bool:
         """True when every watched id is final."""
@@ -410,36 +429,54 @@ class JobWatcher:
             expected = self._keys.get(key)
             name = self._names.get(key)
             key_rows = [r for r in key_rows if (name is None or r.name == name)
-                        and (expected is None or r.array_index is None or r.array_index in expected)]
+                        and (expected is None or r.indices is not None or r.array_index is None
+                             or r.array_index in expected)]
             if expected is not None:  # elements that do not exist are not reported
-                if expected <= {r.array_index for r in key_rows}:
+                if expected <= _covered(key_rows):
                     covered.add(key)
             elif key_rows:
                 covered.add(key)
+            listed: set[str] = set()
             for row in key_rows:
-                self._states[row.job_id] = row
+                if row.indices is None:
+                    self._states[row.job_id] = row
+                    listed.add(row.job_id)
+                    continue
+                for i in row.indices:  # every pending element's id names the one row
+                    if expected is None or i in expected:
+                        self._states[f"{row.array_job_id}_{i}"] = row
+                        listed.add(f"{row.array_job_id}_{i}")
+            one = key_rows[0] if len(key_rows) == 1 else None
+            self._uniform[key] = one if one is not None and one.indices is not None and (
+                expected is None or expected <= set(one.indices)) else None
             if authoritative and key not in known:
-                self._mark_unknown(key, expected, {r.job_id for r in key_rows})
+                self._mark_unknown(key, expected, listed)
             states = self.state_of(key)
             if not states:
                 continue  # not in accounting yet (sacct lags sbatch slightly)
-            if expected is not None and not expected <= {s.array_index for s in states}:
+            if expected is not None and not expected <= _covered(states):
                 continue
             if all(s.final for s in states):
                 self._done.add(key)
         return covered
+
+    def uniform(self, key: str) -> JobState | None:
+        """The one pending-array row that covers every element of array ``key`` in the last
+        answer (all elements in one state), or None."""
+        return self._uniform.get(key)
 
     def _mark_unknown(self, key: str, expected: set[int] | None, listed: set[str]) -> None:
         """Elements of ``key`` the controller does not list and no final state covers: UNKNOWN."""
         index = _split_id(key)[1]
         wanted = [f"{key}_{i}" for i in sorted(expected)] if expected and index is None else [key]
         if expected is None and index is None:
-            wanted = [s.job_id for s in self.state_of(key)] or [key]
+            wanted = [jid for s in self.state_of(key) for jid in (
+                [f"{s.array_job_id}_{i}" for i in s.indices] if s.indices is not None else [s.job_id])] or [key]
         for jid in wanted:
             if jid in listed:
                 continue
             st = self._states.get(jid)
-            if st is None:
+            if st is None or (st.indices is not None and not st.final):  # a shared row is not changed
                 b, i = _split_id(jid)
                 self._states[jid] = JobState(job_id=jid, array_job_id=b, array_index=i,
                                              name=self._names.get(key, ""), state=UNKNOWN)

@@ -363,7 +363,8 @@ class AlyxStore(TaskStore):
 
     # ------------------------------------------------------------------ tasks
     def list_tasks(self, session: str | None = None, status: Iterable[str] | str | None = None,
-                   name: str | None = None, graph: str | None = None) -> list[dict]:
+                   name: str | None = None, graph: str | None = None,
+                   fields: Sequence[str] | None = None) -> list[dict]:
         filters: dict[str, Any] = {}
         if session is not None:
             filters["session"] = session

@@ -138,10 +138,13 @@ class TaskStore(abc.ABC):
     # ------------------------------------------------------------------ tasks
     @abc.abstractmethod
     def list_tasks(self, session: str | None = None, status: Iterable[str] | str | None = None,
-                   name: str | None = None, graph: str | None = None) -> list[dict]:
+                   name: str | None = None, graph: str | None = None,
+                   fields: Sequence[str] | None = None) -> list[dict]:
         """Task records matching every filter given, ordered by level then priority (desc).
 
         One round trip for the lot (Alyx: one paginated query), never one per task.
+        ``fields``: the fields the caller reads (``id`` among them); a store may return more
+        (Alyx's listing has no field selection), the embedded store reads only those.
         """
 
     def tasks_by_session(self, sessions: Sequence[str], graph: str | None = None) -> dict[str, list[dict]]:

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import BadInput, Conflict, NotFound
 from ..session import parse_session_path
@@ -40,7 +40,6 @@ CREATE TABLE IF NOT EXISTS datasets (
     UNIQUE (session, collection, revision, name));
 """
 _JSON_FIELDS = ("parents", "arguments")
-_TASK_COLUMNS = ", ".join(TASK_FIELDS)
 _TASK_ORDER = "level IS NULL, level ASC, priority IS NOT NULL, priority DESC, rowid"
 
 
@@ -169,14 +168,16 @@ class SQLiteStore(TaskStore):
         if depth == 0:
             self._db.execute("COMMIT")
 
-    def _tasks(self, where: str = "", args: Iterable = ()) -> Iterator[dict]:
-        """Task records, read as plain tuples in ``TASK_FIELDS`` order (``status`` reads 60,000
-        of them per poll: no ``sqlite3.Row`` lookups by name, no JSON parse of empty values)."""
+    def _tasks(self, where: str = "", args: Iterable = (), fields: Sequence[str] | None = None) -> Iterator[dict]:
+        """Task records (only ``fields`` when given), read as plain tuples (``status`` reads
+        60,000 of them per poll: no ``sqlite3.Row`` lookups by name, no JSON parse of empty values)."""
+        names = TASK_FIELDS if fields is None else tuple(f for f in TASK_FIELDS if f in set(fields) | {"id"})
+        decode = [k for k in _JSON_FIELDS if k in names]
         cursor = self._db.cursor()
         cursor.row_factory = None
-        for row in cursor.execute(f"SELECT {_TASK_COLUMNS} FROM tasks {where}", tuple(args)):
-            rec = dict(zip(TASK_FIELDS, row))
-            for key in _JSON_FIELDS:
+        for row in cursor.execute(f"SELECT {', '.join(names)} FROM tasks {where}", tuple(args)):
+            rec = dict(zip(names, row))
+            for key in decode:
                 rec[key] = _json_value(rec[key])
             yield rec
 
@@ -236,7 +237,8 @@ class SQLiteStore(TaskStore):
 
     # ------------------------------------------------------------------ tasks
     def list_tasks(self, session: str | None = None, status: Iterable[str] | str | None = None,
-                   name: str | None = None, graph: str | None = None) -> list[dict]:
+                   name: str | None = None, graph: str | None = None,
+                   fields: Sequence[str] | None = None) -> list[dict]:
         where, args = [], []
         for col, val in (("session", session), ("name", name), ("graph", graph)):
             if val is not None:
@@ -247,7 +249,7 @@ class SQLiteStore(TaskStore):
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             args.extend(statuses)
         sql = ("WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {_TASK_ORDER}"
-        return list(self._tasks(sql, args))
+        return list(self._tasks(sql, args, fields))
 
     def tasks_by_session(self, sessions, graph: str | None = None) -> dict[str, list[dict]]:
         """One query for all the sessions (a backfill's thousands), through the session index."""

@@ -45,13 +45,13 @@ def test_parse_sacct():
     assert (s["202"].state, s["202"].reason) == ("PENDING", "DependencyNeverSatisfied")
     assert s["202"].nodes == ""  # "None assigned"
     assert (s["205"].exit_code, s["205"].signal) == (0, 9)
-    # array: finished and running elements, the pending row 200_[4-5,9%2] expanded per element
+    # array: finished and running elements, the pending row 200_[4-5,9%2] one state for its elements
     assert s["200_0"].state == "COMPLETED" and s["200_0"].array_job_id == "200" and s["200_0"].array_index == 0
     assert s["200_2"].state == "RUNNING" and s["200_2"].reason == ""  # stale reasons dropped
     assert s["200_0"].name == "fx|arr"  # a '|' in the name does not shift columns
-    pending = sorted(k for k, v in s.items() if v.array_job_id == "200" and v.state == "PENDING")
-    assert pending == ["200_4", "200_5", "200_9"]
-    assert s["200_9"].reason == "JobArrayTaskLimit"
+    pending = [v for v in s.values() if v.array_job_id == "200" and v.state == "PENDING"]
+    assert [(v.job_id, v.indices, v.array_index) for v in pending] == [("200_[4-5,9%2]", (4, 5, 9), None)]
+    assert pending[0].reason == "JobArrayTaskLimit"
     assert sorted(k for k in s if k.startswith("207")) == ["207_1", "207_4"]
     assert s["199"].display() == "FAILED 3:0" and s["202"].display() == "PENDING (DependencyNeverSatisfied)"
     assert s["198"].display() == "COMPLETED" and s["201"].display() == "CANCELLED"
@@ -70,7 +70,8 @@ def test_parse_squeue():
     assert (s["199"].state, s["199"].exit_code, s["199"].signal) == ("FAILED", 3, 0)  # raw status 768
     assert (s["205"].exit_code, s["205"].signal) == (0, 9)
     assert s["201"].state == "CANCELLED"
-    assert s["200_9"].state == "PENDING" and s["200_9"].reason == "JobArrayTaskLimit"
+    assert s["200_[4-5,9%2]"].state == "PENDING" and s["200_[4-5,9%2]"].reason == "JobArrayTaskLimit"
+    assert s["200_[4-5,9%2]"].elements == {4, 5, 9}
     assert s["200_3"].state == "RUNNING" and s["200_3"].name == "fx|arr" and s["200_3"].nodes == "vm"
     assert s["200_3"].partition == "cpu"
     assert s["198"].reason == ""  # reasons kept for PENDING only
@@ -183,6 +184,24 @@ def test_watcher_expected_indices_filter():
     w.watch("200", indices=[0, 9])
     states = w.poll()
     assert sorted(k for k in states) == ["200_0", "200_9"]
+
+
+def test_a_pending_range_is_one_state_for_all_its_elements():
+    """10,000 pending elements are one row: every element id maps to it, ``uniform`` names it
+    while it covers the whole array, and an element the controller stops listing becomes
+    UNKNOWN alone (the shared row is not changed)."""
+    pending = "|".join(["300_[0-9999]", "300", "300", "PENDING", "0", "JobHeldUser", "0:00", "", "cpu", "(null)",
+                        "run-a"]) + "|\n"
+    t = Recorded([("squeue", (0, pending, ""))])
+    w = JobWatcher(t, use_sacct=False)
+    w.watch("300", indices=range(10000), name="run-a")
+    states = w.poll()
+    assert len(states) == 10000 and len({id(v) for v in states.values()}) == 1
+    assert states["300_9999"].display() == "PENDING (JobHeldUser)" and w.uniform("300") is states["300_0"]
+    t.answers = [("squeue", (0, pending.replace("300_[0-9999]", "300_[0-9998]"), ""))]
+    states = w.poll()
+    assert states["300_9999"].state == "UNKNOWN" and states["300_0"].state == "PENDING"
+    assert w.uniform("300") is None  # the range no longer covers the whole array
 
 
 def test_watcher_splits_huge_id_lists():
