@@ -110,3 +110,16 @@ def test_a_whole_array_changing_state_is_written_once_per_element(backfilled):
     assert sum(records) == N
     assert {j.reason for j in ledger.live("slurm") if j.job_id == "501"} == {"Resources"}
     assert sum(s.startswith("UPDATE jobs SET state") for s in statements) == N
+
+
+def test_holding_a_whole_backfill_reads_no_task_from_the_store(backfilled, monkeypatch):
+    """``scontrol hold`` of the arrays (reason JobHeldUser, one a requeue may also show): a job
+    that never ran cannot have a Started task, so the 3,000 new states are written without a
+    store read per element."""
+    backend, cluster, ledger, records, _ = backfilled
+    reads: list[str] = []
+    get_task = backend.store.get_task
+    monkeypatch.setattr(backend.store, "get_task", lambda tid: reads.append(tid) or get_task(tid))
+    cluster.rows = {f"{a}_[0-{N - 1}]": ("PENDING", "JobHeldUser") for a in ARRAYS}
+    backend.refresh()
+    assert {j.reason for j in ledger.live("slurm")} == {"JobHeldUser"} and reads == []

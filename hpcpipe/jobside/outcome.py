@@ -61,7 +61,7 @@ def swept(state, task_status: str, result_text: str | None,
     return "Errored", reasons.line(kind, text)
 
 
-def pending(state, task_status: str | None, reported: bool = False) -> tuple[str, str] | None:
+def pending(state, task_status: str | None, reported: bool = False, ran: bool = True) -> tuple[str, str] | None:
     """What to record for a job SLURM shows pending: ``(status, log line)``, or None.
 
     * pending again after a requeue while its task is Started (the job side was killed before
@@ -72,15 +72,17 @@ def pending(state, task_status: str | None, reported: bool = False) -> tuple[str
     * pending with ``DependencyNeverSatisfied`` (a parent failed; no ``--kill-on-invalid-dep``):
       Held, not left Waiting forever.
 
-    ``task_status=None`` asks whether the state could need a record at all (no store read).
+    ``task_status=None`` asks whether the state could need a record at all (no store read);
+    ``ran=False`` (the job was never seen running and nothing it wrote was folded) answers that
+    its task cannot be Started, so a held backfill of 60,000 elements needs no store read.
     """
     if state.state.startswith("REQUEUE") or (state.state == "PENDING" and (reported or state.reason in REQUEUE_REASONS)):
-        if task_status in (None, "Started") or (reported and task_status != "Waiting"):
+        if (task_status is None and (ran or reported)) or task_status == "Started" or (reported and task_status != "Waiting"):
             return "Waiting", reasons.line(reasons.REQUEUED, f"SLURM requeued job {state.job_id} "
                                            f"({state.state}, {state.reason or 'no reason'}); back to Waiting "
                                            "until it runs again")
     elif state.state in (reasons.NODE_FAIL, reasons.PREEMPTED):
-        if task_status in (None, "Started"):
+        if (task_status is None and ran) or task_status == "Started":
             return "Waiting", reasons.line(reasons.REQUEUED, f"SLURM job {state.job_id} ended {state.state}; "
                                            "back to Waiting: SLURM requeues it (not counted as a failure)")
     elif state.state == "PENDING" and state.reason == "DependencyNeverSatisfied":

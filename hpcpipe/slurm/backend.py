@@ -523,7 +523,7 @@ class SlurmBackend:
                     continue
                 else:
                     updates.append((j, st.state, st.reason or None))
-                    report.swept += self._pending(j, st)
+                    report.swept += self._pending(j, st, applied)
                 continue
             if j.doubt_since:
                 doubts.append((j.task_id, j.run_id, None))
@@ -537,7 +537,7 @@ class SlurmBackend:
             if st.final and not final:
                 report.swept += self._sweep_one(j, st, applied)
             elif not st.final and st.state != jobstate.RUNNING:
-                report.swept += self._pending(j, st, reported)
+                report.swept += self._pending(j, st, applied, reported)
         # only what changed is written: a refresh that learns nothing leaves the ledger as it was
         self.ledger.set_state([(j.task_id, j.run_id, state, reason) for j, state, reason in updates
                                if (state, reason) != (j.state, j.reason)])
@@ -687,10 +687,11 @@ class SlurmBackend:
         self.ledger.set_state([(job.task_id, job.run_id, jobstate.LOST, why)])
         return self._close(job, applied, outcome)
 
-    def _pending(self, job: JobRecord, st: JobState, reported: bool = False) -> int:
+    def _pending(self, job: JobRecord, st: JobState, applied: int, reported: bool = False) -> int:
         """A pending job whose task needs a record: requeued (Waiting) or never startable (Held).
         ``reported``: its job side had reported a final outcome before SLURM requeued it."""
-        if pending(st, None, reported) is None:
+        ran = bool(applied) or job.state not in (jobstate.PENDING, jobstate.SUBMITTING)
+        if pending(st, None, reported, ran) is None:
             return 0
         self._recorded(job)
         task = self.store.get_task(job.task_id)

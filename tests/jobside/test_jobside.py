@@ -457,6 +457,10 @@ def test_sweep_reasons_and_warn_signal():
     assert outcome.pending(st("PENDING", reason="BeginTime"), "Waiting") is None
     assert outcome.pending(st("PENDING", reason="Priority"), "Started") is None
     assert outcome.pending(st("PENDING", reason="DependencyNeverSatisfied"), "Waiting")[0] == "Held"
+    # a job never seen running (nothing folded) cannot have a Started task: no store read needed
+    assert outcome.pending(st("PENDING", reason="JobHeldUser"), None, ran=False) is None
+    assert outcome.pending(st("PENDING", reason="JobHeldUser"), None, ran=True) is not None
+    assert outcome.pending(st("PENDING", reason="DependencyNeverSatisfied"), None, ran=False) is not None
     assert reasons.last_kind("a\n[hpcpipe:TIMEOUT] x\n[hpcpipe:MEMORY] y") == "MEMORY"
     assert outcome.warn_signal(60) is None and outcome.warn_signal(3600) == "B:USR2@60"
     assert outcome.warn_signal(3600, 0) is None and outcome.warn_signal(None) is None
