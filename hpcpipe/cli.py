@@ -161,16 +161,19 @@ def _rows(store, ledger, session: str | None, statuses: list[str], live: dict | 
     jobs = ledger.shown(None if session is None and not statuses else [t["id"] for t in tasks])
     live = live or {}
     none = (None, None, None, None)
-    rows = []
-    for t in tasks:
-        backend, job_id, job_state, job_reason = jobs.get(t["id"], none)
-        state = live.get(t["id"])
-        rows.append({"session": t["session"], "name": t["name"], "status": t["status"], "level": t["level"],
-                     "cpu": t["cpu"], "gpu": t["gpu"], "ram": t["ram"],
-                     "time_elapsed_secs": t["time_elapsed_secs"], "backend": backend, "job_id": job_id,
-                     "job_state": state.display() if state is not None else job_state and display(job_state, job_reason),
-                     "reason": None if not reasons or t["status"] in DONE else (failure_reason(t) or job_reason)})
-    return rows
+    # a store that returns more than the fields asked for (Alyx): those are not shown
+    extra = [k for k in (tasks[0] if tasks else ()) if k not in _ROW_FIELDS and k != "log"]
+    for t in tasks:  # each record becomes its row in place (60,000 of them are not copied)
+        for k in extra:
+            t.pop(k, None)
+        tid = t.pop("id")
+        backend, job_id, job_state, job_reason = jobs.get(tid, none)
+        state = live.get(tid)
+        t["backend"], t["job_id"] = backend, job_id
+        t["job_state"] = state.display() if state is not None else job_state and display(job_state, job_reason)
+        t["reason"] = None if not reasons or t["status"] in DONE else (failure_reason(t) or job_reason)
+        t.pop("log", None)
+    return tasks
 
 
 def _json_rows(rows: list[dict], local: bool, reasons: bool) -> list[dict]:

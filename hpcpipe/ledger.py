@@ -324,17 +324,16 @@ class Ledger:
         """What a status row shows of each task's most recent job: ``(backend, backend id,
         state, reason)``, as plain tuples (a whole backfill's 60,000 rows: no records built)."""
         wanted = None if task_ids is None else set(task_ids)
-        sql = ("SELECT task_id, backend, CASE WHEN array_index IS NULL THEN job_id ELSE job_id || '_' || array_index "
-               "END, state, reason FROM jobs")
+        sql = "SELECT task_id, backend, job_id, array_index, state, reason FROM jobs"
         args: tuple = ()
         if wanted is not None and len(wanted) <= _ID_QUERY_MAX:
             sql, args = sql + " WHERE task_id IN (SELECT value FROM json_each(?))", (json.dumps(sorted(wanted)),)
         cursor = self._db.cursor()
         cursor.row_factory = None
         out = {}
-        for task_id, *shown in cursor.execute(sql + " ORDER BY submitted, rowid", args):
-            if wanted is None or task_id in wanted:
-                out[task_id] = tuple(shown)  # ordered by submission time: the last one wins
+        for task_id, backend, job_id, index, state, reason in cursor.execute(sql + " ORDER BY submitted, rowid", args):
+            if wanted is None or task_id in wanted:  # ordered by submission time: the last one wins
+                out[task_id] = (backend, job_id if index is None else f"{job_id}_{index}", state, reason)
         return out
 
     def live(self, backend: str | None = None) -> list[JobRecord]:
