@@ -599,7 +599,7 @@ def _defer_records(args, store, backend) -> bool:
     """Whether a backfill queues first and makes its records afterwards (``hpcpipe.recorder``):
     on Alyx (no bulk create, a throttle), submitting from this machine (the recorder and the jobs
     share the run folder), unless ``[alyx] defer_records = false``."""
-    from .slurm.transport import LocalTransport
+    from .transport import LocalTransport
 
     return (getattr(store, "kind", "") == "alyx" and not args.dry_run and not _packed(args)
             and isinstance(backend.transport, LocalTransport)
@@ -631,7 +631,7 @@ class _Transports:
     def __call__(self, remote):
         if remote not in self.opened:
             if remote is None:
-                from .slurm.transport import LocalTransport
+                from .transport import LocalTransport
 
                 self.opened[remote] = LocalTransport()
             else:
@@ -706,7 +706,7 @@ def cmd_resources(args) -> int:
         if "limits" not in limits:
             from .errors import BackendError
             from .slurm.limits import ClusterLimits
-            from .slurm.transport import LocalTransport
+            from .transport import LocalTransport
 
             try:
                 limits["limits"] = ClusterLimits.read(LocalTransport())

@@ -16,8 +16,8 @@ import pytest
 from hpcpipe.jobside import runfolder
 from hpcpipe.ledger import Ledger
 from hpcpipe.slurm.backend import SlurmBackend
-from hpcpipe.slurm.transport import LocalTransport, Result
 from hpcpipe.store.sqlite import SQLiteStore
+from hpcpipe.transport import LocalTransport, Result
 
 RUN = "bf-20261202-000000-abcdef"
 ARRAYS = ("500", "501", "502")
@@ -34,7 +34,7 @@ class _Cluster(LocalTransport):
         self.listings: list[str] = []
         self.commands: list[str] = []
 
-    def run(self, argv, input=None, timeout=120.0):
+    def run(self, argv, input=None, timeout=120.0, *, repeatable=False):
         self.commands.append(argv[0])
         lines = []
         for job_id, (state, reason) in self.rows.items():

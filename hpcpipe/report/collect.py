@@ -190,7 +190,7 @@ def _usages(jobs: list[JobRecord], transport_for, report: Report) -> tuple[dict,
     for remote in sorted({j.remote for j in jobs if j.backend == "slurm"}, key=lambda r: r or ""):
         mine = [j for j in jobs if j.backend == "slurm" and j.remote == remote]
         if transport_for is None:
-            from ..slurm.transport import LocalTransport
+            from ..transport import LocalTransport
 
             transport = LocalTransport()
         else:

@@ -73,7 +73,7 @@ def task_log(task: dict, ledger: Ledger, transport_for) -> TaskLog:
     tail = ""
     if output and not task.get("log"):
         if transport is None:
-            from ..slurm.transport import LocalTransport
+            from ..transport import LocalTransport
 
             transport = LocalTransport()
         tail = (transport.read_file(output) or "")[-65536:]

@@ -24,9 +24,9 @@ from typing import Iterable
 
 from ..errors import BackendError
 from ..jobstate import normalise as normalise_state
+from ..transport import Transport
 from ..usage import Usage
 from .render import expand_indices
-from .transport import Transport
 
 USAGE_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Reason", "Partition", "NodeList", "Submit", "Start",
                 "End", "ElapsedRaw", "TotalCPU", "MaxRSS", "ReqMem", "ReqCPUS", "TimelimitRaw", "JobName")
@@ -176,7 +176,7 @@ def query_usage(transport: Transport, ids: Iterable[str], max_ids: int = 5000,
     for start in range(0, len(wanted), max_ids):
         chunk = wanted[start:start + max_ids]
         queries += 1
-        res = transport.run(usage_argv(chunk))
+        res = transport.run(usage_argv(chunk), repeatable=True)
         if res.returncode != 0:
             message = (res.stderr or res.stdout).strip()
             raise BackendError(f"sacct failed (is SLURM accounting running?): {message or res.returncode}")

@@ -38,6 +38,7 @@ from ..ledger import INTENT, JobRecord, Ledger
 from ..pipeline import job_size, time_out_secs
 from ..plan import Plan, StampedPlan
 from ..status import STARTED, WAITING
+from ..transport import LocalTransport, Transport
 from . import layout as layouts
 from .cancel import cancel
 from .limits import ClusterLimits
@@ -47,7 +48,6 @@ from .profiles import Profile, load_profile
 from .render import JobSpec, Resources, job_script
 from .status import JobState, JobWatcher
 from .submit import format_command, sbatch_argv, submit
-from .transport import LocalTransport, Transport
 
 _logger = logging.getLogger(__name__)
 BACKEND = "slurm"
@@ -246,7 +246,7 @@ class SlurmBackend:
         """How many more jobs (array elements count one each) the user may queue now."""
         if limits.max_submit_jobs is None:
             return None
-        res = self.transport.run(["squeue", "--noheader", "--array", "--me", "--format=%i"])
+        res = self.transport.run(["squeue", "--noheader", "--array", "--me", "--format=%i"], repeatable=True)
         queued = len(res.stdout.splitlines()) if res.returncode == 0 else 0
         return max(0, limits.max_submit_jobs - queued)
 

@@ -10,7 +10,7 @@ import re
 from typing import Iterable
 
 from ..errors import BackendError
-from .transport import Transport
+from ..transport import Transport
 
 _JOB_ID = re.compile(r"^\d+(_\d+|_\[[0-9,\-%:]+\])?$")
 _BENIGN = ("already completing or completed", "invalid job id", "job has already finished",
@@ -29,7 +29,7 @@ def scancel_argv(job_ids: Iterable[str] = (), name: str | None = None, user: str
 
 
 def _run(transport: Transport, argv: list[str]) -> None:
-    res = transport.run(argv)
+    res = transport.run(argv, repeatable=True)  # cancelling twice cancels nothing more
     messages = [line for line in (res.stderr or "").splitlines() if line.strip()]
     bad = [m for m in messages if not any(b in m.lower() for b in _BENIGN)]
     if res.returncode != 0 and (bad or not messages):

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BackendError, BadInput
+from ..transport import LocalTransport, Transport
 from .render import JobSpec, Resources, mem_mb, time_minutes
-from .transport import LocalTransport, Transport
 
 UNLIMITED_WORDS = {"UNLIMITED", "INFINITE", "NONE", "N/A", "(null)", ""}
 _KEY = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_/:.\[\]]*)=")
@@ -209,7 +209,7 @@ class ClusterLimits:
     def read(cls, transport: Transport, user: str | None = None) -> "ClusterLimits":
         """Ask the cluster (4-5 commands). ``user`` defaults to the transport's login user."""
         def run(argv: list[str], required: bool = True) -> str | None:
-            res = transport.run(argv)
+            res = transport.run(argv, repeatable=True)  # every ask only reads
             if res.returncode != 0:
                 if required:
                     res.check()

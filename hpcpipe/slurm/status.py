@@ -33,8 +33,8 @@ from typing import Iterable
 
 from ..errors import BackendError
 from ..jobstate import UNKNOWN, display, is_final, normalise
+from ..transport import Transport
 from .render import expand_indices
-from .transport import Transport
 
 SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Reason", "Elapsed", "NodeList", "Partition",
                 "JobName")
@@ -286,7 +286,7 @@ class JobWatcher:
         for start in range(0, len(names), 500):
             chunk = names[start:start + 500]
             self._count("squeue")
-            res = self.transport.run(squeue_argv(name=",".join(chunk), mine=True))
+            res = self.transport.run(squeue_argv(name=",".join(chunk), mine=True), repeatable=True)
             if res.returncode != 0:
                 raise BackendError(f"squeue failed: {(res.stderr or res.stdout).strip() or res.returncode}")
             rows += parse_squeue(res.stdout)
@@ -386,7 +386,7 @@ class JobWatcher:
     def _run_sacct(self, ids: list[str] | None = None, name: str | None = None,
                    since: str | None = None) -> list[JobState]:
         self._count("sacct")
-        res = self.transport.run(sacct_argv(ids or (), name=name, since=since))
+        res = self.transport.run(sacct_argv(ids or (), name=name, since=since), repeatable=True)
         if res.returncode != 0:
             message = (res.stderr or res.stdout).strip()
             if _no_accounting(message):
@@ -398,7 +398,7 @@ class JobWatcher:
 
     def _run_squeue(self, ids: list[str] | None = None, name: str | None = None) -> list[JobState]:
         self._count("squeue")
-        res = self.transport.run(squeue_argv(ids or (), name=name))
+        res = self.transport.run(squeue_argv(ids or (), name=name), repeatable=True)
         if res.returncode != 0:
             message = (res.stderr or res.stdout).strip()
             if _unknown_ids(message):  # every id asked is unknown to the controller

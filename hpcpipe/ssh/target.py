@@ -72,7 +72,7 @@ class RemoteTarget:
         """``run_dir`` as an absolute cluster path (a relative one is under the remote $HOME)."""
         if self.run_dir and self.run_dir.startswith("/"):
             return posixpath.normpath(self.run_dir)
-        home = transport.run(["sh", "-c", 'printf %s "$HOME"']).check().stdout.strip()
+        home = transport.run(["sh", "-c", 'printf %s "$HOME"'], repeatable=True).check().stdout.strip()
         if not home.startswith("/"):
             raise BadInput(f"cannot find the home folder on {self.label}; set run_dir for it")
         rel = self.run_dir or DEFAULT_RUN_DIR

@@ -15,10 +15,10 @@ Safety rules this module keeps:
   always refused.
 * Passwords and key passphrases are never logged nor shown in ``repr``.
 * A command that may have started when the connection dropped is never re-run blindly:
-  ``run`` retries only read-only queries (``squeue``, ``sacct``, ``sinfo``, ``scontrol show``
-  ...) and cancellations; ``sbatch`` goes through :func:`hpcpipe.ssh.submit.submit_once`,
-  which checks the cluster for what was already submitted; anything else raises
-  ``ConnectionLost`` (``.sent`` tells whether the command may have run).
+  ``run`` sends it again only when its caller said ``repeatable=True``; anything else raises
+  ``ConnectionLost`` (``.sent`` tells whether the command may have run). The transport knows
+  no command by name: a command that must run at most once brings its own protocol
+  (``hpcpipe.slurm.submit.submit_once`` for ``sbatch``).
 """
 from __future__ import annotations
 
@@ -37,17 +37,12 @@ from typing import Any
 import paramiko
 
 from ..errors import BackendError
-from ..slurm.transport import Result, Transport
+from ..transport import ConnectionLost, HostUnreachable, Result, Transport
 
 log = logging.getLogger("hpcpipe.ssh")
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_CONNECT_ATTEMPTS = 3
-
-#: commands ``run`` may repeat after a dropped connection (they change nothing, or
-#: repeating them changes nothing more)
-_READ_ONLY = {"squeue", "sacct", "sinfo", "sstat", "sprio", "sshare", "sdiag", "scancel"}
-_READ_ONLY_SUB = {"scontrol": {"show", "ping"}, "sacctmgr": {"show", "list"}}
 
 
 class HostKeyRejected(BackendError):
@@ -58,21 +53,6 @@ class AuthFailed(BackendError):
     """The server refused every key/agent identity offered."""
 
 
-class HostUnreachable(BackendError):
-    """No SSH connection could be made (network, DNS, refused, handshake) after retries."""
-
-
-class ConnectionLost(BackendError):
-    """The connection dropped during an operation.
-
-    ``sent`` is True when the remote command may have started (its effect is unknown).
-    """
-
-    def __init__(self, message: str, sent: bool = False):
-        super().__init__(message)
-        self.sent = sent
-
-
 def fingerprint(key: paramiko.PKey) -> str:
     """``ssh-ed25519 SHA256:...``, as ``ssh-keygen -lf`` and OpenSSH's warnings show it."""
     return f"{key.get_name()} {key.fingerprint}"
@@ -81,19 +61,6 @@ def fingerprint(key: paramiko.PKey) -> str:
 def _host_id(host: str, port: int) -> str:
     """The name known_hosts files use: ``host`` on port 22, else ``[host]:port``."""
     return host if port == 22 else f"[{host}]:{port}"
-
-
-def _is_read_only(argv: list[str]) -> bool:
-    if not argv:
-        return False
-    cmd = posixpath.basename(argv[0])
-    if cmd in _READ_ONLY:
-        return True
-    subs = _READ_ONLY_SUB.get(cmd)
-    if subs:
-        words = [a for a in argv[1:] if not a.startswith("-")]
-        return bool(words) and words[0] in subs
-    return False
 
 
 class _Policy(paramiko.MissingHostKeyPolicy):
@@ -123,6 +90,7 @@ class _Policy(paramiko.MissingHostKeyPolicy):
 class SSHTransport(Transport):
     """Runs commands and moves files on a cluster login node over one SSH connection.
 
+
     Arguments given here win over ``~/.ssh/config`` (``HostName``, ``User``, ``Port``,
     ``IdentityFile``, ``ProxyJump`` are read from it for ``host``), which wins over defaults.
     ``key_filename``: a private key file (or list); without it the agent and the keys from
@@ -132,6 +100,9 @@ class SSHTransport(Transport):
     ``proxy_jump``: ``[user@]host[:port]`` (comma-separated for several hops) to reach
     ``host`` through a direct-tcpip channel, like OpenSSH's ``-J``.
     """
+
+    #: a dropped connection can hide whether a command ran
+    lossy = True
 
     def __init__(self, host: str, user: str | None = None, port: int | None = None,
                  key_filename: str | list[str] | None = None, known_hosts: str | os.PathLike | None = None,
@@ -315,30 +286,28 @@ class SSHTransport(Transport):
                 self._jump = None
 
     # ------------------------------------------------------------------ commands
-    def run(self, argv: list[str], input: str | None = None, timeout: float = 120.0) -> Result:
+    def run(self, argv: list[str], input: str | None = None, timeout: float = 120.0, *,
+            repeatable: bool = False) -> Result:
         """Run ``argv`` on the login node (every argument quoted); never raises on exit codes.
 
-        ``sbatch`` is submitted through :func:`hpcpipe.ssh.submit.submit_once` (no double
-        submission when the connection drops); read-only queries are retried once on a new
-        connection; other commands raise ``ConnectionLost`` when the connection drops.
+        A command that never started (no channel) is tried once more on a new connection; one
+        the connection dropped under is sent again only when ``repeatable``, else
+        ``ConnectionLost(sent=True)`` is raised: it may have run.
         """
         argv = [str(a) for a in argv]
         if not argv:
             raise BackendError("empty command")
-        if posixpath.basename(argv[0]) == "sbatch":
-            from .submit import submit_once
-            return submit_once(self, argv, input=input, timeout=timeout)
         try:
-            return self.run_raw(argv, input=input, timeout=timeout)
+            return self._run_once(argv, input, timeout)
         except ConnectionLost as exc:
-            if exc.sent and not _is_read_only(argv):
+            if exc.sent and not repeatable:
                 raise
             log.info("%s: %s; retrying on a new connection", argv[0], exc)
-            return self.run_raw(argv, input=input, timeout=timeout)
+            return self._run_once(argv, input, timeout)
 
-    def run_raw(self, argv: list[str], input: str | None = None, timeout: float = 120.0) -> Result:
+    def _run_once(self, argv: list[str], input: str | None, timeout: float) -> Result:
         """Run once, no retry after the command was sent (``ConnectionLost.sent`` says so)."""
-        command = shlex.join(str(a) for a in argv)
+        command = shlex.join(argv)
         chan = self._open_channel()
         try:
             try:

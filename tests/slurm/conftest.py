@@ -19,7 +19,7 @@ from hpcpipe.slurm import cancel as slurm_cancel
 from hpcpipe.slurm.profiles import Profile
 from hpcpipe.slurm.render import JobSpec, job_script
 from hpcpipe.slurm.submit import submit
-from hpcpipe.slurm.transport import LocalTransport
+from hpcpipe.transport import LocalTransport
 from tests.alyx_server.fixtures import alyx_client_kind, alyx_fresh_server  # noqa: F401 (test_alyx_backfill)
 
 _CONFIG_KEYS = ("PROFILE", "PROFILE_DIRS", "PARTITION", "ACCOUNT", "QOS", "CONSTRAINT")

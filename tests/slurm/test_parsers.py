@@ -22,7 +22,7 @@ from hpcpipe.slurm.limits import (
 from hpcpipe.slurm.render import JobSpec
 from hpcpipe.slurm.status import JobWatcher, parse_sacct, parse_squeue, sacct_argv
 from hpcpipe.slurm.submit import format_command, parse_job_id, sbatch_argv
-from hpcpipe.slurm.transport import Result, Transport
+from hpcpipe.transport import Result, Transport
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -97,7 +97,8 @@ class Recorded(Transport):
         self.answers = answers  # list of (prefix, Result-ish tuple)
         self.calls: list[list[str]] = []
 
-    def run(self, argv, input=None, timeout=120.0):
+    def run(self, argv, input=None, timeout=120.0, *, repeatable=False):
+        assert repeatable, argv  # every command the watcher sends is a query
         self.calls.append(argv)
         for prog, (rc, out, err) in self.answers:
             if argv[0] == prog:

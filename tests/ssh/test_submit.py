@@ -1,5 +1,9 @@
 """sbatch through SSH against the real test SLURM cluster: complete, inert injection, and no
-duplicate job when the connection is cut mid-submission."""
+duplicate job when the connection is cut mid-submission.
+
+The transport runs whatever it is given; the once-only protocol is ``hpcpipe.slurm.submit``'s:
+``submit`` (the SLURM backend's path) sends sbatch through ``submit_once`` because an
+``SSHTransport`` is ``lossy``."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from hpcpipe.errors import BackendError
-from hpcpipe.ssh import SSHTransport, submit_once, submit_script_once
+from hpcpipe.slurm.submit import submit, submit_once
+from hpcpipe.ssh import ConnectionLost, SSHTransport
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +29,7 @@ def _wait_state(t, job_id: str, want: set[str], timeout: float = 60) -> str:
     end = time.monotonic() + timeout
     state = ""
     while time.monotonic() < end:
-        r = t.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"])
+        r = t.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"], repeatable=True)
         state = r.stdout.strip().split("\n")[0].split(" ")[0] if r.returncode == 0 else ""
         if state in want:
             return state
@@ -33,9 +38,9 @@ def _wait_state(t, job_id: str, want: set[str], timeout: float = 60) -> str:
 
 
 def _jobs_named(t, name: str) -> set[str]:
-    q = t.run(["squeue", "-h", "-t", "all", "--name", name, "-o", "%i"]).check()
+    q = t.run(["squeue", "-h", "-t", "all", "--name", name, "-o", "%i"], repeatable=True).check()
     ids = set(q.stdout.split())
-    a = t.run(["sacct", "-X", "-n", "-P", "--name", name, "-S", "now-1hours", "-o", "JobID"])
+    a = t.run(["sacct", "-X", "-n", "-P", "--name", name, "-S", "now-1hours", "-o", "JobID"], repeatable=True)
     if a.returncode == 0:
         ids |= set(a.stdout.split())
     return ids
@@ -45,19 +50,21 @@ def test_sbatch_over_ssh_completes(transport, slurm_remote, tmp_path, token):
     if not slurm_remote["sacct"]:
         pytest.skip("the test cluster runs without accounting: no sacct")
     script = tmp_path / "job.sh"
-    transport.write_file(str(script), SCRIPT, 0o755)
-    r = transport.run(["sbatch", "--parsable", "-J", f"hp-{token}", "-o", str(tmp_path / "out.log"), str(script)])
-    r.check()
-    job_id = r.stdout.strip()
-    assert job_id.isdigit() and r.stderr == ""
+    job_id = submit(transport, SCRIPT, str(script), ["-J", f"hp-{token}", "-o", str(tmp_path / "out.log")])
+    assert job_id.isdigit() and script.read_text() == SCRIPT
     assert _wait_state(transport, job_id, {"COMPLETED", "FAILED", "CANCELLED"}) == "COMPLETED"
     assert transport.connect_count == 1
+    # the wrapper gives back sbatch's own result, its trailer taken off
+    r = submit_once(transport, ["sbatch", "--parsable", "-J", f"hp-{token}-w", "-o", "/dev/null", str(script)])
+    assert r.check().stdout.strip().isdigit() and r.stderr == ""
     # script on stdin works too (saved whole on the cluster side before sbatch reads it)
-    r = transport.run(["sbatch", "--parsable", "-J", f"hp-{token}-stdin", "-o", "/dev/null"], input=SCRIPT)
+    r = submit_once(transport, ["sbatch", "--parsable", "-J", f"hp-{token}-stdin", "-o", "/dev/null"], input=SCRIPT)
     assert r.check().stdout.strip().isdigit()
     # a failing sbatch keeps its own exit code and message
-    r = transport.run(["sbatch", "--parsable", "--partition", "no-such-partition", str(script)])
+    r = submit_once(transport, ["sbatch", "--parsable", "--partition", "no-such-partition", str(script)])
     assert r.returncode != 0 and "partition" in r.stderr.lower() and "@@hpcpipe" not in r.stderr
+    with pytest.raises(BackendError, match="partition"):
+        submit(transport, SCRIPT, str(script), ["--partition", "no-such-partition"])
 
 
 def test_injection_inert(transport, slurm_remote, tmp_path, token):
@@ -73,9 +80,8 @@ def test_injection_inert(transport, slurm_remote, tmp_path, token):
     assert transport.run(["ls", str(session)]).stdout == "job.sh\n"
     tricky = evil + "\\ \n$(touch x)"
     assert transport.run(["printf", "%s", tricky]).stdout == tricky
-    r = transport.run(["sbatch", "--parsable", "-J", f"hp-{token} $(touch {pwned}4)",
-                       "-o", str(session / "slurm.log"), str(session / "job.sh")])
-    job_id = r.check().stdout.strip()
+    job_id = submit(transport, SCRIPT, str(session / "job.sh"),
+                    ["-J", f"hp-{token} $(touch {pwned}4)", "-o", str(session / "slurm.log")])
     if slurm_remote["sacct"]:
         assert _wait_state(transport, job_id, {"COMPLETED", "FAILED"}) == "COMPLETED"
     else:
@@ -94,10 +100,12 @@ def test_same_token_submits_once(transport, slurm_remote, tmp_path, token):
     again = submit_once(transport, argv, token=token, marker_dir=str(tmp_path / "m"))
     assert first.check().stdout == again.stdout and first.stdout.strip().isdigit()
     assert _jobs_named(transport, f"hp-{token}") == {first.stdout.strip()}
-    # the convenience form: write the script, submit once, get the id
-    jid = submit_script_once(transport, str(tmp_path / "b" / "job.sh"), SCRIPT,
-                             ["-J", f"hp-{token}-b", "-o", "/dev/null"], token=token + "b")
+    # the backend's form: write the script, submit once, get the id; the same token, the same job
+    args = (transport, SCRIPT, str(tmp_path / "b" / "job.sh"), ["-J", f"hp-{token}-b", "-o", "/dev/null"])
+    jid = submit(*args, token=token + "b", marker_dir=str(tmp_path / "b" / ".submissions"))
+    assert jid == submit(*args, token=token + "b", marker_dir=str(tmp_path / "b" / ".submissions"))
     assert jid.isdigit() and (tmp_path / "b" / ".submissions" / f"{token}b.rc").read_text() == "0\n"
+    assert _jobs_named(transport, f"hp-{token}-b") == {jid}
 
 
 class _CutMidSbatch(SSHTransport):
@@ -135,18 +143,39 @@ class _CutMidSbatch(SSHTransport):
             threading.Thread(target=restart, daemon=True).start()
 
 
+class _CutAfterSend(SSHTransport):
+    """Cuts the connection once, a moment after the first command was sent."""
+
+    def _after_exec(self, chan, argv):
+        if not getattr(self, "_done", False):
+            self._done = True
+            time.sleep(0.5)
+            self._client.get_transport().sock.close()
+
+
 def test_cut_right_after_sending_sbatch(make_transport, slurm_remote, tmp_path, token):
-    """The plain path the SLURM backend takes: transport.run(["sbatch", ...])."""
+    """The path the SLURM backend takes, ``slurm.submit.submit``: one job despite the cut."""
     t = make_transport(cls=_CutMidSbatch)
     t.wait_for_lock = False
-    script = tmp_path / "job.sh"
-    t.write_file(str(script), SCRIPT, 0o755)
     name = f"hp-{token}"
-    r = t.run(["sbatch", "--parsable", "-J", name, "-o", "/dev/null", str(script)])
-    job_id = r.check().stdout.strip()
+    job_id = submit(t, SCRIPT, str(tmp_path / "job.sh"), ["-J", name, "-o", "/dev/null"])
     assert job_id.isdigit()
     assert t.connect_count == 2  # the cut happened and a new connection was made
     assert _jobs_named(t, name) == {job_id}  # exactly one job
+
+
+def test_plain_sbatch_cut_is_not_repeated_by_the_transport(make_transport, slurm_remote, tmp_path, token):
+    """Without the protocol, the transport does not send sbatch again on its own: it says the
+    command may have run (the transport knows no command by name)."""
+    t = make_transport(cls=_CutAfterSend)
+    script = tmp_path / "job.sh"
+    t.write_file(str(script), SCRIPT, 0o755)
+    name = f"hp-{token}"
+    with pytest.raises(ConnectionLost) as ei:
+        t.run(["sbatch", "--parsable", "-J", name, "-o", "/dev/null", str(script)])
+    assert ei.value.sent
+    time.sleep(2)  # let sbatch, if it started, finish
+    assert len(_jobs_named(t, name)) <= 1  # sent at most once; never twice
 
 
 def test_cut_while_sbatch_runs_socket_closed(make_transport, slurm_remote, tmp_path, token, caplog):
@@ -157,7 +186,7 @@ def test_cut_while_sbatch_runs_socket_closed(make_transport, slurm_remote, tmp_p
     # a slow sbatch (1 s), so the connection is cut while it runs, before its output is read
     argv = ["sh", "-c", 'sleep 1; exec sbatch "$@"', "sbatch", "--parsable", "-J", name, "-o", "/dev/null",
             str(script)]
-    with caplog.at_level(logging.WARNING, logger="hpcpipe.ssh"):
+    with caplog.at_level(logging.WARNING, logger="hpcpipe.slurm.submit"):
         r = submit_once(t, argv, marker_dir=str(tmp_path / "markers"))
     job_id = r.check().stdout.strip()
     assert job_id.isdigit()
@@ -180,7 +209,7 @@ def test_cut_mid_submission_sshd_stopped(make_transport, private_sshd, slurm_rem
     argv = ["sh", "-c", 'sleep 1; exec sbatch "$@"', "sbatch", "--parsable", "-J", name, "-o", "/dev/null",
             str(script)]
     t0 = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="hpcpipe.ssh"):
+    with caplog.at_level(logging.WARNING, logger="hpcpipe.slurm.submit"):
         r = submit_once(t, argv, marker_dir=str(tmp_path / "markers"))
     job_id = r.check().stdout.strip()
     assert job_id.isdigit() and time.monotonic() - t0 < 30

@@ -113,12 +113,36 @@ def test_cut_during_command_not_rerun(make_transport, tmp_path):
     assert t.run(["echo", "ok"]).stdout == "ok\n"  # next call reconnects
 
 
-def test_cut_during_read_only_query_retried(make_transport):
+class _CutOnceStarted(SSHTransport):
+    """Closes its own socket once the first command has visibly started (``started`` exists)."""
+
+    started: Path
+
+    def _after_exec(self, chan, argv):
+        if not getattr(self, "_done", False):
+            self._done = True
+            end = time.monotonic() + 20
+            while not self.started.exists() and time.monotonic() < end:
+                time.sleep(0.02)
+            self._client.get_transport().sock.close()
+
+
+def test_cut_during_repeatable_command_sent_again(make_transport, tmp_path):
+    t = make_transport(cls=_CutOnceStarted)
+    counter = t.started = tmp_path / "runs"
+    # the caller says the command may run twice: it is sent again on a new connection
+    r = t.run(["sh", "-c", 'echo x >> "$1"; sleep 1; echo done', "sh", str(counter)], repeatable=True)
+    assert r.stdout == "done\n" and t.connect_count == 2
+    assert counter.read_text() == "x\nx\n"  # the cut one had started: it ran, then ran again
+
+
+def test_transport_knows_no_command_by_name(make_transport):
+    # a SLURM query is not repeated unless its caller says so: the transport has no list of commands
     t = make_transport(cls=_CutAfterExec)
-    t.delay = 0
-    # "sinfo" is a read-only query: repeated on a new connection (any exit code will do here)
-    r = t.run(["sinfo", "--version"])
-    assert t.connect_count == 2 and r.returncode in (0, 1, 127)
+    t.delay = 0  # cut before any answer can arrive
+    with pytest.raises(ConnectionLost) as ei:
+        t.run(["sinfo", "--version"])
+    assert ei.value.sent and t.connect_count == 1
 
 
 # ---------------------------------------------------------------- host keys
