@@ -94,6 +94,8 @@ class Backend(Protocol):
     name: str
     #: what it does with a plan, for "nothing to ..." ("run" here, "submit" to a scheduler)
     verb: str
+    #: the ``--remote`` target it submits through (recorded with every job); None: this machine
+    remote: str | None
 
     def check(self, tasks: list[dict], dry_run: bool = False) -> None:
         """Refuse, before anything is recorded, a task this backend cannot run."""

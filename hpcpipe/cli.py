@@ -117,8 +117,6 @@ def _checked(args, store, ledger, sessions, pipelines: dict[str, list[int]]):
 
     backend = _backend(args, store, ledger, [getattr(s, "path", s) for s in sessions])
     dry = args.dry_run or bool(getattr(args, "emit", None))
-    if backend.name == "slurm" and not dry:
-        _ = backend.limits  # the cluster answers, before anything is recorded
     for pipeline, ks in pipelines.items():
         check_sessions([sessions[k] for k in ks], pipeline, store, lambda tasks: backend.check(tasks, dry_run=dry))
     return backend
@@ -599,11 +597,8 @@ def _defer_records(args, store, backend) -> bool:
     """Whether a backfill queues first and makes its records afterwards (``hpcpipe.recorder``):
     on Alyx (no bulk create, a throttle), submitting from this machine (the recorder and the jobs
     share the run folder), unless ``[alyx] defer_records = false``."""
-    from .transport import LocalTransport
-
     return (getattr(store, "kind", "") == "alyx" and not args.dry_run and not _packed(args)
-            and isinstance(backend.transport, LocalTransport)
-            and bool(config.get("alyx", "defer_records", True)))
+            and backend.remote is None and bool(config.get("alyx", "defer_records", True)))
 
 
 def cmd_cancel(args) -> int:

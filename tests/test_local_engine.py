@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hpcpipe.demo.session import make_session
+from hpcpipe.ledger import Ledger
 from tests.cliutil import run_hpcpipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,6 +165,26 @@ def test_cancel_from_another_shell_stops_a_local_run_as_ctrl_c_would(env, sessio
     assert not task_processes(env["HPCPIPE_HOME"])
     assert {r["status"] for r in status(env, session).values()} == {"Waiting"}
     assert "no live job matches" in hp(env, "cancel", "--session", str(session), check=True).stdout
+
+
+def test_two_concurrent_cancels_stop_each_job_once(env, session):
+    """Two ``hpcpipe cancel`` of one run at the same moment: the lock orders them, the first stops
+    the engine and returns once it has ended, so the second finds nothing live to signal again."""
+    proc = _spawn_submit(env, session, "tests.sample_pipelines.LongPipeline")
+    _wait_started(env, session, 2)
+    (run,) = {j.run_id for j in Ledger(Path(env["HPCPIPE_HOME"]) / "jobs.sqlite").live("local")}
+    argv = [sys.executable, "-m", "hpcpipe.cli", "cancel", "--run", run]
+    cancels = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outs = [c.communicate(timeout=120) for c in cancels]
+    assert [c.returncode for c in cancels] == [0, 0], outs
+    assert all(line.startswith("hpcpipe: waiting for another") for _, err in outs for line in err.splitlines()), outs
+    assert sorted(out.strip() for out, _ in outs) == ["cancelled 3 job(s)", "no live job matches"], outs
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert err.count("stopped by signal") <= 1, err
+    assert not task_processes(env["HPCPIPE_HOME"])
+    assert {r["status"] for r in status(env, session).values()} == {"Waiting"}
 
 
 def test_sigkill_of_a_task_process_is_recorded_errored(env, session):

@@ -43,6 +43,9 @@ from ..store import health, outbox
 _logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 KILL_GRACE_SECS = 5.0
+#: how long ``hpcpipe cancel`` waits for a signalled engine to stop its tasks (each gets
+#: ``KILL_GRACE_SECS`` after SIGTERM, all at once)
+CANCEL_WAIT_SECS = KILL_GRACE_SECS + 10.0
 #: how often the scheduling loop looks whether queued reports can be replayed (seconds)
 REPLAY_CHECK_SECS = 2.0
 
@@ -81,11 +84,24 @@ def engine_pid(job: JobRecord) -> int | None:
     pid = (job.script or "").partition("engine:")[2]
     if pid == str(os.getpid()):
         return os.getpid()
+    return int(pid) if pid.isdigit() and b"hpcpipe" in _cmdline(int(pid)) else None
+
+
+def _wait_ended(pids: set[int], limit: float) -> None:
+    """Wait until none of ``pids`` (not our children) runs any more, at most ``limit`` seconds.
+    An ended process whose parent has not reaped it yet has an empty command line: ended."""
+    end = time.monotonic() + limit
+    while pids and time.monotonic() < end:
+        pids = {pid for pid in pids if _cmdline(pid)}
+        if pids:
+            time.sleep(0.05)
+
+
+def _cmdline(pid: int) -> bytes:
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes() if pid.isdigit() else b""
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return int(pid) if b"hpcpipe" in argv else None
+        return b""
 
 
 @dataclass
@@ -120,6 +136,8 @@ class LocalEngine:
     backend: str = "local"
     #: what it does with a plan ("nothing to run")
     verb = "run"
+    #: it runs on this machine, never through a ``--remote`` target
+    remote = None
     _replayer: threading.Thread | None = field(default=None, repr=False)
     _replay_checked: float = field(default=0.0, repr=False)
 
@@ -175,16 +193,24 @@ class LocalEngine:
 
         An engine stops as on Ctrl-C: its running tasks are stopped and go back to Waiting, the
         others are not started. A task's own process is not signalled alone: the engine would
-        take its death for a failure and hold its children. Returns the jobs of those engines.
+        take its death for a failure and hold its children. Returns the jobs of those engines,
+        once the engines have ended (at most ``CANCEL_WAIT_SECS``): the caller holds the
+        submission lock, so a second ``hpcpipe cancel`` then finds those jobs ended, and
+        signals and counts none of them again.
         """
         jobs = list(jobs)
         for run in runs:
             jobs += [j for j in self.ledger.run(run) if j.backend == self.name and j.live and j not in jobs]
-        engines = {pid for pid in map(engine_pid, jobs) if pid}
+        engine_of = {}  # one /proc read per engine, however many jobs it runs
+        for job in jobs:
+            if job.script not in engine_of:
+                engine_of[job.script] = engine_pid(job)
+        engines = {pid for pid in engine_of.values() if pid}
         for pid in engines:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        return len([j for j in jobs if engine_pid(j) in engines])
+        _wait_ended(engines - {os.getpid()}, CANCEL_WAIT_SECS)
+        return len([j for j in jobs if engine_of[j.script] in engines])
 
     def needs(self, task: dict) -> dict[str, float]:
         """What a task takes from the budget (a GPU task on a GPU-less machine: one CPU-GPU slot)."""

@@ -159,7 +159,10 @@ class SlurmBackend:
 
     def check(self, tasks: Iterable[dict], dry_run: bool = False) -> None:
         """Refuse, before anything is recorded, a task its partition cannot run (one check per
-        distinct set of resources). A dry run only warns when the cluster cannot be asked."""
+        distinct set of resources), and a cluster that does not answer, even with nothing to
+        check. A dry run only warns when the cluster cannot be asked."""
+        if not dry_run:
+            _ = self.limits  # raises BackendError (one line) when the cluster cannot be asked
         distinct = {tuple(map(t.get, _RESOURCE_FIELDS)): t for t in tasks}
         self._check_or_warn([self._spec("check", "/check", t, ["true"], "x") for t in distinct.values()], dry_run)
 
@@ -711,7 +714,10 @@ class SlurmBackend:
         unrecorded: set[str] = set()
         if runs:
             found = {st.array_job_id for st in self.find_runs(self.watcher(), runs) if not st.final}
-            unrecorded = found - ids - {j.job_id for j in jobs}
+            # jobs the ledger knows already ended (or were cancelled by a concurrent cancel whose
+            # jobs squeue still shows completing) are not unrecorded ones
+            known = {j.job_id for run in runs for j in self.ledger.run(run) if j.job_id}
+            unrecorded = found - ids - {j.job_id for j in jobs} - known
         if ids | unrecorded:
             cancel(self.transport, sorted(ids | unrecorded))
         for j in jobs:

@@ -145,6 +145,32 @@ def test_a_held_lock_gives_one_clear_line_after_a_bounded_wait(env, tmp_path):
     assert ld.live() == []
 
 
+def test_two_concurrent_cancels_of_a_run_cancel_each_job_once(env, tmp_path):
+    """Two ``hpcpipe cancel --run`` at once while the run's jobs run: the lock orders them, the
+    second finds the ledger's jobs cancelled (even those squeue still shows completing) and
+    cancels nothing again; no task is left Started."""
+    session = session_dirs(tmp_path / "data", 1)[0]
+    hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.LongPipeline",
+       "--backend", "slurm")
+    (run,) = _runs(env)
+    end = time.monotonic() + 120
+    while not any(r["state"] == "RUNNING" for r in squeue_live({run})) and time.monotonic() < end:
+        time.sleep(0.5)
+    assert any(r["state"] == "RUNNING" for r in squeue_live({run})), squeue_live({run})
+    argv = [sys.executable, "-m", "hpcpipe.cli", "cancel", "--run", run]
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert all(line.startswith("hpcpipe: waiting for another") for _, err in outs for line in err.splitlines()), outs
+    assert sorted(out.strip() for out, _ in outs) == ["cancelled 3 job(s)", "no live job matches"], outs
+    assert squeue_live({run}) == []
+    hp(env, "status")
+    tasks = SQLiteStore(Path(env["HPCPIPE_HOME"]) / "tasks.sqlite").list_tasks()
+    assert len(tasks) == 3 and "Started" not in {t["status"] for t in tasks}, tasks
+    assert ledger(env).live() == []
+
+
 # ------------------------------------------------------------------ 4. refusals change nothing
 def snapshot(env) -> dict:
     home = Path(env["HPCPIPE_HOME"])
@@ -155,7 +181,22 @@ def snapshot(env) -> dict:
     return files
 
 
-@pytest.mark.parametrize("case", ["ram", "time", "profile", "path", "pipeline", "status"])
+def _unreachable_cluster(env, tmp_path) -> dict:
+    """``env`` with a slurm.conf naming a controller port nobody listens on: the real SLURM
+    client tools, a cluster that does not answer."""
+    conf = Path(env["SLURM_CONF"])
+    copy = tmp_path / "gone" / "slurm.conf"
+    copy.parent.mkdir()
+    text = re.sub(r"(?m)^SlurmctldPort=\d+", "SlurmctldPort=1", conf.read_text())
+    assert text != conf.read_text()
+    copy.write_text(text)
+    for other in conf.parent.glob("*.conf"):
+        if other.name != "slurm.conf":
+            (copy.parent / other.name).write_text(other.read_text())
+    return dict(env, SLURM_CONF=str(copy))
+
+
+@pytest.mark.parametrize("case", ["ram", "time", "profile", "path", "pipeline", "status", "cluster"])
 def test_refused_submission_changes_no_byte(env, tmp_path, case):
     first, second = session_dirs(tmp_path / "data", 2)
     # held: no job of the first session runs and writes its files while the two snapshots are taken
@@ -172,9 +213,12 @@ def test_refused_submission_changes_no_byte(env, tmp_path, case):
                      "--pipeline", "tests.sample_pipelines.LongPipeline"],
             "pipeline": ["--session", str(second), "--pipeline", "tests.sample_pipelines.NoSuchPipeline"],
             "status": ["--session", str(second), "--pipeline", "tests.sample_pipelines.LongPipeline",
-                       "--status", "Finished"]}[case]
-    proc = hp(env, "submit", *args, "--backend", "slurm", check=False)
+                       "--status", "Finished"],
+            "cluster": ["--session", str(second), "--pipeline", "tests.sample_pipelines.LongPipeline"]}[case]
+    proc = hp(_unreachable_cluster(env, tmp_path) if case == "cluster" else env, "submit", *args, "--backend", "slurm",
+              check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert case != "cluster" or "unable to contact slurm controller" in proc.stderr.lower(), proc.stderr
     assert len([ln for ln in proc.stderr.splitlines() if ln.strip()]) == 1, proc.stderr
     after = snapshot(env)
     assert after.keys() == before.keys()
