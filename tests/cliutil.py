@@ -16,6 +16,18 @@ def run_hpcpipe(env: dict, *args: str, check: bool = True, timeout: float = 300)
     return proc
 
 
+def concurrent_cancels(env: dict, run: str, n: int = 2, timeout: float = 300) -> list[str]:
+    """``n`` ``hpcpipe cancel --run RUN`` started at the same moment; their stdout, sorted, once
+    each has exited 0 printing nothing on stderr but the lock's "waiting" line."""
+    argv = [sys.executable, "-m", "hpcpipe.cli", "cancel", "--run", run]
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(n)]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, outs
+    assert all(line.startswith("hpcpipe: waiting for another") for _, err in outs for line in err.splitlines()), outs
+    return sorted(out.strip() for out, _ in outs)
+
+
 def cancel_left_jobs(home: str | Path) -> None:
     """Teardown: scancel the SLURM jobs a (failed) test left live in the ledger under ``home``."""
     ledger = Path(home) / "jobs.sqlite"

@@ -14,7 +14,7 @@ import pytest
 
 from hpcpipe.demo.session import make_session
 from hpcpipe.ledger import Ledger
-from tests.cliutil import run_hpcpipe
+from tests.cliutil import concurrent_cancels, run_hpcpipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,13 +173,7 @@ def test_two_concurrent_cancels_stop_each_job_once(env, session):
     proc = _spawn_submit(env, session, "tests.sample_pipelines.LongPipeline")
     _wait_started(env, session, 2)
     (run,) = {j.run_id for j in Ledger(Path(env["HPCPIPE_HOME"]) / "jobs.sqlite").live("local")}
-    argv = [sys.executable, "-m", "hpcpipe.cli", "cancel", "--run", run]
-    cancels = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]
-    outs = [c.communicate(timeout=120) for c in cancels]
-    assert [c.returncode for c in cancels] == [0, 0], outs
-    assert all(line.startswith("hpcpipe: waiting for another") for _, err in outs for line in err.splitlines()), outs
-    assert sorted(out.strip() for out, _ in outs) == ["cancelled 3 job(s)", "no live job matches"], outs
+    assert concurrent_cancels(env, run) == ["cancelled 3 job(s)", "no live job matches"]
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert err.count("stopped by signal") <= 1, err

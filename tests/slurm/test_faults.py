@@ -20,7 +20,7 @@ import pytest
 from hpcpipe.jobside.runfolder import load_session_entry
 from hpcpipe.ledger import Ledger
 from hpcpipe.store.sqlite import SQLiteStore
-from tests.cliutil import cancel_left_jobs
+from tests.cliutil import cancel_left_jobs, concurrent_cancels
 from tests.cliutil import run_hpcpipe as hp
 
 pytestmark = pytest.mark.slurm
@@ -157,13 +157,7 @@ def test_two_concurrent_cancels_of_a_run_cancel_each_job_once(env, tmp_path):
     while not any(r["state"] == "RUNNING" for r in squeue_live({run})) and time.monotonic() < end:
         time.sleep(0.5)
     assert any(r["state"] == "RUNNING" for r in squeue_live({run})), squeue_live({run})
-    argv = [sys.executable, "-m", "hpcpipe.cli", "cancel", "--run", run]
-    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    assert all(line.startswith("hpcpipe: waiting for another") for _, err in outs for line in err.splitlines()), outs
-    assert sorted(out.strip() for out, _ in outs) == ["cancelled 3 job(s)", "no live job matches"], outs
+    assert concurrent_cancels(env, run) == ["cancelled 3 job(s)", "no live job matches"]
     assert squeue_live({run}) == []
     hp(env, "status")
     tasks = SQLiteStore(Path(env["HPCPIPE_HOME"]) / "tasks.sqlite").list_tasks()
