@@ -151,8 +151,9 @@ def remote_backend(remote: str, store, ledger: Ledger, profile: str | None = Non
 def refresh_all(store, ledger: Ledger, backend=None, remotes: dict | None = None) -> RefreshReport:
     """The local engine's refresh, then one per SLURM cluster this machine submitted to (one
     backend, one transport, one batched query each). ``backend``: one already open, reused for
-    its cluster; ``remotes``: open remote backends kept by the caller across polls (``status
-    --watch`` keeps one SSH connection for all its polls). Returns a merged ``RefreshReport``."""
+    its cluster; ``remotes``: the SLURM backends kept by the caller across polls, by ``--remote``
+    target (None: this machine's): ``status --watch`` keeps one backend per cluster, so one
+    watcher and, remotely, one SSH connection for all its polls. Returns a merged ``RefreshReport``."""
     from .engines.local import LocalEngine
 
     report = LocalEngine(store, ledger).refresh()
@@ -163,17 +164,15 @@ def refresh_all(store, ledger: Ledger, backend=None, remotes: dict | None = None
 
 def _slurm_for(remote: str | None, store, ledger: Ledger, backend=None, remotes: dict | None = None):
     """The SLURM backend of ``remote`` (None: this machine): ``backend`` if it is that one, else
-    one from ``remotes`` (opened and kept there), else a new one."""
+    one from ``remotes`` (opened and kept there, this machine's too), else a new one."""
     from .slurm.backend import SlurmBackend
 
     if getattr(backend, "name", None) == "slurm" and backend.remote == remote:
         return backend
-    if remote is None:
-        return SlurmBackend(store, ledger)
     if remotes is None:
-        return remote_backend(remote, store, ledger)
+        return SlurmBackend(store, ledger) if remote is None else remote_backend(remote, store, ledger)
     if remote not in remotes:
-        remotes[remote] = remote_backend(remote, store, ledger)
+        remotes[remote] = SlurmBackend(store, ledger) if remote is None else remote_backend(remote, store, ledger)
     return remotes[remote]
 
 

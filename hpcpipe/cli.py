@@ -412,7 +412,7 @@ def cmd_status(args) -> int:
     from .store import health
 
     health.brief(store)  # an unreachable store: local knowledge at once, not the retry budget per read
-    remotes: dict = {}  # one SSH connection per cluster for every poll of --watch
+    remotes: dict = {}  # one SLURM backend per cluster (one watcher, one SSH connection) for every poll
     try:
         while True:
             try:

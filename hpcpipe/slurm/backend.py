@@ -112,6 +112,7 @@ class SlurmBackend:
         #: seconds a job may stay unknown to SLURM (or NODE_FAIL/PREEMPTED, not requeued) before it is lost
         self.lost_after = float(config.get("slurm", "lost_after_secs", jobstate.LOST_AFTER_SECS))
         self._limits: ClusterLimits | None = None
+        self._watcher: JobWatcher | None = None
         self._binds: list[str] = []
 
     # ------------------------------------------------------------------ helpers
@@ -440,7 +441,12 @@ class SlurmBackend:
 
     # ------------------------------------------------------------------ after submission
     def watcher(self) -> JobWatcher:
-        return JobWatcher(self.transport)
+        """This backend's one watcher, kept for every refresh it makes (``status --watch`` polls
+        through one backend per cluster): final states are not asked again, and accounting
+        that did not answer is asked again only after the watcher's back-off."""
+        if self._watcher is None:
+            self._watcher = JobWatcher(self.transport)
+        return self._watcher
 
     def refresh(self) -> RefreshReport:
         """Fold job results into the store, ask SLURM about live jobs (one batched query), and
@@ -462,7 +468,9 @@ class SlurmBackend:
         report.folded = len(folded)
         intents = ledger.jobs_of(BACKEND, remote, INTENT)
         watcher = self.watcher()
+        asked = watcher.queries
         watched = ledger.watch_list(BACKEND, remote)
+        watcher.retain(job_id for job_id, _, _ in watched)  # a kept watcher: nothing the ledger has closed is asked
         for job_id, run_id, indices in watched:
             watcher.watch(job_id, indices=indices, name=run_id)
         try:
@@ -471,7 +479,7 @@ class SlurmBackend:
                 self._resolve_intents(intents, watcher, folded, report)
         except BackendError as exc:
             report.notes.append(f"SLURM did not answer ({exc}); job states not refreshed")
-            report.queries = watcher.queries
+            report.queries = watcher.queries - asked
             return report
         if watcher.fallback:
             report.notes.append(watcher.fallback)
@@ -501,7 +509,7 @@ class SlurmBackend:
                     or st.state in jobstate.DOUBTFUL or (task_id, run_id) in folded):
                 news.append(rowid)
         self._handle(ledger.by_rowid(news), states, folded, watcher, report)
-        report.queries = watcher.queries
+        report.queries = watcher.queries - asked
         return report
 
     def _handle(self, jobs: list[JobRecord], states: dict[str, JobState], folded: dict, watcher: JobWatcher,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..errors import BackendError
 from ..jobstate import UNKNOWN, display, is_final, normalise
@@ -218,17 +218,30 @@ def _unknown_ids(message: str) -> bool:
 
 
 # ------------------------------------------------------------------ the watcher
+#: the first wait before sacct is asked again after it did not answer, and the longest
+SACCT_BACKOFF_SECS, SACCT_BACKOFF_MAX_SECS = 10.0, 300.0
+
+
 class JobWatcher:
     """Follows many jobs with one SLURM query per poll.
 
     ``watch(ids)`` adds submitted job ids (plain jobs or array job ids); ``poll()`` asks SLURM
     about the ones not yet final and returns every known state by job id (array elements as
-    ``123_4``). ``discover(name)`` finds the jobs of a run by job name.
+    ``123_4``). ``discover(name)`` finds the jobs of a run by job name. One watcher is meant to
+    serve every poll of a command (submitit's habit): final states are never asked again, a
+    cluster without accounting is found out once, and accounting that does not answer is asked
+    again after a back-off rather than at every poll.
     """
 
     def __init__(self, transport: Transport, use_sacct: bool | None = None,
-                 max_ids_per_query: int = 5000, pending_reasons: bool = True) -> None:
+                 max_ids_per_query: int = 5000, pending_reasons: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.transport = transport
+        self.clock = clock
+        #: accounting that did not answer is asked again only after this many seconds (doubling
+        #: from ``SACCT_BACKOFF_SECS`` to ``SACCT_BACKOFF_MAX_SECS``); squeue answers meanwhile
+        self.sacct_backoff = 0.0
+        self._sacct_again_at = 0.0
         #: refresh PENDING jobs from squeue (sacct keeps the reason of the last DB update)
         self.pending_reasons = pending_reasons
         #: None = try sacct, fall back to squeue when accounting is absent
@@ -265,9 +278,26 @@ class JobWatcher:
                 raise BackendError(f"not a SLURM job id: {jid!r}")
             self._keys.setdefault(jid, None)
             if indices is not None:
-                self._keys[jid] = set(int(i) for i in indices)
+                indices = set(int(i) for i in indices)
+                if indices != self._keys[jid]:
+                    self._done.discard(jid)  # elements it did not follow yet: asked at the next poll
+                self._keys[jid] = indices
             if name is not None:
                 self._names[jid] = name
+
+    def retain(self, job_ids: Iterable[str]) -> None:
+        """Follow only ``job_ids`` from now on (a refresh's live jobs): the others are dropped
+        with their states, so a kept watcher asks about nothing the ledger has closed."""
+        keep = set(job_ids)
+        gone = [k for k in self._keys if k not in keep]
+        if not gone:
+            return
+        for jid in gone:
+            del self._keys[jid]
+            self._names.pop(jid, None)
+            self._uniform.pop(jid, None)
+            self._done.discard(jid)
+        self._states = {k: st for k, st in self._states.items() if st.job_id in keep or st.array_job_id in keep}
 
     @property
     def watched(self) -> list[str]:
@@ -376,10 +406,19 @@ class JobWatcher:
     # -- internals
     def _query(self, ids: list[str]) -> tuple[list[JobState], str]:
         if self.use_sacct is not False:
+            wait = self._sacct_again_at - self.clock()
+            if wait > 0:
+                self.fallback = (f"accounting (sacct) did not answer; states from squeue only "
+                                 f"(sacct asked again in {wait:.0f} s)")
+                return self._run_squeue(ids=ids), "squeue"
             try:
-                return self._run_sacct(ids=ids), "sacct"
+                rows = self._run_sacct(ids=ids)
+                self.sacct_backoff = 0.0
+                return rows, "sacct"
             except _FallBack as exc:
                 if self.use_sacct is not False:  # accounting exists but did not answer now
+                    self.sacct_backoff = min(max(2 * self.sacct_backoff, SACCT_BACKOFF_SECS), SACCT_BACKOFF_MAX_SECS)
+                    self._sacct_again_at = self.clock() + self.sacct_backoff
                     self.fallback = f"accounting (sacct) did not answer: {exc}; states from squeue only"
         return self._run_squeue(ids=ids), "squeue"
 

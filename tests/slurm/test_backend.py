@@ -152,3 +152,44 @@ def test_backfill_200_sessions_arrays_aftercorr_and_one_failure(env, tmp_path):
     for i in (0, n - 1):
         assert (paths[i] / "alf" / "_demo_summary.table.csv").exists()
     assert not (paths[7] / "alf" / "_demo_summary.table.csv").exists()
+
+
+def test_status_watch_keeps_one_watcher_for_all_its_polls(env, tmp_path, monkeypatch, slurm_cluster):
+    """``status --watch`` polls through one SLURM backend per cluster, so through one watcher:
+    each poll is one batched sacct (plus squeue for pending reasons), made by that watcher."""
+    from hpcpipe import cli
+    from hpcpipe.slurm import backend as slurm_backend
+
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "held.toml").write_text('extra_directives = ["--hold"]\n')
+    Path(env["HPCPIPE_CONFIG"]).write_text(f'[slurm]\nprofile_dirs = ["{tmp_path / "profiles"}"]\n')
+    session = make_session(tmp_path / "data" / "lab" / "Subjects" / "S1" / "2026-11-20" / "001", duration=15)
+    hp(env, "submit", "--session", str(session), "--pipeline", "demo", "--backend", "slurm", "--profile", "held")
+    for key in ("HPCPIPE_HOME", "HPCPIPE_CONFIG", "HPCPIPE_GPU_LOCK_DIR"):
+        monkeypatch.setenv(key, env[key])
+    made = []
+
+    class Counted(slurm_backend.JobWatcher):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    polls, real_sleep = [], time.sleep
+
+    def sleep(secs):  # time.sleep everywhere: only --watch's own pause (5 s) is counted and skipped
+        if secs != 5:
+            return real_sleep(secs)
+        polls.append(secs)
+        if len(polls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(slurm_backend, "JobWatcher", Counted)
+    monkeypatch.setattr(time, "sleep", sleep)
+    try:
+        assert cli.main(["status", "--watch", "5"]) == 0
+    finally:
+        hp(env, "cancel", "--session", str(session))
+    assert len(made) == 1 and made[0].polls == 3
+    per_poll = {"sacct": 1, "squeue": 1} if slurm_cluster["sacct"] else {"squeue": 1}
+    assert made[0].last_poll_by_command == per_poll  # every held job pending: one batched query each
+    assert made[0].queries == 3 * sum(per_poll.values())

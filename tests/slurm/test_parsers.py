@@ -150,6 +150,43 @@ def test_watcher_caches_final_jobs_and_falls_back_to_squeue():
     assert w3.poll()["5"].state == "UNKNOWN" and not w3.done() and w3.live == ["5"]
 
 
+def test_watcher_backs_off_accounting_that_does_not_answer():
+    """slurmdbd down: squeue answers at every poll, sacct is asked again only after a doubling
+    back-off (one watcher serving every poll of ``status --watch``), and says so."""
+    now = [0.0]
+    down = (1, "", "sacct: error: Problem talking to the database: Connection refused")
+    t = Recorded([("sacct", down), ("squeue", (0, fixture("squeue.txt"), ""))])
+    w = JobWatcher(t, clock=lambda: now[0])
+    w.watch(["199", "200"])
+    w.poll()
+    assert w.last_poll_by_command == {"sacct": 1, "squeue": 1} and "did not answer" in w.fallback
+    assert w.use_sacct is None and w.sacct_backoff == 10
+    now[0] = 9
+    w.poll()
+    assert w.last_poll_by_command == {"squeue": 1} and "asked again in 1 s" in w.fallback
+    now[0] = 10
+    w.poll()
+    assert w.last_poll_by_command == {"sacct": 1, "squeue": 1} and w.sacct_backoff == 20
+    now[0] = 29
+    w.poll()
+    assert w.last_poll_by_command == {"squeue": 1}
+    t.answers[0] = ("sacct", (0, fixture("sacct.txt"), ""))  # accounting is back
+    now[0] = 30
+    w.poll()
+    assert w.fallback == "" and w.sacct_backoff == 0 and w.last_poll_by_command["sacct"] == 1
+
+
+def test_a_kept_watcher_asks_only_about_what_it_is_told_to_retain():
+    t = Recorded([("sacct", (0, "", "")), ("squeue", (0, "", ""))])
+    w = JobWatcher(t)
+    w.watch(["1", "2"])
+    w.poll()
+    assert set(w.states()) == {"1", "2"}  # UNKNOWN to both: followed
+    w.retain(["2"])
+    w.poll()
+    assert w.watched == ["2"] and t.calls[-2][-1] == "--jobs=2" and set(w.states()) == {"2"}
+
+
 def test_unknown_to_both_sources_and_recycled_ids_are_unknown():
     """sacct and squeue both silent about an id, or an id now naming another job (a wiped cluster
     hands old ids to new jobs): UNKNOWN; array elements the controller does not list likewise."""
