@@ -6,6 +6,7 @@ held, nothing runs on the 2-core machine) and cancel at the end. Waits are bound
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -283,7 +284,7 @@ def test_sigkill_of_backfill_then_status_and_backfill_leave_one_job_per_task(env
 # ------------------------------------------------------------------ 5. forgotten job ids
 def test_a_job_slurm_forgot_is_lost_after_the_grace_period_and_resubmittable(env, tmp_path):
     session = session_dirs(tmp_path / "data", 1)[0]
-    env = dict(env, HPCPIPE_SLURM_LOST_AFTER_SECS="4")
+    env = dict(env, HPCPIPE_SLURM_LOST_AFTER_SECS="600")  # passing it is simulated below: no timing
     hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.LongPipeline",
        "--backend", "slurm", "--profile", "held")
     ld = ledger(env)
@@ -307,7 +308,9 @@ def test_a_job_slurm_forgot_is_lost_after_the_grace_period_and_resubmittable(env
         again = hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.LongPipeline",
                    "--backend", "slurm", "--profile", "held").stdout
         assert "nothing to submit" in again
-        time.sleep(5)
+        # the grace period passes: the jobs were first seen unknown 601 s ago
+        past = (dt.datetime.now() - dt.timedelta(seconds=601)).isoformat(timespec="seconds")
+        ld.set_doubt([(j.task_id, j.run_id, past) for j in jobs])
         hp(env, "status")
         assert ledger(env).live("slurm") == []
         lost = {j.task_name: (j.state, j.reason) for j in ledger(env).run(jobs[0].run_id)}
