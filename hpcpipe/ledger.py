@@ -217,8 +217,9 @@ class Ledger:
     def adopt(self, run_id: str, placeholder: str, job_id: str) -> None:
         """Give the jobs recorded under ``placeholder`` (an emitted script nobody had submitted
         yet) the SLURM job id that now runs them."""
-        self._db.execute("UPDATE jobs SET job_id=?, state='PENDING', updated=? WHERE run_id=? AND job_id=?",
-                         (str(job_id), _now(), run_id, placeholder))
+        # rows ``hpcpipe cancel`` withdrew from the script stay cancelled
+        self._db.execute("UPDATE jobs SET job_id=?, state='PENDING', updated=? WHERE run_id=? AND job_id=? "
+                         "AND state='EMITTED'", (str(job_id), _now(), run_id, placeholder))
 
     def rename_tasks(self, renames: Iterable[tuple[str, str, str]]) -> None:
         """``(provisional id, run_id, store id)``: a backfill's task got its store record

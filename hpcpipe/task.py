@@ -37,11 +37,14 @@ def gpu_lock_path() -> Path:
     Node-local by default (the temp folder), so there is one lock per machine rather than one
     per home directory shared by a whole cluster; one per GPU set when SLURM (or the user) has
     set ``CUDA_VISIBLE_DEVICES``, so two jobs on two GPUs of a node do not block each other.
-    Configurable with ``[gpu] lock_dir`` / ``$HPCPIPE_GPU_LOCK_DIR``.
+    Configurable with ``[gpu] lock_dir`` / ``$HPCPIPE_GPU_LOCK_DIR``. Inside a SLURM job the
+    node's name is part of it (``hpcpipe-gpu0.node2.lock``): in a lock folder shared by several
+    nodes, GPU 0 of one node is not GPU 0 of another (a pack over two nodes ran into that).
     """
     folder = Path(config.get("gpu", "lock_dir", tempfile.gettempdir()))
     devices = os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(",", "-").strip()
-    return folder / (f"hpcpipe-gpu{devices}.lock" if devices else "hpcpipe-gpu.lock")
+    node = os.environ.get("SLURMD_NODENAME", "").strip()
+    return folder / (f"hpcpipe-gpu{devices}" + (f".{node}" if node else "") + ".lock")
 
 
 class Task(abc.ABC):

@@ -16,6 +16,8 @@ from hpcpipe.demo.session import make_session
 from hpcpipe.engines import pack as engine
 from hpcpipe.errors import BadInput
 from hpcpipe.jobside import runfolder
+from hpcpipe.ledger import JobRecord, Ledger
+from hpcpipe.report.collect import NOT_RUN, Row
 from hpcpipe.slurm.accounting import parse_usage
 from hpcpipe.slurm.pack import PackShape, lane_rule, size, step_argv, step_names
 from hpcpipe.slurm.profiles import Profile
@@ -197,6 +199,60 @@ def test_emit_then_run_the_engine_here_then_status(env, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "results").iterdir()} == before
 
 
+def test_cancel_of_an_emitted_script_nobody_submitted(env, tmp_path):
+    """``hpcpipe cancel`` of an emitted run before anyone submitted it: no SLURM job to scancel,
+    so the tasks are withdrawn in the run folder. Withdrawn tasks are Errored at once; the
+    script, run later, runs none of them (their children are Held) and refuses to run at all
+    when every task of its pack was withdrawn; status keeps saying so after it ran."""
+    paths = _demo(tmp_path, 2)
+    emit = tmp_path / "emit"
+    out = hp(env, "backfill", *[a for p in paths for a in ("--session", str(p))], "--pipeline", "demo",
+             "--emit", str(emit)).stdout
+    script = Path(shlex.split(next(ln.strip() for ln in out.splitlines() if ln.strip().startswith("sbatch ")))[1])
+    run_dir = emit / script.stem
+    command = shlex.split(script.read_text().rstrip().splitlines()[-1])
+    # one task type of the run withdrawn: the script runs the rest, not it nor what needs it
+    res = hp(env, "cancel", "--task", "DemoBehaviourQC")
+    assert "cancelled 2 job(s)" in res.stdout and f"{script} was never submitted" in res.stderr
+    rows = {(r["session"], r["name"]): r for r in json.loads(hp(env, "status", "--json").stdout)}
+    assert {r["status"] for (_, name), r in rows.items() if name == "DemoBehaviourQC"} == {"Errored"}
+    ledger = Ledger(Path(env["HPCPIPE_HOME"]) / "jobs.sqlite")
+    states = {(j.task_name, j.state) for j in ledger.run(run_dir.name)}
+    assert ("DemoBehaviourQC", "CANCELLED") in states and ("DemoSync", "EMITTED") in states
+    store = SQLiteStore(Path(env["HPCPIPE_HOME"]) / "tasks.sqlite")
+    assert "before its emitted script ran (nothing ran" in store.list_tasks(name="DemoBehaviourQC")[0]["log"]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = {(r["session"], r["name"]): r for r in json.loads(hp(env, "status", "--json").stdout)}
+    got = {}
+    for (_, name), r in rows.items():
+        got.setdefault(name, set()).add(r["status"])
+    assert got == {"DemoSync": {"Complete"}, "DemoTrials": {"Complete"}, "DemoSpikeSorting": {"Complete"},
+                   "DemoBehaviourQC": {"Errored"}, "DemoSummary": {"Held"}}
+    assert not list((run_dir / "logs").glob("DemoBehaviourQC.*"))  # never started
+    assert "was cancelled by hpcpipe cancel" in store.list_tasks(name="DemoSummary")[0]["log"]
+
+    # a whole emitted run withdrawn: the script refuses to run, and says why
+    paths = _demo(tmp_path / "b", 1)
+    out = hp(env, "backfill", "--session", str(paths[0]), "--pipeline", "demo", "--emit", str(emit)).stdout
+    script = Path(shlex.split(next(ln.strip() for ln in out.splitlines() if ln.strip().startswith("sbatch ")))[1])
+    hp(env, "cancel", "--session", str(paths[0]))
+    session = store.session_id(paths[0])
+    before = {r["name"]: r for r in json.loads(hp(env, "status", "--json").stdout) if r["session"] == session}
+    assert {r["status"] for r in before.values()} == {"Errored"} and len(before) == 5
+    proc = subprocess.run(shlex.split(script.read_text().rstrip().splitlines()[-1]), env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == engine.REFUSED and "was cancelled by `hpcpipe cancel` before this script ran" in proc.stderr
+    assert not list((emit / script.stem / "results").iterdir())
+    after = {r["name"]: r for r in json.loads(hp(env, "status", "--json").stdout) if r["session"] == session}
+    assert after == before
+    # the withdrawn rows stay cancelled when the others are adopted (no engine wrote a job id here)
+    assert {j.state for j in ledger.run(run_dir.name) if j.task_name == "DemoBehaviourQC"} == {"CANCELLED"}
+    ledger.adopt(run_dir.name, "emitted:main0", "77")
+    assert {j.job_id for j in ledger.run(run_dir.name) if j.task_name == "DemoBehaviourQC"} == {"emitted:main0"}
+    assert {j.job_id for j in ledger.run(run_dir.name) if j.task_name == "DemoSync"} == {"77"}
+
+
 def test_each_task_of_a_pack_has_its_own_step_figures():
     """sacct recorded on the test cluster for a pack of 2 demo sessions (session 1's DemoTrials
     fails, its QC and Summary are Held and never start): each step is named after its task and
@@ -217,6 +273,19 @@ def test_each_task_of_a_pack_has_its_own_step_figures():
     assert failed.req_mem_mb is None and failed.timelimit_secs is None  # not in a step's row: the task's own apply
     assert (alloc.state, alloc.req_cpus, alloc.elapsed_secs) == ("COMPLETED", 8, 15)
     assert alloc.max_rss_mb == pytest.approx(57736 / 1024)  # the largest step (the engine's batch step)
+
+
+def test_report_state_of_a_packed_task_that_never_started():
+    """A Held task of an ended pack shows NOT RUN, not the allocation's COMPLETED; while the
+    allocation is live it shows the allocation's state (it may still run); other jobs as before."""
+    def row(state: str, packed: bool) -> Row:
+        job = JobRecord("t1", "s", "DemoSummary", "bf-1", "slurm", "272", None, state, None, None, None)
+        return Row({"id": "t1", "name": "DemoSummary", "status": "Held"}, job, None, "s", packed=packed)
+
+    assert row("COMPLETED", True).state == NOT_RUN
+    assert row("CANCELLED", True).state == NOT_RUN
+    assert row("PENDING", True).state == "PENDING" and row("RUNNING", True).state == "RUNNING"
+    assert row("COMPLETED", False).state == "COMPLETED"
 
 
 def test_bad_pack_flags_are_refused_before_anything_is_recorded(env, tmp_path):

@@ -258,11 +258,14 @@ def test_level_follows_parents(session):
 
 # --------------------------------------------------------------------------- GPU lock
 def test_lock_path_honours_the_lock_dir_and_visible_devices(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURMD_NODENAME", raising=False)
     assert gpu_lock_path() == tmp_path / "gpu-lock" / "hpcpipe-gpu.lock"
     monkeypatch.setenv("HPCPIPE_GPU_LOCK_DIR", str(tmp_path / "elsewhere"))
     assert gpu_lock_path() == tmp_path / "elsewhere" / "hpcpipe-gpu.lock"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     assert gpu_lock_path() == tmp_path / "elsewhere" / "hpcpipe-gpu0-1.lock"
+    monkeypatch.setenv("SLURMD_NODENAME", "node2")  # a lock folder shared by nodes: GPU 0 of each its own
+    assert gpu_lock_path() == tmp_path / "elsewhere" / "hpcpipe-gpu0-1.node2.lock"
 
 
 def test_gpu_task_takes_and_releases_the_lock(session):

@@ -427,7 +427,7 @@ class LocalEngine:
                 status = ERRORED
             self.ledger.set_state([(tid, run_id, "COMPLETED" if code == 0 else "FAILED", f"exit {code}")])
             final[tid] = status
-            _logger.info("%s ended %s", r.item.task["name"], status)
+            _logger.info("%s (pid %d) ended %s", r.item.task["name"], r.proc.pid, status)
 
     @staticmethod
     def _wait(r: _Running) -> int | None:

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -32,11 +33,13 @@ from pathlib import Path
 
 from ..jobside import reasons, runfolder
 from ..plan import Plan, PlanItem
-from ..slurm.pack import step_argv
+from ..slurm.pack import job_path, step_argv, withdrawn
 from ..status import DONE, ERRORED, HELD, STARTED, WAITING
 from .local import KILL_GRACE_SECS, LocalEngine, machine_budget
 
 _logger = logging.getLogger("hpcpipe.pack")
+#: exit code of an emitted script whose every task ``hpcpipe cancel`` withdrew before it ran
+REFUSED = 3
 
 
 def allocation_budget(env: dict | None = None) -> dict[str, float] | None:
@@ -140,6 +143,8 @@ class PackEngine(LocalEngine):
     binds: str = ""
     mem_given: bool = False
     backend: str = "pack"
+    #: task ids ``hpcpipe cancel`` withdrew from this (emitted) pack before it ran
+    withdrawn: set = field(default_factory=set)
 
     def _write_run(self, plans, run_id, run_dir) -> None:
         """The run folder was written by the submitting side."""
@@ -228,7 +233,13 @@ class PackEngine(LocalEngine):
         for it in self.pack["items"]:  # parents first
             if it["id"] in ended:
                 continue
-            why = next((f"parent {by_id[p]['name']} {'ended ' + ended[p] if p in ended else 'cannot run'}"
+            if it["id"] in self.withdrawn:  # its record says so already (hpcpipe cancel)
+                blocked.add(it["id"])
+                _logger.info("%s of session %d not run: withdrawn by hpcpipe cancel", it["name"], it["index"])
+                continue
+            why = next((f"parent {by_id[p]['name']} " + (
+                        "was cancelled by hpcpipe cancel" if p in self.withdrawn else
+                        "ended " + ended[p] if p in ended else "cannot run")
                         for p in it["parents"] if p in blocked or ended.get(p, "Complete") not in DONE), None)
             for o in it["outside"]:
                 status = why is None and self._final_status(o["run_dir"], o["id"])
@@ -278,8 +289,16 @@ def main(argv: list[str] | None = None) -> int:
     pack = json.loads((packs / f"{args.pack}.json").read_text())
     entries = runfolder.load_session_entries(run_dir, "c0")
     job_id = os.environ.get("SLURM_JOB_ID")
-    if job_id:
-        (packs / f"{args.pack}.job").write_text(job_id)
+    if job_id:  # written before the withdrawn list is read (see SlurmBackend._withdraw)
+        Path(job_path(str(run_dir), args.pack)).write_text(job_id)
+    gone = withdrawn(lambda f: _read(Path(f)), str(run_dir), args.pack)
+    if gone and {it["id"] for it in pack["items"]} <= gone:
+        why = (f"pack {args.pack} of run {run['run_id']} was cancelled by `hpcpipe cancel` before this script "
+               f"ran: nothing runs (its tasks are recorded Errored; `hpcpipe rerun --session PATH` runs "
+               "a session's again)")
+        _logger.error("%s", why)
+        print(f"hpcpipe: {why}", file=sys.stderr)
+        return REFUSED
     budget = allocation_budget()
     srun = budget is not None
     upstream = None
@@ -290,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = PackEngine(store=PackStore(run_dir, {}, upstream), ledger=_NoLedger(),  # type: ignore[arg-type]
                         budget=budget or machine_budget(), run_dir=run_dir, pack=pack, srun=srun,
                         binds=os.environ.get("HPCPIPE_BINDS", ""), mem_given=bool(budget and budget["ram"]),
-                        poll_secs=0.2)
+                        poll_secs=0.2, withdrawn=gone)
     _logger.info("pack %s of run %s: %d task(s), budget %s, %s", args.pack, run["run_id"], len(pack["items"]),
                  engine.budget, "job steps (srun)" if srun else "local processes")
     try:
@@ -301,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     counts: dict[str, int] = {}
     for status in final.values():
         counts[status] = counts.get(status, 0) + 1
-    _logger.info("pack %s done: %s", args.pack, counts)
+    # what the engine itself cost (its polling) and what its srun clients cost: a pack's overhead
+    own, steps = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    _logger.info("pack %s done: %s; CPU s: engine %.2f, its %s %.2f", args.pack, counts,
+                 own.ru_utime + own.ru_stime, "srun clients" if srun else "task processes",
+                 steps.ru_utime + steps.ru_stime)
     return 0  # the pack ran to its end; each task's own outcome is in its record
 
 

@@ -17,9 +17,13 @@ from typing import Callable, Iterable
 
 from ..errors import BackendError, BadInput, NotFound
 from ..jobside import reasons
+from ..jobstate import is_final
 from ..ledger import JobRecord, Ledger
 from ..session import short_names
 from ..usage import Usage, load_local
+
+#: the state column of a task of a pack that never started in its (ended) allocation
+NOT_RUN = "NOT RUN"
 
 
 @dataclass
@@ -33,6 +37,8 @@ class Row:
     attempts: int = 1
     #: the task's SLURM job step (``123.17``) when it ran in a pack
     step: str | None = None
+    #: a task of a pack (its job is the allocation, shared with the pack's other tasks)
+    packed: bool = False
 
     @property
     def req_cpus(self) -> int | None:
@@ -52,7 +58,14 @@ class Row:
 
     @property
     def state(self) -> str:
-        return (self.usage.state if self.usage and self.usage.state else (self.job.state if self.job else "")) or ""
+        """SLURM's state of the task's job (or job step). A task of a pack that has no step
+        never ran: once the allocation has ended that is ``NOT RUN``, not the allocation's
+        state (which says how the *engine* ended)."""
+        if self.usage and self.usage.state:
+            return self.usage.state
+        if self.packed and self.job and is_final(self.job.state):
+            return NOT_RUN
+        return (self.job.state if self.job else "") or ""
 
     @property
     def reason(self) -> str:
@@ -143,7 +156,7 @@ def collect(store, ledger: Ledger, run: str | None = None, session: str | None =
         if step_usage is not None and step_usage.req_mem_mb is None and t.get("ram"):
             step_usage.req_mem_mb = float(t["ram"]) * 1024  # what the step asked (--mem): not in its sacct row
         report.rows.append(Row(t, j, usages.get(_key(j)), labels.get(t["session"], str(t["session"])),
-                               attempts[j.task_id], steps.get(_key(j))))
+                               attempts[j.task_id], steps.get(_key(j)), _key(j) in steps))
     for tid, t in tasks.items():  # tasks never run: in the graph and the table, with no figures
         if tid not in seen:
             report.rows.append(Row(t, None, None, labels.get(t["session"], str(t["session"])), 0))
@@ -176,7 +189,8 @@ def _tasks_of(store, jobs: Iterable[JobRecord]) -> dict[str, dict]:
 
 def _usages(jobs: list[JobRecord], transport_for, report: Report) -> tuple[dict, dict]:
     """Usage per job: one sacct query per cluster for SLURM jobs, the run folder for local ones;
-    a packed task's usage is its job step's. Also ``{job key: step id}`` for packed tasks."""
+    a packed task's usage is its job step's. Also ``{job key: step id}`` for packed tasks (None:
+    the task has no step, it never started)."""
     from ..slurm.accounting import query_usage
     from ..slurm.pack import step_names
 
@@ -207,7 +221,8 @@ def _usages(jobs: list[JobRecord], transport_for, report: Report) -> tuple[dict,
         report.queries += queries
         for j in mine:
             step = names.get(j.run_dir or "", {}).get(j.task_id)
-            if step is not None:  # a packed task: its own step, or nothing if it never started
+            if step is not None:  # a packed task: its own step, or nothing (None) if it never started
+                step_of[_key(j)] = None
                 if (j.job_id, step) in steps:
                     out[_key(j)] = steps[(j.job_id, step)]
                     step_of[_key(j)] = out[_key(j)].job_id

@@ -23,6 +23,7 @@ submission holds the lock, so a submitter killed at any point leaves nothing que
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import sys
 import time
@@ -42,7 +43,19 @@ from ..transport import LocalTransport, Transport
 from . import layout as layouts
 from .cancel import cancel
 from .limits import ClusterLimits
-from .pack import RUN_KEY, Pack, PackShape, binds_for, build_packs, environments, hand_command, step_argv
+from .pack import (
+    RUN_KEY,
+    Pack,
+    PackShape,
+    binds_for,
+    build_packs,
+    environments,
+    hand_command,
+    job_path,
+    step_argv,
+    withdrawn,
+    withdrawn_path,
+)
 from .pack import size as pack_size
 from .profiles import Profile, load_profile
 from .render import JobSpec, Resources, job_script
@@ -641,7 +654,7 @@ class SlurmBackend:
         adopted = False
         for run_id, run_dir, placeholder in sorted({(j.run_id, j.run_dir, j.job_id) for j in emitted}):
             name = placeholder.partition(":")[2]
-            text = self.transport.read_file(f"{run_dir}/packs/{name}.job")
+            text = self.transport.read_file(job_path(run_dir, name))
             if text and text.strip().isdigit():
                 self.ledger.adopt(run_id, placeholder, text.strip())
                 adopted = True
@@ -651,6 +664,30 @@ class SlurmBackend:
         """The result files each run folder holds now, one directory listing per run: a poll
         opens only the results that exist (a backfill's 60,000 pending tasks have none yet)."""
         return {d: set(self.transport.list_dir(f"{d}/results")) for d in run_dirs}
+
+    def _withdraw(self, emitted: list[JobRecord]) -> dict[tuple[str, str], str]:
+        """Cancel tasks of emitted scripts: listed in their pack's ``withdrawn`` file, which the
+        engine reads when the script runs (it runs none of them, and refuses to run at all when
+        that is every task of its pack). Then the pack's job file is read: an engine that started
+        since the last refresh is a SLURM job to scancel. The list is written before the job
+        file is read, and the engine writes its job file before reading the list, so that one of
+        the two always sees the other. Returns ``{(run dir, placeholder): SLURM job id}`` of
+        those that had started."""
+        by_pack: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for j in emitted:
+            by_pack[(j.run_dir, j.job_id)].add(j.task_id)
+        started = {}
+        for (run_dir, placeholder), ids in sorted(by_pack.items()):
+            name = placeholder.partition(":")[2]
+            ids |= withdrawn(self.transport.read_file, run_dir, name)
+            self.transport.write_file(withdrawn_path(run_dir, name), json.dumps({"tasks": sorted(ids), "at": _now()}))
+            job = (self.transport.read_file(job_path(run_dir, name)) or "").strip()
+            if job.isdigit():
+                started[(run_dir, placeholder)] = job
+            else:
+                _logger.warning("%s was never submitted: %d task(s) withdrawn from it; submitted now, it "
+                                "does not run them", f"{run_dir}.sbatch", len(ids))
+        return started
 
     def _packed(self, run_dir: str) -> bool:
         """Whether a run's tasks ran in packs (its ``run.json`` says so)."""
@@ -716,8 +753,10 @@ class SlurmBackend:
     def cancel(self, jobs: list[JobRecord], runs: Iterable[str] = ()) -> int:
         """scancel ``jobs`` and every job SLURM has for ``runs`` (also those the ledger never
         recorded); their tasks, if Waiting or Started, become Errored. Returns jobs cancelled."""
-        # intents and emitted scripts nobody submitted yet have no SLURM job to scancel
-        ids = {j.backend_id for j in jobs if not j.intent and j.state != jobstate.EMITTED}
+        # intents have no SLURM job to scancel; emitted scripts are withdrawn (and may have started)
+        emitted = [j for j in jobs if j.state == jobstate.EMITTED]
+        started = self._withdraw(emitted)
+        ids = {j.backend_id for j in jobs if not j.intent and j.state != jobstate.EMITTED} | set(started.values())
         runs = set(runs)
         unrecorded: set[str] = set()
         if runs:
@@ -731,8 +770,11 @@ class SlurmBackend:
         for j in jobs:
             task = self.store.get_task(j.task_id)
             if task["status"] in (WAITING, STARTED):
-                self.store.append_log(j.task_id, f"cancelled by hpcpipe cancel (SLURM job {j.backend_id})",
-                                      status="Errored")
+                job = started.get((j.run_dir, j.job_id), j.backend_id)
+                note = (f"cancelled by hpcpipe cancel before its emitted script ran (nothing ran; "
+                        f"{j.run_dir}.sbatch, if submitted, does not run it)") \
+                    if j.state == jobstate.EMITTED and job == j.job_id else f"cancelled by hpcpipe cancel (SLURM job {job})"
+                self.store.append_log(j.task_id, note, status="Errored")
         self.ledger.set_state([(j.task_id, j.run_id, jobstate.CANCELLED, "hpcpipe cancel") for j in jobs])
         self.ledger.set_folded([(j.task_id, j.run_id, j.folded_ops, True) for j in jobs])
         return len(jobs) + len(unrecorded)

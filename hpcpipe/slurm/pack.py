@@ -255,6 +255,24 @@ def binds_for(session_paths: Iterable[str], run_dir: str) -> list[str]:
     return sorted(roots) + [run_dir]
 
 
+def job_path(run_dir: str, pack: str) -> str:
+    """Where a pack's engine writes its SLURM job id when it starts (how a hand-submitted
+    script is found: ``SlurmBackend.refresh`` adopts it)."""
+    return f"{run_dir}/packs/{pack}.job"
+
+
+def withdrawn_path(run_dir: str, pack: str) -> str:
+    """Where ``hpcpipe cancel`` lists the tasks of an emitted pack it withdrew before the script
+    ran (``{"tasks": [ids], "at": ...}``): the engine does not run them, and refuses to run at
+    all when every task of its pack is listed."""
+    return f"{run_dir}/packs/{pack}.withdrawn"
+
+
+def withdrawn(read: Callable[[str], str | None], run_dir: str, pack: str) -> set[str]:
+    """The task ids ``hpcpipe cancel`` withdrew from an emitted pack (``read``: None for no file)."""
+    return set(json.loads(read(withdrawn_path(run_dir, pack)) or "{}").get("tasks", []))
+
+
 def hand_command(script: str) -> str:
     """The one line a human types to submit an emitted script."""
     return f"sbatch {shlex.quote(script)}"

@@ -6,6 +6,7 @@ once (as a user would) and reads the store.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import time
@@ -119,7 +120,8 @@ def test_packed_backfill_one_allocation_failure_blocks_only_its_session(env, tmp
     table = report_table(hp(env, "report", "--run", name).stdout)
     shown = {r["job"].split()[1]: (r["elapsed s"], r["state"]) for r in table if "." in r["job"]}
     assert len(table) == 60 and len(shown) == 58 and shown == sacct_steps
-    assert sorted(r["status"] for r in table if "." not in r["job"]) == ["Held", "Held"]  # never started: no step
+    unstarted = [(r["status"], r["state"]) for r in table if "." not in r["job"]]  # never started: no step
+    assert unstarted == [("Held", "NOT RUN")] * 2  # not the allocation's COMPLETED: no job ran for them
 
 
 def test_scancel_of_a_pack_leaves_no_task_started(env, tmp_path):
@@ -191,6 +193,31 @@ def test_emitted_script_submitted_by_hand(env, tmp_path):
     assert report.count("Complete") == 10 and f"slurm {next(iter(states))}" in report
 
 
+def test_cancelled_emitted_script_submitted_by_hand_refuses_to_run(env, tmp_path):
+    """Cancelled before anyone submitted it, then submitted by hand anyway: the job runs nothing,
+    says why, and leaves the run as the cancel did (tasks Errored, rows cancelled, not adopted)."""
+    paths = sessions(tmp_path, 1)
+    emit = tmp_path / "emit"
+    out = hp(env, "backfill", "--session", str(paths[0]), "--pipeline", "demo", "--emit", str(emit)).stdout
+    name = run_id(out)
+    command = next(line.strip() for line in out.splitlines() if line.strip().startswith("sbatch "))
+    res = hp(env, "cancel", "--run", name)
+    assert "cancelled 5 job(s)" in res.stdout and "was never submitted" in res.stderr
+    before = by_task(env)
+    assert {r["status"] for r in before.values()} == {"Errored"} and {r["job_id"] for r in before.values()} == {
+        "emitted:main0"}
+    subprocess.run(shlex.split(command), check=True, capture_output=True, cwd=tmp_path)  # the human's line
+    states = wait_final(name)
+    (job, state), = states.items()
+    assert state == "FAILED"  # exit code 3: refused
+    log = next((emit / name / "logs").glob("pack.main0.*.out")).read_text()
+    assert "was cancelled by `hpcpipe cancel` before this script ran: nothing runs" in log
+    assert not list((emit / name / "results").iterdir()) and not list((emit / name / "logs").glob("Demo*"))
+    assert by_task(env) == before  # not adopted: the cancel stands
+    store = SQLiteStore(Path(env["HPCPIPE_HOME"]) / "tasks.sqlite")
+    assert "before its emitted script ran (nothing ran" in store.list_tasks(name="DemoSync")[0]["log"]
+
+
 RECORDER = """#!/bin/bash
 # a stand-in for `apptainer exec --bind B IMAGE CMD...`: records its argv and environment, then runs CMD
 echo "$(basename "$0") setup=${HPCPIPE_TEST_SETUP:-none} step=${HPCPIPE_TEST_STEP:-none} argv=$*" >> "$WRAP_LOG"
@@ -259,3 +286,33 @@ def test_gpu_tasks_in_their_own_allocation(env, tmp_path):
     job = {name: {r["job_id"] for r in rows.values() if r["name"] == name} for name in ("DemoSpikeSorting",
                                                                                         "DemoSummary", "DemoSync")}
     assert all(len(ids) == 1 for ids in job.values()) and len(set.union(*job.values())) == 3
+
+
+@pytest.mark.skipif(os.environ.get("HPCPIPE_SLURM_NODES", "1") != "2",
+                    reason="needs the two-node test cluster: HPCPIPE_SLURM_NODES=2 scripts/slurm-up")
+def test_pack_over_two_nodes_spreads_its_steps(env, tmp_path):
+    """``--pack-nodes 2`` with 2 CPUs per node: one allocation over both nodes, whose engine
+    counts 4 CPUs and whose steps SLURM places on either node (sacct's NodeList per step, and
+    the node each job side saw)."""
+    paths = sessions(tmp_path, 4)
+    out = hp(env, "backfill", *[a for p in paths for a in ("--session", str(p))], "--pipeline", "demo",
+             "--pack", "--pack-nodes", "2", "--pack-cpus", "2").stdout
+    name = run_id(out)
+    states = wait_final(name)
+    assert len(states) == 1
+    rows = by_task(env)
+    assert {r["status"] for r in rows.values()} == {"Complete"} and len(rows) == 20
+    (job,) = states
+    acct = subprocess.run(["sacct", "-j", job, "--parsable2", "--noheader", "--format=JobID,JobName,NodeList"],
+                          capture_output=True, text=True).stdout
+    nodes = {jname: nodelist for _, jname, nodelist in (line.split("|") for line in acct.splitlines())}
+    node = os.environ["HPCPIPE_SLURM_NODE"]
+    assert nodes[name] in (f"{node},{node}2", f"{node}[,2]")  # the allocation: both nodes
+    task_nodes = {n for jname, n in nodes.items() if jname.startswith("Demo")}
+    assert task_nodes == {node, f"{node}2"}, nodes  # both nodes ran steps
+    run_dir = Path(env["HPCPIPE_HOME"]) / "runs" / name
+    seen = {line.split("SLURMD_NODENAME=")[1].split()[0] for f in (run_dir / "logs").glob("Demo*.log")
+            for line in f.read_text().splitlines() if "SLURMD_NODENAME=" in line}
+    assert seen == {node, f"{node}2"}
+    engine_log = next((run_dir / "logs").glob("pack.main0.*.out")).read_text()
+    assert "budget {'cpu': 4.0" in engine_log
