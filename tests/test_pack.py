@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -197,6 +198,30 @@ def test_emit_then_run_the_engine_here_then_status(env, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in (run_dir / "results").iterdir()}
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "results").iterdir()} == before
+
+
+def test_pack_engine_is_woken_by_its_tasks_ending(env, tmp_path, monkeypatch):
+    """The engine gives a lane its next task when the last one ends (SIGCHLD wakes it), not at
+    its next poll: with a poll of 10 minutes, a session's chain of 5 tasks still runs through
+    (an alarm fails the test instead of letting it wait)."""
+    paths = _demo(tmp_path, 1)
+    emit = tmp_path / "emit"
+    out = hp(env, "backfill", "--session", str(paths[0]), "--pipeline", "demo", "--emit", str(emit)).stdout
+    script = Path(shlex.split(next(ln.strip() for ln in out.splitlines() if ln.strip().startswith("sbatch ")))[1])
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "HPCPIPE_"))]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(engine, "POLL_SECS", 600)
+    old = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the engine slept through its tasks' ends"))
+    signal.alarm(240)
+    try:
+        assert engine.main(["--run-dir", str(emit / script.stem), "--pack", "main0"]) == 0
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    rows = json.loads(hp(env, "status", "--json").stdout)
+    assert [r["status"] for r in rows] == ["Complete"] * 5
 
 
 def test_cancel_of_an_emitted_script_nobody_submitted(env, tmp_path):

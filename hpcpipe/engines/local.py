@@ -260,7 +260,7 @@ class LocalEngine:
                 self._start_ready(items, running, final, index, run_id, run_dir)
                 self._replay_when_back()
                 if running:
-                    time.sleep(self.poll_secs)
+                    self._pause()
                 elif items:  # nothing running and nothing could start: parents never finished
                     for tid in list(items):
                         self._hold(items.pop(tid).task, "its parents did not run", final)
@@ -272,6 +272,10 @@ class LocalEngine:
                                + [(tid, run_id) for tid in final if tid not in self._started])
         self._replay_at_end()
         return final
+
+    def _pause(self) -> None:
+        """Between two looks at the running tasks."""
+        time.sleep(self.poll_secs)
 
     # ------------------------------------------------------------------ reports
     def _store_down(self) -> bool:
