@@ -147,7 +147,9 @@ def parse_usage(text: str, steps: dict[tuple[str, str], Usage] | None = None) ->
             usage.max_rss_mb = step_rss[jid]
         if not usage.total_cpu_secs and jid in step_cpu:
             usage.total_cpu_secs = step_cpu[jid]
-        if usage.start is None:  # never ran: no elapsed time to speak of
+        if usage.start is None or (usage.state.startswith("CANCELLED") and not usage.elapsed_secs):
+            # never ran: no elapsed time to speak of (sacct may give a job cancelled while pending
+            # a start equal to its end, and 0 s)
             usage.elapsed_secs = None
     for owner, name, usage in own:
         alloc = jobs.get(owner)

@@ -103,7 +103,10 @@ def test_a_killed_recorder_loses_nothing_and_a_429_is_waited_out(env, tmp_path, 
     os.kill(pid, signal.SIGKILL)
     made = len(client.get("tasks", graph="bench6"))
     assert 3 <= made < 6 * n
-    # sync carries on where the id files end, against a throttle it runs into
+    # sync carries on where the id files end, against a throttle it runs into: its recorder paced
+    # at 10/s (a record_rate set above the server's throttle) against 4/s
+    config = Path(env["HPCPIPE_CONFIG"])
+    config.write_text(config.read_text().replace("record_rate = 60\n", "record_rate = 600\n"))
     alyx_fresh_server.set_throttle("4/s")
     try:
         alyx_fresh_server.stats(reset=True)

@@ -171,10 +171,13 @@ def test_plain_sbatch_cut_is_not_repeated_by_the_transport(make_transport, slurm
     script = tmp_path / "job.sh"
     t.write_file(str(script), SCRIPT, 0o755)
     name = f"hp-{token}"
+    # a slow sbatch (2 s), so the cut (0.5 s after sending) always comes before its answer
+    argv = ["sh", "-c", 'sleep 2; exec sbatch "$@"', "sbatch", "--parsable", "-J", name, "-o", "/dev/null",
+            str(script)]
     with pytest.raises(ConnectionLost) as ei:
-        t.run(["sbatch", "--parsable", "-J", name, "-o", "/dev/null", str(script)])
+        t.run(argv)
     assert ei.value.sent
-    time.sleep(2)  # let sbatch, if it started, finish
+    time.sleep(3)  # let sbatch, if it started, finish
     assert len(_jobs_named(t, name)) <= 1  # sent at most once; never twice
 
 
