@@ -164,16 +164,21 @@ def test_cut_right_after_sending_sbatch(make_transport, slurm_remote, tmp_path, 
     assert _jobs_named(t, name) == {job_id}  # exactly one job
 
 
+def _slow_sbatch(t, tmp_path, token: str, secs: int) -> tuple[list[str], str]:
+    """The job script written through ``t``, and an sbatch of it that answers after ``secs``."""
+    script = tmp_path / "job.sh"
+    t.write_file(str(script), SCRIPT, 0o755)
+    name = f"hp-{token}"
+    return ["sh", "-c", f'sleep {secs}; exec sbatch "$@"', "sbatch", "--parsable", "-J", name, "-o", "/dev/null",
+            str(script)], name
+
+
 def test_plain_sbatch_cut_is_not_repeated_by_the_transport(make_transport, slurm_remote, tmp_path, token):
     """Without the protocol, the transport does not send sbatch again on its own: it says the
     command may have run (the transport knows no command by name)."""
     t = make_transport(cls=_CutAfterSend)
-    script = tmp_path / "job.sh"
-    t.write_file(str(script), SCRIPT, 0o755)
-    name = f"hp-{token}"
     # a slow sbatch (2 s), so the cut (0.5 s after sending) always comes before its answer
-    argv = ["sh", "-c", 'sleep 2; exec sbatch "$@"', "sbatch", "--parsable", "-J", name, "-o", "/dev/null",
-            str(script)]
+    argv, name = _slow_sbatch(t, tmp_path, token, 2)
     with pytest.raises(ConnectionLost) as ei:
         t.run(argv)
     assert ei.value.sent
@@ -183,12 +188,8 @@ def test_plain_sbatch_cut_is_not_repeated_by_the_transport(make_transport, slurm
 
 def test_cut_while_sbatch_runs_socket_closed(make_transport, slurm_remote, tmp_path, token, caplog):
     t = make_transport(cls=_CutMidSbatch)
-    script = tmp_path / "job.sh"
-    t.write_file(str(script), SCRIPT, 0o755)
-    name = f"hp-{token}"
     # a slow sbatch (1 s), so the connection is cut while it runs, before its output is read
-    argv = ["sh", "-c", 'sleep 1; exec sbatch "$@"', "sbatch", "--parsable", "-J", name, "-o", "/dev/null",
-            str(script)]
+    argv, name = _slow_sbatch(t, tmp_path, token, 1)
     with caplog.at_level(logging.WARNING, logger="hpcpipe.slurm.submit"):
         r = submit_once(t, argv, marker_dir=str(tmp_path / "markers"))
     job_id = r.check().stdout.strip()
