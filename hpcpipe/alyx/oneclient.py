@@ -115,21 +115,22 @@ def _within(reqfunction: Callable, limits: Limits) -> Callable:
 
 
 def one_from_config() -> Any:
-    """ONE's REST client for the configured Alyx, ``bound`` to hpcpipe's limits.
+    """ONE's REST client for the configured Alyx, ``bound`` to hpcpipe's limits. Making it asks
+    Alyx nothing: a job started during an outage pays nothing for its client.
 
     ONE's own ``ONE()`` (``OneAlyx``) would also ask ``cache/info`` at construction, with no
     timeout, to load parquet cache tables hpcpipe never reads; its REST client is the part
     that talks to Alyx, REST cache and retries included. Credentials, in ONE's order of use:
-    ONE's cached token for the login (no request); else hpcpipe's token (ONE checks it once on
-    ``/me``, with its 10 s timeout, and caches it); else a login with the password, made by
-    hpcpipe's client (timeout and retry budget; ONE's own login has no timeout) and handed to
-    ONE as a token.
+    ONE's cached token for the login (taken now: no request); else the login is left to the
+    first request the store makes (``ensure_login``), after the store's down mark was consulted
+    and within that call's limits: hpcpipe's token (``[alyx] token`` or hpcpipe's token cache),
+    which ONE checks once on ``/me`` and caches in ``~/.one``; else a login with the password,
+    made by hpcpipe's client and handed to ONE as a token (ONE's own login has no timeout).
     """
     try:
         from one.webclient import AlyxClient as OneAlyxClient
     except ImportError:
         raise BadInput('[alyx] client = "one" needs the ONE-api package (pip install ONE-api)') from None
-    from .client import AlyxClient, AlyxUnreachable
 
     found = alyx_params.resolve()
     if not found["url"]:
@@ -137,16 +138,46 @@ def one_from_config() -> Any:
                        "or set up ONE (~/.one)")
     username = found["username"]
     client = bound(OneAlyxClient(base_url=found["url"], silent=True))  # no credentials: no request yet
-    token = None
-    if not alyx_params.one_token(alyx_params.one_params(found["url"]), username):
-        if found["token"]:
-            token = found["token"]
-        elif found["password"] and username:
-            own = AlyxClient(found["url"], username, found["password"], use_one_params=False)
+    if alyx_params.one_token(alyx_params.one_params(found["url"]), username):
+        client.authenticate(username)  # ONE's cached token: no request
+    else:
+        client.user = username  # who registers files (``created_by``) before the login is made
+        client.hpcpipe_login = functools.partial(_login, client, found)
+    return client
+
+
+def ensure_login(client: Any, limits: Limits) -> None:
+    """Make the login ``one_from_config`` left for the first request, within ``limits``
+    (the calling store consulted its down mark first). Nothing for a client already logged in."""
+    login = getattr(client, "hpcpipe_login", None)
+    if login is None:
+        return
+    login(limits)
+    client.hpcpipe_login = None
+
+
+def _login(client: Any, found: dict, limits: Limits) -> None:
+    import requests
+
+    from .client import AlyxClient, AlyxUnreachable
+
+    token = found["token"]
+    username = found["username"]
+    if not token and found["password"] and username:
+        own = AlyxClient(found["url"], username, found["password"], use_one_params=False, timeout=limits.timeout,
+                         retries=limits.retries, retry_budget=limits.budget)
+        try:
             own.authenticate()
-            token = own._token
+        finally:
+            own.close()
+        token = own._token
+    verify = client.token_verify_timeout  # ONE's /me check of a token it is handed (10 s)
+    client.token_verify_timeout = min(float(verify), float(limits.timeout[1]))
     try:
         client.authenticate(username, token=token)
+    except requests.RequestException:
+        raise  # an answer (a rejected token): the store maps it
     except (ConnectionError, OSError) as exc:
         raise AlyxUnreachable(f"ONE could not reach Alyx at {found['url']}: {exc}") from None
-    return client
+    finally:
+        client.token_verify_timeout = verify

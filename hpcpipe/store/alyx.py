@@ -211,6 +211,9 @@ class AlyxStore(TaskStore):
                                     f"last {health.down_secs():g} s); not asked")
         try:
             with self._within(mode):
+                # ONE's login, if not made yet (``one_from_config``): after the mark, in this call's limits
+                if getattr(self.alyx, "hpcpipe_login", None) is not None:
+                    oneclient.ensure_login(self.alyx, self._limits(mode))
                 out = self.alyx.rest(url, action, **kwargs)
                 if action == "list" and out is not None and not isinstance(out, list):
                     # ONE's lazy paginated list: its later pages are requests too, under the same limits
