@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, config
+from . import __version__, config, jsonview
 from .errors import BadInput, HpcpipeError, Unreachable
 from .status import DONE, STATUSES, check_statuses
 
@@ -188,7 +188,7 @@ def _print_json(rows: list[dict]) -> None:
     """One JSON list on one line, through json's C encoder in one call (``indent`` makes json
     fall back to its pure-Python encoder: seconds for a backfill's 60,000 tasks). Pipe it to
     ``jq`` to read it."""
-    sys.stdout.write(json.dumps(rows) + "\n")
+    sys.stdout.write(json.dumps(rows, separators=(",", ":")) + "\n")
 
 
 def _print_local(rows: list[dict], store, why: str, reasons: bool = False) -> None:
@@ -415,6 +415,7 @@ def cmd_status(args) -> int:
     remotes: dict = {}  # one SLURM backend per cluster (one watcher, one SSH connection) for every poll
     try:
         while True:
+            why = None
             try:
                 session = None
                 if args.session:
@@ -422,16 +423,15 @@ def cmd_status(args) -> int:
 
                     session = store.session_id(parse_session_path(args.session).path)
                 report = _refresh_unless_busy(store, ledger, remotes)
-                rows = _rows(store, ledger, session, statuses, report.states if report else None, reasons=args.reason)
-                why = None
+                if args.json and not args.reason and jsonview.can_render(store):  # the rows joined by SQLite
+                    sys.stdout.write(jsonview.status_json(store, ledger.path, _ROW_FIELDS, session, statuses) + "\n")
+                else:
+                    rows = _rows(store, ledger, session, statuses, report.states if report else None,
+                                 reasons=args.reason)
+                    _print_status(args, rows, store, None)
             except Unreachable as exc:  # show what this machine knows, marked as such
-                rows, why = _local_status(store, ledger, args.session, statuses), str(exc)
-            if args.json:
-                _print_json(_json_rows(rows, local=why is not None, reasons=args.reason))
-            elif why is None:
-                _print_table(rows, store, reasons=args.reason)
-            else:
-                _print_local(rows, store, why, reasons=args.reason)
+                why = str(exc)
+                _print_status(args, _local_status(store, ledger, args.session, statuses), store, why)
             if not args.watch:
                 return EXIT_OK if why is None else EXIT_UNREACHABLE
             try:
@@ -442,6 +442,17 @@ def cmd_status(args) -> int:
     finally:
         for backend in remotes.values():
             backend.transport.close()
+
+
+def _print_status(args, rows: list[dict], store, why: str | None) -> None:
+    """Status rows as asked (``--json`` or the table); ``why``: the store is unreachable, so the
+    rows are this machine's knowledge, marked as such."""
+    if args.json:
+        _print_json(_json_rows(rows, local=why is not None, reasons=args.reason))
+    elif why is None:
+        _print_table(rows, store, reasons=args.reason)
+    else:
+        _print_local(rows, store, why, reasons=args.reason)
 
 
 def _local_status(store, ledger, session_arg: str | None, statuses: list[str]) -> list[dict]:

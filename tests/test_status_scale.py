@@ -9,6 +9,7 @@ the real ones.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,82 @@ def test_holding_a_whole_backfill_reads_no_task_from_the_store(backfilled, monke
     cluster.rows = {f"{a}_[0-{N - 1}]": ("PENDING", "JobHeldUser") for a in ARRAYS}
     backend.refresh()
     assert {j.reason for j in ledger.live("slurm")} == {"JobHeldUser"} and reads == []
+
+
+# ---------------------------------------------------------------- status --json rendered by SQLite
+@pytest.fixture
+def varied(tmp_path, monkeypatch):
+    """Tasks of every shape a status row has: levels and priorities (and none), statuses, two
+    sessions, a task with two jobs (the later one is shown), array elements and plain jobs, local
+    and SLURM jobs, a task with no job, resources and elapsed times as floats."""
+    monkeypatch.setenv("HPCPIPE_HOME", str(tmp_path / "home"))
+    store, ledger = SQLiteStore(tmp_path / "tasks.sqlite"), Ledger(tmp_path / "jobs.sqlite")
+    from hpcpipe.session import parse_session_path
+
+    paths = []
+    for n in (1, 2):
+        p = tmp_path / "data" / "lab" / "Subjects" / "S1" / "2026-11-20" / f"00{n}"
+        p.mkdir(parents=True)
+        paths.append(parse_session_path(p))
+    eids = store.session_ids(paths, create=True)
+    specs = [  # name, level, priority, status, ram, elapsed
+        ("A", 0, None, "Complete", 1, 4.25), ("B", 1, 50, "Errored", 1.5, 0.125), ("C", 1, 90, "Waiting", 2, None),
+        ("D", None, None, "Held", 4, None), ("E", 2, 10, "Started", 8, 12.5), ("F", 0, 3, "Empty", 1, 0.0)]
+    tasks = store.create_tasks([{"session": e, "name": f"{name}", "level": level, "priority": prio, "status": status,
+                                 "ram": ram, "cpu": 2, "gpu": 0, "time_elapsed_secs": elapsed, "executable": "x.T"}
+                                for e in eids for name, level, prio, status, ram, elapsed in specs])
+    jobs = []
+    for k, t in enumerate(tasks):
+        if t["name"] == "F":
+            continue  # never submitted
+        jobs.append({"task_id": t["id"], "session": t["session"], "task_name": t["name"], "run_id": "run-1",
+                     "backend": "slurm", "job_id": "700", "array_index": k, "state": "COMPLETED"})
+        if t["name"] in ("B", "E"):  # a second attempt, in a later run: the one shown
+            jobs.append({"task_id": t["id"], "session": t["session"], "task_name": t["name"], "run_id": "run-2",
+                         "backend": "local" if t["name"] == "E" else "slurm", "job_id": f"9{k}", "state": "PENDING"})
+    for j in jobs:
+        ledger.record([j])
+        ledger._write("UPDATE jobs SET submitted=? WHERE task_id=? AND run_id=?",
+                      [(f"2026-12-0{j['run_id'][-1]}T10:00:00", j["task_id"], j["run_id"])])
+    c = next(t for t in tasks if t["name"] == "C")  # a row of a later run with no time: not shown
+    ledger.record([{"task_id": c["id"], "session": c["session"], "task_name": "C", "run_id": "run-3",
+                    "backend": "slurm"}])
+    ledger._write("UPDATE jobs SET submitted=NULL WHERE run_id=?", [("run-3",)])  # as an old ledger's rows
+    return store, ledger, eids
+
+
+@pytest.mark.parametrize("session, statuses", [(None, []), (0, []), (None, ["Waiting", "Held"]), (1, ["Errored"])])
+def test_status_json_rendered_by_sqlite_is_the_rows_json_dumps_writes(varied, session, statuses):
+    """The rows SQLite writes are, text for text, what ``json.dumps`` of the CLI's rows writes:
+    the same keys in the same order, the same values (the latest job of each task), the same order
+    of tasks (level, then priority, then creation), the same filters."""
+    from hpcpipe import cli, jsonview
+
+    store, ledger, eids = varied
+    sid = None if session is None else eids[session]
+    rows = cli._json_rows(cli._rows(store, ledger, sid, statuses, reasons=False), local=False, reasons=False)
+    expected = json.dumps(rows, separators=(",", ":"))
+    assert jsonview.status_json(store, ledger.path, cli._ROW_FIELDS, sid, statuses) == expected
+    assert rows and {r["job_id"] for r in rows} - {None}  # the comparison saw jobs
+    if session is None and not statuses:
+        shown = {(r["session"], r["name"]): (r["backend"], r["job_id"]) for r in rows}
+        assert shown[eids[0], "E"] == ("local", "94") and shown[eids[0], "F"] == (None, None)
+        assert shown[eids[0], "C"] == ("slurm", "700_2")
+        assert [r["name"] for r in rows[:4]] == ["A", "A", "F", "F"]  # level 0: no priority first, then 3
+
+
+def test_status_json_of_the_embedded_store_builds_no_row_in_python(varied, monkeypatch, capsys):
+    """``hpcpipe status --json`` with the embedded store: the rows are SQLite's text, the
+    CLI's per-row path is not taken (with ``--reason`` it is: the reason is Python's)."""
+    from hpcpipe import cli
+
+    store, ledger, _ = varied
+    monkeypatch.setattr(cli, "_store", lambda: store)
+    monkeypatch.setattr(cli, "_ledger", lambda: ledger)
+    built = []
+    rows = cli._rows
+    monkeypatch.setattr(cli, "_rows", lambda *a, **k: built.append(1) or rows(*a, **k))
+    assert cli.main(["status", "--json"]) == 0
+    assert built == [] and len(json.loads(capsys.readouterr().out)) == 12
+    assert cli.main(["status", "--json", "--reason"]) == 0
+    assert built == [1] and all("reason" in r for r in json.loads(capsys.readouterr().out))

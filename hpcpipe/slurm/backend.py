@@ -482,7 +482,7 @@ class SlurmBackend:
         intents = ledger.jobs_of(BACKEND, remote, INTENT)
         watcher = self.watcher()
         asked = watcher.queries
-        watched = ledger.watch_list(BACKEND, remote)
+        watched, arrays = ledger.watched(BACKEND, remote)
         watcher.retain(job_id for job_id, _, _ in watched)  # a kept watcher: nothing the ledger has closed is asked
         for job_id, run_id, indices in watched:
             watcher.watch(job_id, indices=indices, name=run_id)
@@ -500,7 +500,7 @@ class SlurmBackend:
         # the ledger already has for all its rows is not looked at per element, and a poll of a
         # backfill's 60,000 pending elements that learns nothing compares a few tuples, writes nothing
         groups: dict[str, list] = defaultdict(list)
-        for job_id, state, reason, quiet in ledger.array_groups(BACKEND, remote):
+        for job_id, state, reason, quiet in arrays:
             groups[job_id].append((state, reason, quiet))
         folded_jobs = {j.job_id for j in folded_records}
         same = set()

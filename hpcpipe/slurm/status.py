@@ -261,6 +261,9 @@ class JobWatcher:
         self._done: set[str] = set()
         self._states: dict[str, JobState] = {}
         self._uniform: dict[str, JobState | None] = {}
+        #: watched array id -> {index: element id}, made once per watched set of indices: a
+        #: backfill's arrays have 10,000 elements each, asked about at every poll
+        self._element_ids: dict[str, dict[int, str]] = {}
 
     # -- what to watch
     def watch(self, job_ids: Iterable[str] | str, indices: Iterable[int] | None = None,
@@ -281,6 +284,7 @@ class JobWatcher:
                 indices = set(int(i) for i in indices)
                 if indices != self._keys[jid]:
                     self._done.discard(jid)  # elements it did not follow yet: asked at the next poll
+                    self._element_ids.pop(jid, None)
                 self._keys[jid] = indices
             if name is not None:
                 self._names[jid] = name
@@ -296,6 +300,7 @@ class JobWatcher:
             del self._keys[jid]
             self._names.pop(jid, None)
             self._uniform.pop(jid, None)
+            self._element_ids.pop(jid, None)
             self._done.discard(jid)
         self._states = {k: st for k, st in self._states.items() if st.job_id in keep or st.array_job_id in keep}
 
@@ -378,10 +383,26 @@ class JobWatcher:
         """States of one watched id: the job itself, or every element of an array (a pending
         range once)."""
         seen: dict[int, JobState] = {}
-        for s in self._states.values():
-            if (s.job_id == job_id or s.array_job_id == job_id) and id(s) not in seen:
+        ids = self._elements_of(job_id)
+        if ids is None:  # no known elements: every state naming it
+            for s in self._states.values():
+                if (s.job_id == job_id or s.array_job_id == job_id) and id(s) not in seen:
+                    seen[id(s)] = s
+            return list(seen.values())
+        for s in map(self._states.get, [job_id, *ids.values()]):  # only _update stores, by element id
+            if s is not None:
                 seen[id(s)] = s
         return list(seen.values())
+
+    def _elements_of(self, key: str) -> dict[int, str] | None:
+        """``{index: element id}`` of a watched array id whose elements are known, else None."""
+        expected = self._keys.get(key)
+        if expected is None or _split_id(key)[1] is not None:
+            return None
+        ids = self._element_ids.get(key)
+        if ids is None:
+            ids = self._element_ids[key] = {i: f"{key}_{i}" for i in sorted(expected)}
+        return ids
 
     def done(self) -> bool:
         """True when every watched id is final."""
@@ -481,7 +502,13 @@ class JobWatcher:
                     self._states[row.job_id] = row
                     listed.add(row.job_id)
                     continue
-                for i in row.indices:  # every pending element's id names the one row
+                ids = self._elements_of(key) if row.array_job_id == key else None
+                if ids is not None:  # every pending element's id names the one row
+                    hit = [ids[i] for i in row.indices if i in ids]
+                    self._states.update(dict.fromkeys(hit, row))
+                    listed.update(hit)
+                    continue
+                for i in row.indices:
                     if expected is None or i in expected:
                         self._states[f"{row.array_job_id}_{i}"] = row
                         listed.add(f"{row.array_job_id}_{i}")
@@ -507,7 +534,10 @@ class JobWatcher:
     def _mark_unknown(self, key: str, expected: set[int] | None, listed: set[str]) -> None:
         """Elements of ``key`` the controller does not list and no final state covers: UNKNOWN."""
         index = _split_id(key)[1]
-        wanted = [f"{key}_{i}" for i in sorted(expected)] if expected and index is None else [key]
+        ids = self._elements_of(key) if expected else None
+        if ids is not None and len(listed) == len(ids) and all(map(listed.__contains__, ids.values())):
+            return  # every element listed: nothing is unknown
+        wanted = list(ids.values()) if ids is not None else [key]
         if expected is None and index is None:
             wanted = [jid for s in self.state_of(key) for jid in (
                 [f"{s.array_job_id}_{i}" for i in s.indices] if s.indices is not None else [s.job_id])] or [key]

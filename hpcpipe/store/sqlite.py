@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS datasets (
     UNIQUE (session, collection, revision, name));
 """
 _JSON_FIELDS = ("parents", "arguments")
-_TASK_ORDER = "level IS NULL, level ASC, priority IS NOT NULL, priority DESC, rowid"
+#: the order of task listings (level, then priority, then creation): also jsonview's
+TASK_ORDER = "level IS NULL, level ASC, priority IS NOT NULL, priority DESC, rowid"
 
 
 def _json_value(text: str | None):
@@ -248,7 +249,7 @@ class SQLiteStore(TaskStore):
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             args.extend(statuses)
-        sql = ("WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {_TASK_ORDER}"
+        sql = ("WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {TASK_ORDER}"
         return list(self._tasks(sql, args, fields))
 
     def tasks_by_session(self, sessions, graph: str | None = None) -> dict[str, list[dict]]:
@@ -259,7 +260,7 @@ class SQLiteStore(TaskStore):
             sql += " AND graph = ?"
             args.append(graph)
         out: dict[str, list[dict]] = {s: [] for s in sessions}
-        for rec in self._tasks(sql + f" ORDER BY {_TASK_ORDER}", args):
+        for rec in self._tasks(sql + f" ORDER BY {TASK_ORDER}", args):
             out[rec["session"]].append(rec)
         return out
 
