@@ -275,7 +275,7 @@ class Ledger:
         for job_id, run_id, state, reason, quiet, indices in self._db.execute(sql, (backend, remote)):
             have = jobs.setdefault((job_id, run_id), None)
             if indices:
-                jobs[job_id, run_id] = (have or []) + [int(i) for i in indices.split(",")]
+                jobs[job_id, run_id] = (have or []) + list(map(int, indices.split(",")))
                 groups.append((job_id, state, reason, bool(quiet)))
         return [(job_id, run_id, indices) for (job_id, run_id), indices in jobs.items()], groups
 

@@ -509,7 +509,7 @@ class SlurmBackend:
             if (one is not None and len(rows) == 1 and rows[0] == (one.state, one.reason or None, True)
                     and one.state not in jobstate.DOUBTFUL and job_id not in folded_jobs):
                 same.add(job_id)
-        report.checked = sum(1 for k in states if k.partition("_")[0] in same)
+        report.checked = sum(map(watcher.size, same))
         news = []
         for rowid, task_id, run_id, backend_id, state, reason, doubt_since, was_folded in ledger.live_states(
                 BACKEND, remote, skip=same):

@@ -281,10 +281,11 @@ class JobWatcher:
                 raise BackendError(f"not a SLURM job id: {jid!r}")
             self._keys.setdefault(jid, None)
             if indices is not None:
-                indices = set(int(i) for i in indices)
+                indices = set(map(int, indices))
                 if indices != self._keys[jid]:
                     self._done.discard(jid)  # elements it did not follow yet: asked at the next poll
                     self._element_ids.pop(jid, None)
+                    self._uniform.pop(jid, None)
                 self._keys[jid] = indices
             if name is not None:
                 self._names[jid] = name
@@ -382,17 +383,20 @@ class JobWatcher:
     def state_of(self, job_id: str) -> list[JobState]:
         """States of one watched id: the job itself, or every element of an array (a pending
         range once)."""
-        seen: dict[int, JobState] = {}
+        one = self._uniform.get(job_id)
+        if one is not None and self._keys.get(job_id) is not None and job_id not in self._states:
+            return [one]  # the last answer's one row for all its elements (``_update`` keeps them so)
         ids = self._elements_of(job_id)
         if ids is None:  # no known elements: every state naming it
+            seen: dict[int, JobState] = {}
             for s in self._states.values():
                 if (s.job_id == job_id or s.array_job_id == job_id) and id(s) not in seen:
                     seen[id(s)] = s
             return list(seen.values())
-        for s in map(self._states.get, [job_id, *ids.values()]):  # only _update stores, by element id
-            if s is not None:
-                seen[id(s)] = s
-        return list(seen.values())
+        got = [self._states.get(job_id), *map(self._states.get, ids.values())]  # stored by element id
+        distinct = dict(zip(map(id, got), got))  # in C: 10,000 elements share a few rows
+        distinct.pop(id(None), None)
+        return list(distinct.values())
 
     def _elements_of(self, key: str) -> dict[int, str] | None:
         """``{index: element id}`` of a watched array id whose elements are known, else None."""
@@ -504,7 +508,8 @@ class JobWatcher:
                     continue
                 ids = self._elements_of(key) if row.array_job_id == key else None
                 if ids is not None:  # every pending element's id names the one row
-                    hit = [ids[i] for i in row.indices if i in ids]
+                    hit = list(ids.values()) if ids.keys() <= set(row.indices) else [
+                        ids[i] for i in row.indices if i in ids]
                     self._states.update(dict.fromkeys(hit, row))
                     listed.update(hit)
                     continue
@@ -525,6 +530,10 @@ class JobWatcher:
             if all(s.final for s in states):
                 self._done.add(key)
         return covered
+
+    def size(self, key: str) -> int:
+        """How many jobs a watched id stands for: its array elements, or 1."""
+        return len(self._keys.get(key) or ()) or 1
 
     def uniform(self, key: str) -> JobState | None:
         """The one pending-array row that covers every element of array ``key`` in the last
