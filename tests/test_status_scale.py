@@ -203,3 +203,38 @@ def test_status_json_of_the_embedded_store_builds_no_row_in_python(varied, monke
     assert built == [] and len(json.loads(capsys.readouterr().out)) == 12
     assert cli.main(["status", "--json", "--reason"]) == 0
     assert built == [1] and all("reason" in r for r in json.loads(capsys.readouterr().out))
+
+
+def test_a_result_reported_under_a_provisional_id_is_folded_in_the_poll_that_adopts_it(tmp_path, monkeypatch):
+    """A backfill job whose record was not made yet reports under its provisional id; the poll
+    that makes the record moves the result file to the store id and folds it then (its listing
+    follows the move), so the sweep never takes the ended job for one that left no result."""
+    from hpcpipe import recorder
+    from hpcpipe.session import parse_session_path
+
+    monkeypatch.setenv("HPCPIPE_HOME", str(tmp_path / "home"))
+    store, ledger = SQLiteStore(tmp_path / "tasks.sqlite"), Ledger(tmp_path / "jobs.sqlite")
+    path = tmp_path / "data" / "lab" / "Subjects" / "S1" / "2026-11-20" / "001"
+    path.mkdir(parents=True)
+    eid = store.session_ids([parse_session_path(path)], create=True)[0]
+    template = [{"name": "Raw", "status": "Waiting", "parents": [], "arguments": {}, "graph": "rec",
+                 "executable": "x.Raw", "level": 0, "priority": 100, "cpu": 1, "gpu": 0, "ram": 1, "io_charge": 0,
+                 "time_out_secs": 600, "version": None}]
+    deck = recorder.stamp(template, [eid])[0]
+    provisional = deck[0]["id"]
+    run_dir = tmp_path / "runs" / RUN
+    for sub in ("sessions", "results", recorder.RECORDS):
+        (run_dir / sub).mkdir(parents=True)
+    (run_dir / "sessions" / "c0.json").write_text(runfolder.sessions_json({0: runfolder.session_entry(
+        eid, str(path), deck)}))
+    ledger.record([{"task_id": provisional, "session": eid, "task_name": "Raw", "run_id": RUN, "backend": "slurm",
+                    "job_id": "600", "state": "RUNNING", "run_dir": str(run_dir), "chunk": "c0", "script": "s600"}])
+    result = {"task_id": provisional, "final": True,
+              "ops": [{"op": "update_task", "payload": {"task_id": provisional, "status": "Complete"}}]}
+    Path(runfolder.result_path(run_dir, provisional)).write_text(json.dumps(result))
+    cluster = _Cluster()
+    cluster.rows = {"600": ("COMPLETED", "None")}
+    report = SlurmBackend(store, ledger, transport=cluster).refresh()
+    (task,) = store.list_tasks(session=eid)
+    assert task["status"] == "Complete" and report.folded == 1, (task, report)
+    assert [j.task_id for j in ledger.history()] == [task["id"]] and ledger.history()[0].folded

@@ -623,8 +623,11 @@ class SlurmBackend:
             if reported:
                 known.update(self._record_now(run_dir, reported))
                 for tid in reported:
-                    if tid in known:
-                        recorder.adopt_result(run_dir, tid, known)
+                    if tid in known and recorder.adopt_result(run_dir, tid, known):
+                        # the file moved to its store id: this poll's listing follows it, so the
+                        # result is folded now, not one poll later
+                        present[run_dir].discard(f"{tid}.json")
+                        present[run_dir].add(f"{known[tid]}.json")
             for j in rows:
                 if j.task_id in known:
                     renames.append((j.task_id, j.run_id, known[j.task_id]))
