@@ -110,12 +110,14 @@ def _refresh(store, ledger, backend=None, remotes=None):
     return report
 
 
-def _checked(args, store, ledger, sessions, pipelines: dict[str, list[int]]):
-    """The backend, every check done before anything is recorded (limits, profile, paths,
-    each session's pipeline, resources): a refused submission changes nothing anywhere."""
+def _checked(args, store, ledger, sessions, pipelines: dict[str, list[int]], backend=None):
+    """The backend (``backend``: one already made), every check done before anything is
+    recorded (limits, profile, paths, each session's pipeline, resources): a refused submission
+    changes nothing anywhere."""
     from .submission import check_sessions
 
-    backend = _backend(args, store, ledger, [getattr(s, "path", s) for s in sessions])
+    if backend is None:
+        backend = _backend(args, store, ledger, [getattr(s, "path", s) for s in sessions])
     dry = args.dry_run or bool(getattr(args, "emit", None))
     for pipeline, ks in pipelines.items():
         check_sessions([sessions[k] for k in ks], pipeline, store, lambda tasks: backend.check(tasks, dry_run=dry))
@@ -539,6 +541,7 @@ def cmd_backfill(args) -> int:
     gc.set_threshold(200_000, 50, 1000)
 
     store, ledger = _store(), _ledger()
+    ahead = _slurm_ahead(args, store, ledger)
     sessions = list(args.session or [])
     if args.sessions_file:
         sessions += _read_sessions_file(args.sessions_file)
@@ -560,7 +563,7 @@ def cmd_backfill(args) -> int:
         _alyx_check(store, [paths[k] for k in ks], pipeline)
     args.backend = "slurm"
     statuses = ["Waiting"] + check_statuses(args.rerun)
-    backend = _checked(args, store, ledger, refs, pipelines)
+    backend = _checked(args, store, ledger, refs, pipelines, ahead)
     defer = _defer_records(args, store, backend)
     with _lock(ledger, "hpcpipe backfill"):
         _refresh(store, ledger, backend)
@@ -602,6 +605,23 @@ def cmd_backfill(args) -> int:
             print(f"{todo} task record(s) to make on Alyx: each job makes its own as it starts; "
                   "`hpcpipe sync` makes the others")
     return 0
+
+
+def _slurm_ahead(args, store, ledger):
+    """This machine's SLURM backend with its limits being read on a thread
+    (``SlurmBackend.read_limits_ahead``) while the session paths are read and checked; None
+    with ``--remote`` (the paths are mapped before connecting) or when the backend cannot be
+    made yet (``_checked`` then says why, after the path checks, as before)."""
+    if getattr(args, "remote", None):
+        return None
+    from .slurm.backend import SlurmBackend
+
+    try:
+        backend = SlurmBackend(store, ledger, profile=getattr(args, "profile", None))
+    except Exception:
+        return None
+    backend.read_limits_ahead()
+    return backend
 
 
 def _defer_records(args, store, backend) -> bool:
