@@ -137,6 +137,9 @@ class Ledger:
             db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
+            # each commit on the disk before the next step (an intent before its sbatch);
+            # ``_write(durable=False)`` relaxes it for one write
+            db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=60000")
             self._local.db = db
         return db
@@ -157,22 +160,40 @@ class Ledger:
     def record_array(self, common: dict, task_ids: list[str], sessions: list, indices: list[int]) -> None:
         """``record`` for the elements of one array: ``common`` holds what every row shares (run,
         job id, task name, state...), the three lists what differs, so nothing is built per row."""
-        varying = {"task_id": task_ids, "session": sessions, "array_index": indices}
-        same = {n: common.get(n) for n in _RECORD_COLUMNS if n not in varying}
-        same["job_id"], same["state"] = str(same["job_id"] or ""), same["state"] or SUBMITTING
-        self._insert(same, varying)
+        self.record_arrays([(common, task_ids, sessions, indices)])
+
+    def record_arrays(self, arrays: Iterable[tuple[dict, list[str], list, list[int]]]) -> None:
+        """``record_array`` for several arrays (a backfill's intents, every call of its run) in
+        one transaction: one commit, and the intents are there all or not at all."""
+        statements = []
+        for common, task_ids, sessions, indices in arrays:
+            varying = {"task_id": task_ids, "session": sessions, "array_index": indices}
+            same = {n: common.get(n) for n in _RECORD_COLUMNS if n not in varying}
+            same["job_id"], same["state"] = str(same["job_id"] or ""), same["state"] or SUBMITTING
+            statements.append(self._insert_sql(same, varying))
+        self._in_transaction(statements)
 
     def _insert(self, same: dict, varying: dict) -> None:
+        self._in_transaction([self._insert_sql(same, varying)])
+
+    @staticmethod
+    def _insert_sql(same: dict, varying: dict) -> tuple[str, dict]:
         """One statement for all the rows (a backfill's 60,000 array elements): a column with one
         value in every row (the run, the array, the state...) is bound once, the others are read
         by SQLite from one JSON parameter, instead of Python binding 15 values per row."""
         names = [*same, *varying]
         values = [f":{n}" for n in same] + [f"json_extract(value, '$[{k}]')" for k in range(len(varying))]
         params = {"now": _now(), "rows": json.dumps(list(zip(*varying.values()))), **same}
+        return (f"INSERT OR REPLACE INTO jobs ({', '.join(names)}, submitted, updated, folded_ops, "
+                f"folded) SELECT {', '.join(values)}, :now, :now, 0, 0 FROM json_each(:rows)", params)
+
+    def _in_transaction(self, statements: list[tuple[str, dict]]) -> None:
+        if not statements:
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(names)}, submitted, updated, folded_ops, "
-                             f"folded) SELECT {', '.join(values)}, :now, :now, 0, 0 FROM json_each(:rows)", params)
+            for sql, params in statements:
+                self._db.execute(sql, params)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -187,7 +208,7 @@ class Ledger:
     def submitted(self, run_id: str, script: str, job_id: str, state: str = "PENDING") -> None:
         """sbatch answered (or SLURM was found to have the job): fill in the intent's job id."""
         self._write("UPDATE jobs SET job_id=?, state=?, updated=? WHERE run_id=? AND script=?",
-                    [(str(job_id), state, _now(), run_id, script)])
+                    [(str(job_id), state, _now(), run_id, script)], durable=False)
 
     def forget(self, rows: Iterable[tuple[str, str]]) -> None:
         """Delete ``(task_id, run_id)`` intents that never became a job (nothing ran, nothing to keep)."""
@@ -198,9 +219,15 @@ class Ledger:
         self._write("UPDATE jobs SET doubt_since=? WHERE task_id=? AND run_id=?",
                     [(since, t, run) for t, run, since in updates])
 
-    def _write(self, sql: str, rows: list[tuple]) -> None:
+    def _write(self, sql: str, rows: list[tuple], durable: bool = True) -> None:
+        """``durable=False``: committed without waiting for the disk (``synchronous=NORMAL``), for
+        what the next refresh finds again if a power cut loses it: a job id sbatch gave (the
+        intent, committed durably before sbatch, is adopted by its run name and comment). A killed
+        process loses nothing committed either way."""
         if not rows:
             return
+        if not durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany(sql, rows)
@@ -208,6 +235,9 @@ class Ledger:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        finally:
+            if not durable:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def set_folded(self, updates: Iterable[tuple[str, str, int, bool]]) -> None:
         """Record ``(task_id, run_id, ops folded, final)`` after folding result files."""

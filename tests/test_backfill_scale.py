@@ -252,3 +252,23 @@ def test_ledger_fills_in_one_calls_job_id_through_an_index(tmp_path):
     on_job_id = [r[0] for r in ledger._db.execute("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='jobs' "
                                                   "AND sql LIKE '%job_id%' AND sql NOT LIKE '%WHERE%'")]
     assert indexed == {"run_id", "script"} and on_job_id == []
+
+
+def test_backfill_intents_of_every_call_in_one_transaction_job_ids_without_waiting_for_the_disk(tmp_path):
+    """A run's intents: one statement per call, one commit for all (durable: before the first
+    sbatch); the job id of each call is committed with ``synchronous=NORMAL`` (a power cut that
+    loses it leaves the intent, which the next refresh adopts), the connection back to FULL after."""
+    ledger = Ledger(tmp_path / "jobs.sqlite")
+    seen: list[str] = []
+    ledger._db.set_trace_callback(seen.append)
+    common = {"run_id": "bf-1", "backend": "slurm", "job_id": "", "run_dir": "/r", "state": "SUBMITTING"}
+    ledger.record_arrays([(dict(common, task_name=name, script=f"{name}.c0"), [f"{name}{i}" for i in range(100)],
+                           [f"s{i}" for i in range(100)], list(range(100))) for name in ("Raw", "Sync", "QC")])
+    assert [s.split()[0] for s in seen] == ["BEGIN", "INSERT", "INSERT", "INSERT", "COMMIT"]
+    seen.clear()
+    ledger.submitted("bf-1", "Sync.c0", "77")
+    ledger._db.set_trace_callback(None)
+    assert seen[0] == "PRAGMA synchronous=NORMAL" and seen[-1] == "PRAGMA synchronous=FULL"
+    assert ledger._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    jobs = {j.task_id: j for j in ledger.run("bf-1")}
+    assert len(jobs) == 300 and jobs["Sync5"].backend_id == "77_5" and jobs["Raw5"].intent

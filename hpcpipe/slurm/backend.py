@@ -333,15 +333,17 @@ class SlurmBackend:
         return report
 
     def _record_intents(self, run_id: str, run_dir: str, layout: layouts.Layout) -> None:
-        """Every call's members as intents (``SUBMITTING``, no job id), one statement per call:
-        what a row holds beyond the call's common values is its task, session and index."""
+        """Every call's members as intents (``SUBMITTING``, no job id), one statement per call
+        and one transaction for all: what a row holds beyond the call's common values is its
+        task, session and index."""
+        arrays = []
         for call in layout.calls:
             indices, task_ids, sessions = call.columns()
-            self.ledger.record_array(
-                {"task_name": call.task_name, "run_id": run_id, "backend": BACKEND, "job_id": "",
-                 "run_dir": run_dir, "state": jobstate.SUBMITTING, "remote": self.remote, "chunk": call.chunk,
-                 "script": call.script},
-                task_ids, sessions, indices if call.array else [None] * len(indices))
+            arrays.append(({"task_name": call.task_name, "run_id": run_id, "backend": BACKEND, "job_id": "",
+                            "run_dir": run_dir, "state": jobstate.SUBMITTING, "remote": self.remote,
+                            "chunk": call.chunk, "script": call.script},
+                           task_ids, sessions, indices if call.array else [None] * len(indices)))
+        self.ledger.record_arrays(arrays)
 
     def _sbatch(self, report: SubmitReport, run_id: str, run_dir: str, call: layouts.Call,
                 job_of: dict[str, str], throttle: int | None, dry: _DryIds | None) -> str:
