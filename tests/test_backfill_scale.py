@@ -272,3 +272,45 @@ def test_backfill_intents_of_every_call_in_one_transaction_job_ids_without_waiti
     assert ledger._db.execute("PRAGMA synchronous").fetchone()[0] == 2
     jobs = {j.task_id: j for j in ledger.run("bf-1")}
     assert len(jobs) == 300 and jobs["Sync5"].backend_id == "77_5" and jobs["Raw5"].intent
+
+
+def test_limits_read_ahead_on_a_thread_once_and_its_failure_raised_when_asked(tmp_path, monkeypatch):
+    """``SlurmBackend.read_limits_ahead`` returns before the cluster answers (a backfill reads
+    and checks its session paths meanwhile); ``limits`` waits for that one read, and raises what
+    it raised, where the read would have raised without it."""
+    import threading
+
+    from hpcpipe.errors import BackendError
+    from hpcpipe.slurm.backend import SlurmBackend
+    from hpcpipe.transport import LocalTransport, Result
+
+    monkeypatch.setenv("HPCPIPE_HOME", str(tmp_path / "home"))
+    release = threading.Event()
+
+    class Slow(LocalTransport):
+        def __init__(self, fail: bool = False) -> None:
+            self.commands: list[str] = []
+            self.fail = fail
+
+        def run(self, argv, input=None, timeout=120.0, *, repeatable=False):
+            release.wait(10)
+            self.commands.append(" ".join(argv[:3]))
+            code = 1 if self.fail and argv[:3] == ["scontrol", "show", "config"] else 0
+            return Result(list(argv), code, "MaxArraySize = 77\n" if argv[:3] == ["scontrol", "show", "config"]
+                          else "", "down" if code else "")
+
+    ledger = Ledger(tmp_path / "jobs.sqlite")
+    backend = SlurmBackend(None, ledger, transport=Slow())
+    backend.read_limits_ahead()
+    backend.read_limits_ahead()  # one read at a time
+    assert backend.transport.commands == []  # nothing answered yet, and we are not waiting
+    release.set()
+    assert backend.limits.max_array_size == 77
+    once = list(backend.transport.commands)
+    assert backend.limits is backend.limits and backend.transport.commands == once
+    assert sum(c.startswith("scontrol show config") for c in once) == 1
+
+    failing = SlurmBackend(None, ledger, transport=Slow(fail=True))
+    failing.read_limits_ahead()
+    with pytest.raises(BackendError):
+        _ = failing.limits
