@@ -314,3 +314,24 @@ def test_limits_read_ahead_on_a_thread_once_and_its_failure_raised_when_asked(tm
     failing.read_limits_ahead()
     with pytest.raises(BackendError):
         _ = failing.limits
+
+
+def test_backfill_starts_the_limits_read_before_checking_paths_and_still_reports_a_bad_path(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """The CLI asks for the limits first (``_slurm_ahead``), then reads and checks the session
+    file: a bad path is reported as before, and nothing is written."""
+    from hpcpipe import cli, session
+    from hpcpipe.slurm.backend import SlurmBackend
+
+    monkeypatch.setenv("HPCPIPE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HPCPIPE_CONFIG", str(tmp_path / "none.toml"))
+    events: list[str] = []
+    monkeypatch.setattr(SlurmBackend, "read_limits_ahead", lambda self: events.append("ahead"))
+    real = session.parse_session_paths
+    monkeypatch.setattr(session, "parse_session_paths", lambda paths: (events.append("paths"), real(paths))[1])
+    listing = tmp_path / "sessions.txt"
+    listing.write_text("\n".join(map(str, sessions(tmp_path / "data", 2))) + f"\n{tmp_path}/nowhere/S1/2026-11-20/001\n")
+    assert cli.main(["backfill", "--sessions-file", str(listing), "--pipeline", PIPELINE]) != 0
+    assert events == ["ahead", "paths"]
+    assert "does not exist" in capsys.readouterr().err
+    assert Ledger(tmp_path / "home" / "jobs.sqlite").run_dirs() == []
