@@ -30,6 +30,9 @@ FINAL = frozenset({COMPLETED, FAILED, CANCELLED, TIMEOUT, "OUT_OF_MEMORY", "BOOT
                    "REVOKED", LOST, UNSUBMITTED})
 #: final only after the grace period: a requeue may follow (or an answer may come back)
 DOUBTFUL = frozenset({UNKNOWN, NODE_FAIL, PREEMPTED})
+#: the job side's exit code for "run me again" (EX_TEMPFAIL): the task went back to Waiting (a
+#: SIGTERM before a requeue, a parent not done); SLURM may be requeueing such a job
+REQUEUE_EXIT = 75
 #: the default grace period, in seconds (``[slurm] lost_after_secs``)
 LOST_AFTER_SECS = 300
 
@@ -37,6 +40,13 @@ LOST_AFTER_SECS = 300
 def is_final(state: str) -> bool:
     """True once a job in ``state`` will never run again (doubtful states are not final)."""
     return state in FINAL
+
+
+def may_be_requeued(state: str, exit_code: int | None) -> bool:
+    """A final state accounting may still show for a job SLURM is requeueing: the first attempt's
+    record (``FAILED`` with the job side's requeue exit, after a node failure) can be all sacct
+    has for a while. The controller (squeue) says whether the job is queued again."""
+    return state == FAILED and exit_code == REQUEUE_EXIT
 
 
 def normalise(raw: str) -> str:

@@ -18,7 +18,9 @@ import time
 import traceback
 from pathlib import Path
 
-EXIT_DONE, EXIT_FAILED, EXIT_RETRY = 0, 1, 75
+from ..jobstate import REQUEUE_EXIT
+
+EXIT_DONE, EXIT_FAILED, EXIT_RETRY = 0, 1, REQUEUE_EXIT
 #: a Waiting status after the run means the GPU lock was held: try again later (EX_TEMPFAIL)
 EXIT_CODES = {"Complete": EXIT_DONE, "Incomplete": EXIT_DONE, "Waiting": EXIT_RETRY}
 

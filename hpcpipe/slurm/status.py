@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ..errors import BackendError
-from ..jobstate import UNKNOWN, display, is_final, normalise
+from ..jobstate import UNKNOWN, display, is_final, may_be_requeued, normalise
 from ..transport import Transport
 from .render import expand_indices
 
@@ -80,6 +80,11 @@ class JobState:
     def final(self) -> bool:
         """True once the state can no longer change."""
         return is_final(self.state)
+
+    @property
+    def unconfirmed(self) -> bool:
+        """A final state only the controller can confirm (``jobstate.may_be_requeued``)."""
+        return may_be_requeued(self.state, self.exit_code)
 
     def display(self) -> str:
         """``PENDING (Dependency)``, ``FAILED 3:0``, ``COMPLETED`` for status tables."""
@@ -365,9 +370,12 @@ class JobWatcher:
             rows, source = self._query(chunk)
             covered = self._update(chunk, rows, authoritative=source == "squeue")
             if source == "sacct":
+                # not listed yet; pending (the controller has the reason); or ended as a job being
+                # requeued may look in accounting (the controller has the truth)
                 ask = [k for k in chunk if k not in self._done and (
                     k not in covered
-                    or (self.pending_reasons and any(st.state == "PENDING" for st in self.state_of(k))))]
+                    or any((self.pending_reasons and st.state == "PENDING") or st.unconfirmed
+                           for st in self.state_of(k)))]
                 if ask:
                     self._update(ask, self._run_squeue(ids=ask), authoritative=True, known=covered)
         self.polls += 1
@@ -527,7 +535,7 @@ class JobWatcher:
                 continue  # not in accounting yet (sacct lags sbatch slightly)
             if expected is not None and not expected <= _covered(states):
                 continue
-            if all(s.final for s in states):
+            if all(s.final and (authoritative or not s.unconfirmed) for s in states):
                 self._done.add(key)
         return covered
 

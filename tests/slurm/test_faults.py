@@ -403,10 +403,6 @@ def test_preempted_job_is_requeued_not_failed_and_its_task_completes(env, tmp_pa
         subprocess.run(["scancel", urgent], capture_output=True)
 
 
-@pytest.mark.xfail(strict=False, reason="open bug (issue 9, row 6): under load sacct may answer FAILED (the "
-                   "first attempt's record) for a job SLURM is requeueing after a node failure; the ledger then takes "
-                   "it for final and the sweep records Errored. Seen in CI 2026-12-02 06:29; fix: a FAILED with exit 75 "
-                   "(the job side's requeue code) or a REQUEUED history must be confirmed by squeue")
 def test_node_failure_requeues_the_job_and_its_task_completes(env, tmp_path):
     node = os.environ.get("HPCPIPE_SLURM_NODE") or subprocess.run(
         ["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split()[0]

@@ -354,3 +354,26 @@ def test_dry_run_command_line():
 def test_scancel_argv():
     assert scancel_argv(["1", "2_3"]) == ["scancel", "1", "2_3"]
     assert scancel_argv(name="tag", user="me") == ["scancel", "--name=tag", "--user=me"]
+
+
+def test_failed_with_the_requeue_exit_is_final_only_once_the_controller_confirms_it():
+    """After a node failure accounting may show the first attempt's record (FAILED, the job
+    side's requeue exit 75) while SLURM queues the job again: squeue is asked in the same poll
+    and its answer wins. Where the controller no longer has the job, the FAILED stands."""
+    sacct = "42|42|FAILED|75:0||00:00:09|vm|cpu|run-a\n43|43|FAILED|1:0||00:00:09|vm|cpu|run-a\n"
+    requeued = "42|42|42|PENDING|19200|BeginTime|0:00||cpu|(null)|run-a|\n"
+    t = Recorded([("sacct", (0, sacct, "")), ("squeue", (0, requeued, ""))])
+    w = JobWatcher(t)
+    w.watch(["42", "43"], name="run-a")
+    states = w.poll()
+    assert t.calls[-1][0] == "squeue" and t.calls[-1][-1] == "--jobs=42"  # a plain failure needs no asking
+    assert states["42"].state == "PENDING" and states["43"].state == "FAILED"
+    assert w.live == ["42"]
+    # the requeued attempt is accounted for later: followed as any job
+    t.answers = [("sacct", (0, "42|42|COMPLETED|0:0||00:00:09|vm|cpu|run-a\n", "")), ("squeue", (0, "", ""))]
+    assert w.poll()["42"].state == "COMPLETED" and w.done()
+    # not requeued (the controller no longer lists it): the FAILED is final
+    t.answers = [("sacct", (0, sacct, "")), ("squeue", (0, "", ""))]
+    w = JobWatcher(t)
+    w.watch(["42"], name="run-a")
+    assert w.poll()["42"].state == "FAILED" and w.done()
