@@ -368,9 +368,18 @@ def _squeue_state(job_id: str) -> str:
 
 
 def _settle(env, session, job_id):
-    """Release a requeued job at once (SLURM would wait ~2 min) and wait until its task is done."""
+    """Release a requeued job early (SLURM would wait ~2 min) and wait until its task is done.
+
+    Not within the second its last attempt was killed: slurmd refuses a credential issued in the
+    second it revoked the job's (``Killing non-startable batch job: Job credential revoked``, exit
+    1), so a release at once makes the next attempt fail for a reason no cluster user meets."""
+    seen_pending: list[float] = []
+
     def done():
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+        if _squeue_state(job_id).startswith("PENDING"):
+            seen_pending.append(time.monotonic())
+            if seen_pending[-1] - seen_pending[0] >= 2:
+                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
         rows = json.loads(hp(env, "status", "--json").stdout)
         return rows if rows and rows[0]["status"] not in ("Waiting", "Started") else None
     return wait_for(done, timeout=300, interval=3, what="the requeued task to end")
