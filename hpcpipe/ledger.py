@@ -205,6 +205,14 @@ class Ledger:
         self._write("UPDATE jobs SET state=?, reason=?, updated=? WHERE task_id=? AND run_id=?",
                     [(s, r, now, t, run) for t, run, s, r in updates])
 
+    def set_array_state(self, backend: str, remote: str | None, job_id: str, was: tuple[str, str | None],
+                        now: tuple[str, str | None]) -> None:
+        """Every live element of array ``job_id`` in state and reason ``was`` moves to ``now``, in
+        one statement (SLURM showed the whole array in one new state: a backfill's first poll)."""
+        self._write(f"UPDATE jobs SET state=?, reason=?, updated=? WHERE backend=? AND remote IS ? AND job_id=? "
+                    f"AND array_index IS NOT NULL AND state=? AND reason IS ? AND {_LIVE}",
+                    [(*now, _now(), backend, remote, job_id, *was)])
+
     def submitted(self, run_id: str, script: str, job_id: str, state: str = "PENDING") -> None:
         """sbatch answered (or SLURM was found to have the job): fill in the intent's job id."""
         self._write("UPDATE jobs SET job_id=?, state=?, updated=? WHERE run_id=? AND script=?",

@@ -99,18 +99,29 @@ def test_news_about_one_element_loads_that_element_alone(backfilled):
     assert cluster.reads == [str(result)]
 
 
-def test_a_whole_array_changing_state_is_written_once_per_element(backfilled):
-    """SLURM's reason changes for all 1,000 elements of one array: each of its rows is loaded and
-    written once, the other arrays' rows not at all."""
+def test_a_whole_array_moving_to_one_new_state_is_one_statement(backfilled):
+    """SLURM's reason changes for all 1,000 elements of one array (a backfill's first poll: every
+    element pending with a reason now): no record is built, one statement writes the array's rows,
+    the other arrays' rows are not written. A new state that needs a task record (a parent
+    failed: DependencyNeverSatisfied, the tasks Held) is still handled element by element."""
+    from hpcpipe.jobside.outcome import pending
+    from hpcpipe.slurm.status import JobState
+
     backend, cluster, ledger, records, _ = backfilled
     cluster.rows["501_[0-999]"] = ("PENDING", "Resources")
     statements: list[str] = []
     ledger._db.set_trace_callback(statements.append)
-    backend.refresh()
+    report = backend.refresh()
     ledger._db.set_trace_callback(None)
-    assert sum(records) == N
+    assert sum(records) == 0 and report.checked == len(ARRAYS) * N
     assert {j.reason for j in ledger.live("slurm") if j.job_id == "501"} == {"Resources"}
-    assert sum(s.startswith("UPDATE jobs SET state") for s in statements) == N
+    assert {j.reason for j in ledger.live("slurm") if j.job_id != "501"} == {"Priority"}
+    assert sum(s.startswith("UPDATE jobs SET state") for s in statements) == 1
+    # what keeps a state that needs a record off that path (outcome.pending says so without a read)
+    held = JobState(job_id="502_[0-999]", array_job_id="502", array_index=None, name=RUN, state="PENDING",
+                    reason="DependencyNeverSatisfied",
+                    indices=tuple(range(N)))
+    assert pending(held, None, False, True) is not None
 
 
 def test_holding_a_whole_backfill_reads_no_task_from_the_store(backfilled, monkeypatch):

@@ -532,13 +532,20 @@ class SlurmBackend:
         same = set()
         for job_id, rows in groups.items():
             one = watcher.uniform(job_id)
-            if (one is not None and len(rows) == 1 and rows[0] == (one.state, one.reason or None, True)
-                    and one.state not in jobstate.DOUBTFUL and job_id not in folded_jobs):
+            if (one is None or len(rows) != 1 or not rows[0][2] or one.state in jobstate.DOUBTFUL
+                    or job_id in folded_jobs):
+                continue
+            if rows[0][:2] == (one.state, one.reason or None):
+                same.add(job_id)
+            elif not one.final and pending(one, None, False, True) is None:
+                # the whole array moved to one new state that needs no task record (a backfill's
+                # first poll: pending with a reason now): one statement, not 10,000 records
+                ledger.set_array_state(BACKEND, remote, job_id, rows[0][:2], (one.state, one.reason or None))
                 same.add(job_id)
         report.checked = sum(map(watcher.size, same))
         news = []
-        for rowid, task_id, run_id, backend_id, state, reason, doubt_since, was_folded in ledger.live_states(
-                BACKEND, remote, skip=same):
+        rest = [] if same.issuperset(job_id for job_id, _, _ in watched) else ledger.live_states(BACKEND, remote, skip=same)
+        for rowid, task_id, run_id, backend_id, state, reason, doubt_since, was_folded in rest:
             st = states.get(backend_id)
             if st is None:
                 continue

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -282,51 +283,72 @@ def test_sigkill_of_backfill_then_status_and_backfill_leave_one_job_per_task(env
 
 
 # ------------------------------------------------------------------ 5. forgotten job ids
-def test_a_job_slurm_forgot_is_lost_after_the_grace_period_and_resubmittable(env, tmp_path):
+@pytest.fixture
+def own_cluster():
+    """A cluster of the test's own, to restart with its state wiped (which the shared one must
+    never be): its own base, ports and munge key, no accounting, stopped and wiped afterwards.
+    ``own_cluster(*flags)`` runs scripts/slurm-up with ``flags`` and returns what it exports."""
+    base = Path(tempfile.mkdtemp(prefix="hps-r5-", dir="/tmp"))  # short: socket paths have a limit
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "HPCPIPE_SLURM_"))}
+    e.update(HPCPIPE_SLURM_PORT_BASE=os.environ.get("HPCPIPE_TEST_OWN_CLUSTER_PORT", "7817"),
+             HPCPIPE_SLURM_GPUS="0", HPCPIPE_SLURM_NO_INSTALL="1")
+
+    def up(*flags: str) -> dict:
+        res = subprocess.run(["bash", str(REPO / "scripts" / "slurm-up"), *flags, "--no-accounting", str(base)],
+                             env=e, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, f"scripts/slurm-up {' '.join(flags)} failed: {res.stderr[-1500:]}"
+        return dict(line.removeprefix("export ").split("=", 1) for line in res.stdout.splitlines()
+                    if line.startswith("export "))
+    try:
+        yield up
+    finally:
+        subprocess.run(["bash", str(REPO / "scripts" / "slurm-down"), "--wipe", str(base)], env=e,
+                       capture_output=True, timeout=120)
+
+
+def test_a_job_slurm_forgot_is_lost_after_the_grace_period_and_resubmittable(env, tmp_path, own_cluster):
+    """A cluster restarted with its state wiped (``slurm-up --fresh``: every job gone, ids
+    counted from 1 again) forgets the jobs the ledger has: within the grace period their tasks
+    still count as queued, after it they are LOST, their tasks Waiting and submitted again, and
+    the child waits on its new parents, not on a forgotten (or recycled) id."""
+    cluster = {k: v for k, v in own_cluster().items() if k in ("SLURM_CONF", "HPCPIPE_SLURM_BASE")}
+    env = dict(env, **cluster, HPCPIPE_SLURM_LOST_AFTER_SECS="600")  # its passing is simulated: no timing
+    slurm = dict(os.environ, **cluster)  # the test's own sbatch/scontrol go to that cluster too
     session = session_dirs(tmp_path / "data", 1)[0]
-    env = dict(env, HPCPIPE_SLURM_LOST_AFTER_SECS="600")  # passing it is simulated below: no timing
-    hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.LongPipeline",
-       "--backend", "slurm", "--profile", "held")
+    submit = ["submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.LongPipeline",
+              "--backend", "slurm", "--profile", "held"]
+    hp(env, *submit)
     ld = ledger(env)
     jobs = ld.live("slurm")
     assert len(jobs) == 3
-    # what a cluster restarted with its state wiped leaves behind: ids SLURM does not know (one
-    # past any id it gave), and an id it has given to another job since (another name)
-    subprocess.run(["scancel", *[j.job_id for j in jobs]], check=True)
+    own_cluster("--fresh")
+    # someone else's job takes the first id again: a recycled id, another job's name
     other = subprocess.run(["sbatch", "--parsable", "--hold", "--job-name=someone-else", "--wrap", "true"],
-                           capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        by_name = {j.task_name: j for j in jobs}
-        ld._write("UPDATE jobs SET job_id=?, state='PENDING' WHERE task_id=?",
-                  [(str(int(other) + 1000 + k), j.task_id) for k, j in enumerate(jobs) if j.task_name != "A"]
-                  + [(other, by_name["A"].task_id)])
-        ld.set_state([(j.task_id, j.run_id, "PENDING", None) for j in jobs])
-        hp(env, "status", "--json")
-        states = {j.task_name: j.state for j in ledger(env).live("slurm")}
-        assert states == {"A": "UNKNOWN", "B": "UNKNOWN", "Child": "UNKNOWN"}, states
-        # within the grace period the tasks count as queued: nothing is submitted twice
-        again = hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.LongPipeline",
-                   "--backend", "slurm", "--profile", "held").stdout
-        assert "nothing to submit" in again
-        # the grace period passes: the jobs were first seen unknown 601 s ago
-        past = (dt.datetime.now() - dt.timedelta(seconds=601)).isoformat(timespec="seconds")
-        ld.set_doubt([(j.task_id, j.run_id, past) for j in jobs])
-        hp(env, "status")
-        assert ledger(env).live("slurm") == []
-        lost = {j.task_name: (j.state, j.reason) for j in ledger(env).run(jobs[0].run_id)}
-        assert {s for s, _ in lost.values()} == {"LOST"}, lost
-        tasks = {t["name"]: t["status"] for t in SQLiteStore(Path(env["HPCPIPE_HOME"]) / "tasks.sqlite").list_tasks()}
-        assert tasks == {"A": "Waiting", "B": "Waiting", "Child": "Waiting"}  # nothing ran: resubmittable
-        out = hp(env, "submit", "--session", str(session), "--pipeline", "tests.sample_pipelines.LongPipeline",
-                 "--backend", "slurm", "--profile", "held").stdout
-        assert "3 task(s) in 3 sbatch call(s)" in out
-        # the child waits on its new parents' jobs, not on a forgotten id
-        child = next(j for j in ledger(env).live("slurm") if j.task_name == "Child")
-        shown = subprocess.run(["scontrol", "show", "job", child.job_id], capture_output=True, text=True).stdout
-        deps = set(re.findall(r"(?:afterok|aftercorr):(\d+)", shown.split("Dependency=")[1].split()[0]))
-        assert deps == {j.job_id for j in ledger(env).live("slurm") if j.task_name != "Child"}, shown
-    finally:
-        subprocess.run(["scancel", other], capture_output=True)
+                           capture_output=True, text=True, check=True, env=slurm).stdout.strip()
+    assert other in {j.job_id for j in jobs}, (other, jobs)
+    hp(env, "status", "--json")
+    states = {j.task_name: j.state for j in ledger(env).live("slurm")}
+    assert states == {"A": "UNKNOWN", "B": "UNKNOWN", "Child": "UNKNOWN"}, states
+    # within the grace period the tasks count as queued: nothing is submitted twice
+    assert "nothing to submit" in hp(env, *submit).stdout
+    # the grace period passes: the jobs were first seen unknown 601 s ago
+    past = (dt.datetime.now() - dt.timedelta(seconds=601)).isoformat(timespec="seconds")
+    ld.set_doubt([(j.task_id, j.run_id, past) for j in jobs])
+    hp(env, "status")
+    assert ledger(env).live("slurm") == []
+    lost = {j.task_name: (j.state, j.reason) for j in ledger(env).run(jobs[0].run_id)}
+    assert {s for s, _ in lost.values()} == {"LOST"}, lost
+    tasks = {t["name"]: t["status"] for t in SQLiteStore(Path(env["HPCPIPE_HOME"]) / "tasks.sqlite").list_tasks()}
+    assert tasks == {"A": "Waiting", "B": "Waiting", "Child": "Waiting"}  # nothing ran: resubmittable
+    assert "3 task(s) in 3 sbatch call(s)" in hp(env, *submit).stdout
+    # the child waits on its new parents' jobs, not on a forgotten id
+    live = ledger(env).live("slurm")
+    child = next(j for j in live if j.task_name == "Child")
+    shown = subprocess.run(["scontrol", "show", "job", child.job_id], capture_output=True, text=True,
+                           env=slurm).stdout
+    deps = set(re.findall(r"(?:afterok|aftercorr):(\d+)", shown.split("Dependency=")[1].split()[0]))
+    assert deps == {j.job_id for j in live if j.task_name != "Child"} and other not in deps, shown
+    hp(env, "cancel", "--session", str(session))  # nothing of this test left for the shared cluster's teardown
 
 
 # ------------------------------------------------------------------ 3. parents across runs
