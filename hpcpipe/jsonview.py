@@ -43,26 +43,25 @@ def status_json(store: SQLiteStore, ledger_path: Path, fields: Sequence[str], se
     pairs += ["'backend', j.backend",
               "'job_id', CASE WHEN j.array_index IS NULL THEN j.job_id ELSE j.job_id || '_' || j.array_index END",
               "'local', json('false')"]
-    where, args = [], []
+    where, args = [], []  # conditions on the tasks table, named ``t`` in the join
     if session is not None:
-        where.append("session = ?")
+        where.append("t.session = ?")
         args.append(session)
     wanted_statuses = check_statuses(statuses)
     if wanted_statuses:
-        where.append(f"status IN ({','.join('?' * len(wanted_statuses))})")
+        where.append(f"t.status IN ({','.join('?' * len(wanted_statuses))})")
         args.extend(wanted_statuses)
     # the order is found on row ids alone (SQLite sorting the rows themselves would move
     # megabytes of JSON); the rows are read in any order and put in place by their ids, both
     # reads in one transaction (one snapshot of both files)
     filters = " WHERE " + " AND ".join(where) if where else ""
-    sql = (f"SELECT t.rowid, json_object({', '.join(pairs)}) FROM tasks t "
-           f"LEFT JOIN led.jobs j ON {_LATEST}{filters.replace(' WHERE ', ' WHERE t.', 1)}")
+    sql = f"SELECT t.rowid, json_object({', '.join(pairs)}) FROM tasks t LEFT JOIN led.jobs j ON {_LATEST}{filters}"
     db = sqlite3.connect(f"{Path(store.path).resolve().as_uri()}?mode=ro", uri=True, timeout=60,
                          isolation_level=None)
     try:
         db.execute("ATTACH DATABASE ? AS led", (f"{Path(ledger_path).resolve().as_uri()}?mode=ro",))
         db.execute("BEGIN")
-        order = db.execute(f"SELECT rowid FROM tasks{filters} ORDER BY {TASK_ORDER}", args).fetchall()
+        order = db.execute(f"SELECT rowid FROM tasks t{filters} ORDER BY {TASK_ORDER}", args).fetchall()
         text = dict(db.execute(sql, args).fetchall())
         db.execute("COMMIT")
     finally:
