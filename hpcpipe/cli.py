@@ -426,7 +426,7 @@ def cmd_status(args) -> int:
                     session = store.session_id(parse_session_path(args.session).path)
                 report = _refresh_unless_busy(store, ledger, remotes)
                 if args.json and not args.reason and jsonview.can_render(store):  # the rows joined by SQLite
-                    sys.stdout.write(jsonview.status_json(store, ledger.path, _ROW_FIELDS, session, statuses) + "\n")
+                    sys.stdout.write(jsonview.status_json(store, ledger, _ROW_FIELDS, session, statuses) + "\n")
                 else:
                     rows = _rows(store, ledger, session, statuses, report.states if report else None,
                                  reasons=args.reason)

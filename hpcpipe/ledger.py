@@ -11,6 +11,18 @@ SLURM owns "this task has a live job"; a row here is written *before* ``sbatch``
 by their run name and comment, intents SLURM never got become ``UNSUBMITTED``, jobs SLURM has
 forgotten become ``LOST`` after the grace period. ``Ledger.lock`` makes submissions on one
 machine exclude each other (read, plan, record, sbatch as one step).
+
+A job array is one row until its elements part ways, as SLURM itself keeps a pending array as
+one job record and splits off the elements it starts: a backfill's array of 10,000 sessions is
+one row of table ``arrays`` (its elements' task ids, sessions and indices as one JSON text in
+``array_members``), so
+recording it, filling in its job id and moving all of it to a new state are one row's work, and
+a refresh asks about it from that row. The first write about one element (a new state, a fold, a
+doubt, a rename) *splits* the array: its elements become rows of ``jobs`` and its row goes, in the
+same transaction. So an array row's elements share its state and reason, none is folded or
+doubtful, and they are live (a final state is written per element), which makes each the most
+recent job of its task (a task with a live job is not submitted again: plan.py). Reads see both
+tables as one (``_select``): a ``JobRecord`` per element either way.
 """
 from __future__ import annotations
 
@@ -38,7 +50,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     run_dir TEXT, folded_ops INTEGER NOT NULL DEFAULT 0, folded INTEGER NOT NULL DEFAULT 0,
     remote TEXT, doubt_since TEXT, chunk TEXT, script TEXT,
     PRIMARY KEY (task_id, run_id));
+CREATE TABLE IF NOT EXISTS arrays (
+    id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, script TEXT NOT NULL, backend TEXT NOT NULL, remote TEXT,
+    job_id TEXT NOT NULL, task_name TEXT, state TEXT NOT NULL, reason TEXT, submitted TEXT, updated TEXT,
+    run_dir TEXT, chunk TEXT, UNIQUE (run_id, script));
+CREATE TABLE IF NOT EXISTS array_members (id INTEGER PRIMARY KEY, elements TEXT NOT NULL, indices TEXT NOT NULL);
 """
+#: an array's members live apart from its row (``array_members``, same id): SQLite rewrites a
+#: whole row to update one column, and a state or a job id is a few bytes beside 400 kB of members
 #: every query naming a job id also names its run, and ``submitted`` fills in one call's rows by
 #: (run, script): one index serves both. An index on the job id would be rewritten for every
 #: array element when sbatch answers (a backfill's 60,000), for no query; older ledgers lose theirs.
@@ -51,6 +70,9 @@ DROP INDEX IF EXISTS jobs_job;
 _ADDED_COLUMNS = (("run_dir", "TEXT"), ("folded_ops", "INTEGER NOT NULL DEFAULT 0"),
                   ("folded", "INTEGER NOT NULL DEFAULT 0"), ("remote", "TEXT"), ("doubt_since", "TEXT"),
                   ("chunk", "TEXT"), ("script", "TEXT"))
+#: what an ``arrays`` row holds beside its elements (``record_arrays``)
+_ARRAY_COLUMNS = ("run_id", "script", "backend", "remote", "job_id", "task_name", "state", "reason", "run_dir",
+                  "chunk")
 #: the columns ``Ledger.record`` writes
 _RECORD_COLUMNS = ("task_id", "session", "task_name", "run_id", "backend", "job_id", "array_index", "state",
                    "reason", "run_dir", "remote", "chunk", "script")
@@ -157,21 +179,33 @@ class Ledger:
         same = {n: c[0] for n, c in columns.items() if n != "task_id" and c.count(c[0]) == len(c)}
         self._insert(same, {n: c for n, c in columns.items() if n not in same})
 
-    def record_array(self, common: dict, task_ids: list[str], sessions: list, indices: list[int]) -> None:
-        """``record`` for the elements of one array: ``common`` holds what every row shares (run,
-        job id, task name, state...), the three lists what differs, so nothing is built per row."""
-        self.record_arrays([(common, task_ids, sessions, indices)])
-
-    def record_arrays(self, arrays: Iterable[tuple[dict, list[str], list, list[int]]]) -> None:
-        """``record_array`` for several arrays (a backfill's intents, every call of its run) in
-        one transaction: one commit, and the intents are there all or not at all."""
+    def record_arrays(self, calls: Iterable[tuple[dict, list[str], list, list[int | None]]]) -> None:
+        """Record sbatch calls (a backfill's intents, every call of its run) in one transaction:
+        one commit, and the intents are there all or not at all. Each call is ``(common, task
+        ids, sessions, array indices)``: ``common`` holds what its jobs share (run, script, job
+        id, task name, state...). A job array (indices, a script) is one ``arrays`` row; a call
+        without indices (one job per task) a ``jobs`` row per task, in one statement."""
         statements = []
-        for common, task_ids, sessions, indices in arrays:
-            varying = {"task_id": task_ids, "session": sessions, "array_index": indices}
-            same = {n: common.get(n) for n in _RECORD_COLUMNS if n not in varying}
+        for common, task_ids, sessions, indices in calls:
+            same = {n: common.get(n) for n in _RECORD_COLUMNS if n not in ("task_id", "session", "array_index")}
             same["job_id"], same["state"] = str(same["job_id"] or ""), same["state"] or SUBMITTING
-            statements.append(self._insert_sql(same, varying))
+            if indices and indices[0] is not None and same["script"]:
+                statements += self._array_sql(same, task_ids, sessions, indices)
+            else:
+                statements.append(self._insert_sql(same, {"task_id": task_ids, "session": sessions,
+                                                          "array_index": indices}))
         self._in_transaction(statements)
+
+    @staticmethod
+    def _array_sql(same: dict, task_ids: list[str], sessions: list, indices: list[int]) -> list[tuple[str, dict]]:
+        """One ``arrays`` row and its members: the elements as one JSON text, the indices again on
+        their own (what a refresh asks SLURM about, read without the rest)."""
+        row = {"now": _now(), **{n: same[n] for n in _ARRAY_COLUMNS}}
+        members = {"elements": json.dumps(list(zip(task_ids, sessions, indices))), "indices": json.dumps(indices)}
+        return [(f"INSERT INTO arrays ({', '.join(_ARRAY_COLUMNS)}, submitted, updated) VALUES "
+                 f"({', '.join(':' + n for n in _ARRAY_COLUMNS)}, :now, :now)", row),
+                ("INSERT INTO array_members (id, elements, indices) VALUES (last_insert_rowid(), :elements, "
+                 ":indices)", members)]
 
     def _insert(self, same: dict, varying: dict) -> None:
         self._in_transaction([self._insert_sql(same, varying)])
@@ -187,58 +221,29 @@ class Ledger:
         return (f"INSERT OR REPLACE INTO jobs ({', '.join(names)}, submitted, updated, folded_ops, "
                 f"folded) SELECT {', '.join(values)}, :now, :now, 0, 0 FROM json_each(:rows)", params)
 
-    def _in_transaction(self, statements: list[tuple[str, dict]]) -> None:
-        if not statements:
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, params in statements:
-                self._db.execute(sql, params)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+    def _in_transaction(self, statements: list[tuple[str, dict | tuple]], durable: bool = True) -> None:
+        if statements:
+            self._write_all(statements, [], durable)
 
-    def set_state(self, updates: Iterable[tuple[str, str, str, str | None]]) -> None:
-        """Update ``(task_id, run_id, state, reason)`` rows."""
-        now = _now()
-        self._write("UPDATE jobs SET state=?, reason=?, updated=? WHERE task_id=? AND run_id=?",
-                    [(s, r, now, t, run) for t, run, s, r in updates])
+    def _write_all(self, statements: list[tuple[str, dict | tuple]], rows: list[tuple[str, list[tuple]]],
+                   durable: bool = True, split: Iterable[tuple[str, str]] = (), arrays: Iterable[int] = ()) -> None:
+        """One transaction: the arrays holding any ``split`` ``(task_id, run_id)`` and the
+        ``arrays`` rows split first, then each statement once and each ``(sql, rows)`` for its rows.
 
-    def set_array_state(self, backend: str, remote: str | None, job_id: str, was: tuple[str, str | None],
-                        now: tuple[str, str | None]) -> None:
-        """Every live element of array ``job_id`` in state and reason ``was`` moves to ``now``, in
-        one statement (SLURM showed the whole array in one new state: a backfill's first poll)."""
-        self._write(f"UPDATE jobs SET state=?, reason=?, updated=? WHERE backend=? AND remote IS ? AND job_id=? "
-                    f"AND array_index IS NOT NULL AND state=? AND reason IS ? AND {_LIVE}",
-                    [(*now, _now(), backend, remote, job_id, *was)])
-
-    def submitted(self, run_id: str, script: str, job_id: str, state: str = "PENDING") -> None:
-        """sbatch answered (or SLURM was found to have the job): fill in the intent's job id."""
-        self._write("UPDATE jobs SET job_id=?, state=?, updated=? WHERE run_id=? AND script=?",
-                    [(str(job_id), state, _now(), run_id, script)], durable=False)
-
-    def forget(self, rows: Iterable[tuple[str, str]]) -> None:
-        """Delete ``(task_id, run_id)`` intents that never became a job (nothing ran, nothing to keep)."""
-        self._write("DELETE FROM jobs WHERE task_id=? AND run_id=? AND job_id=''", list(rows))
-
-    def set_doubt(self, updates: Iterable[tuple[str, str, str | None]]) -> None:
-        """Record ``(task_id, run_id, since)``: when a job was first seen doubtful (None: not any more)."""
-        self._write("UPDATE jobs SET doubt_since=? WHERE task_id=? AND run_id=?",
-                    [(since, t, run) for t, run, since in updates])
-
-    def _write(self, sql: str, rows: list[tuple], durable: bool = True) -> None:
-        """``durable=False``: committed without waiting for the disk (``synchronous=NORMAL``), for
+        ``durable=False``: committed without waiting for the disk (``synchronous=NORMAL``), for
         what the next refresh finds again if a power cut loses it: a job id sbatch gave (the
         intent, committed durably before sbatch, is adopted by its run name and comment). A killed
         process loses nothing committed either way."""
-        if not rows:
-            return
         if not durable:
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany(sql, rows)
+            self._split(split)
+            self._split_arrays(arrays)
+            for sql, params in statements:
+                self._db.execute(sql, params)
+            for sql, many in rows:
+                self._db.executemany(sql, many)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -247,10 +252,71 @@ class Ledger:
             if not durable:
                 self._db.execute("PRAGMA synchronous=FULL")
 
+    def _split(self, jobs: Iterable[tuple[str, str]]) -> None:
+        """Split the arrays holding any of these ``(task_id, run_id)`` elements (inside a write's
+        transaction): one query per run, answered from the run's arrays rows alone."""
+        by_run: dict[str, list[str]] = {}
+        for task_id, run_id in jobs:
+            by_run.setdefault(run_id, []).append(task_id)
+        for run_id, task_ids in by_run.items():
+            self._split_arrays(r[0] for r in self._db.execute(
+                "SELECT DISTINCT a.id FROM arrays a JOIN array_members m USING (id), json_each(m.elements) e WHERE "
+                "a.run_id = ? AND json_extract(e.value, '$[0]') IN (SELECT value FROM json_each(?))",
+                (run_id, json.dumps(task_ids))))
+
+    def _split_arrays(self, ids: Iterable[int]) -> None:
+        """These arrays rows become a ``jobs`` row per element (module docstring)."""
+        keys = json.dumps(list(ids))
+        if keys != "[]":
+            self._db.execute(f"INSERT OR REPLACE INTO jobs ({_COLUMNS}) {_ELEMENTS} WHERE a.id IN "
+                             "(SELECT value FROM json_each(?)) ORDER BY a.id, e.key", (keys,))
+            for table in ("arrays", "array_members"):
+                self._db.execute(f"DELETE FROM {table} WHERE id IN (SELECT value FROM json_each(?))", (keys,))
+
+    def set_state(self, updates: Iterable[tuple[str, str, str, str | None]]) -> None:
+        """Update ``(task_id, run_id, state, reason)`` rows."""
+        now = _now()
+        self._write("UPDATE jobs SET state=?, reason=?, updated=? WHERE task_id=? AND run_id=?",
+                    [(s, r, now, t, run) for t, run, s, r in updates], split=True)
+
+    def set_array_state(self, backend: str, remote: str | None, job_id: str, was: tuple[str, str | None],
+                        now: tuple[str, str | None]) -> None:
+        """Every live element of array ``job_id`` in state and reason ``was`` moves to the live
+        state ``now``, in one statement (SLURM showed the whole array in one new state: a
+        backfill's first poll): the array's row, or its elements' rows once it is split."""
+        if now[0] in FINAL:
+            raise ValueError(f"set_array_state: {now[0]} is final; final states are written per element")
+        args = (*now, _now(), backend, remote, job_id, *was)
+        where = "backend=? AND remote IS ? AND job_id=? AND state=? AND reason IS ?"
+        self._in_transaction([(f"UPDATE arrays SET state=?, reason=?, updated=? WHERE {where}", args),
+                              (f"UPDATE jobs SET state=?, reason=?, updated=? WHERE {where} AND array_index IS NOT "
+                               f"NULL AND {_LIVE}", args)])
+
+    def submitted(self, run_id: str, script: str, job_id: str, state: str = "PENDING") -> None:
+        """sbatch answered (or SLURM was found to have the job): fill in the intent's job id."""
+        args = (str(job_id), state, _now(), run_id, script)
+        self._in_transaction([(f"UPDATE {table} SET job_id=?, state=?, updated=? WHERE run_id=? AND script=?", args)
+                              for table in ("arrays", "jobs")], durable=False)
+
+    def forget(self, rows: Iterable[tuple[str, str]]) -> None:
+        """Delete ``(task_id, run_id)`` intents that never became a job (nothing ran, nothing to keep)."""
+        self._write("DELETE FROM jobs WHERE task_id=? AND run_id=? AND job_id=''", list(rows), split=True)
+
+    def set_doubt(self, updates: Iterable[tuple[str, str, str | None]]) -> None:
+        """Record ``(task_id, run_id, since)``: when a job was first seen doubtful (None: not any more)."""
+        self._write("UPDATE jobs SET doubt_since=? WHERE task_id=? AND run_id=?",
+                    [(since, t, run) for t, run, since in updates], split=True)
+
+    def _write(self, sql: str, rows: list[tuple], durable: bool = True, split: bool = False) -> None:
+        """``sql`` for each row, in one transaction (``_write_all``). ``split``: the rows name a
+        job by their last two values, ``(task_id, run_id)``, and an array holding it splits first."""
+        if rows:
+            self._write_all([], [(sql, rows)], durable, [r[-2:] for r in rows] if split else ())
+
     def set_folded(self, updates: Iterable[tuple[str, str, int, bool]]) -> None:
         """Record ``(task_id, run_id, ops folded, final)`` after folding result files."""
         self._write("UPDATE jobs SET folded_ops=?, folded=? WHERE task_id=? AND run_id=?",
-                    [(n, int(final), t, run) for t, run, n, final in updates])
+                    [(n, int(final), t, run) for t, run, n, final in updates], split=True)
 
     def adopt(self, run_id: str, placeholder: str, job_id: str) -> None:
         """Give the jobs recorded under ``placeholder`` (an emitted script nobody had submitted
@@ -262,38 +328,49 @@ class Ledger:
     def rename_tasks(self, renames: Iterable[tuple[str, str, str]]) -> None:
         """``(provisional id, run_id, store id)``: a backfill's task got its store record
         (``hpcpipe.recorder``); its job rows take the store's id."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.executemany("UPDATE jobs SET task_id=? WHERE task_id=? AND run_id=?",
-                                 [(new, old, run) for old, run, new in renames])
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+        self._write("UPDATE jobs SET task_id=? WHERE task_id=? AND run_id=?",
+                    [(new, old, run) for old, run, new in renames], split=True)
 
     def run_dirs(self) -> list[str]:
         """Every run folder the ledger knows (``hpcpipe sync`` resumes their recorders)."""
-        return [r[0] for r in self._db.execute("SELECT DISTINCT run_dir FROM jobs WHERE run_dir IS NOT NULL")]
-
-    def unfolded(self) -> list[JobRecord]:
-        """Jobs with a run folder whose result may still bring news."""
-        return self._select(_UNFOLDED)
+        return [r[0] for r in self._db.execute("SELECT run_dir FROM jobs WHERE run_dir IS NOT NULL UNION "
+                                               "SELECT run_dir FROM arrays WHERE run_dir IS NOT NULL")]
 
     # -- a refresh's reads: what it needs of 60,000 rows is a few columns, and whole records
     # -- only of the jobs with news (docs/ARCHITECTURE.md, "status at scale")
-    def jobs_of(self, backend: str, remote: str | None, where: str, args: tuple = ()) -> list[JobRecord]:
-        """Records of one backend and ``--remote`` target (None: this machine) matching ``where``."""
-        return self._select(f"backend = ? AND remote IS ? AND ({where})", (backend, remote, *args))
+    def emitted(self, backend: str, remote: str | None) -> list[JobRecord]:
+        """Jobs of one backend and ``--remote`` target (None: this machine) in an emitted script
+        nobody has submitted yet (``adopt``)."""
+        where = f"backend = ? AND remote IS ? AND state = '{EMITTED}'"
+        return self._select(where, (backend, remote), (where, (backend, remote)))
+
+    def intents(self, backend: str, remote: str | None) -> list[JobRecord]:
+        """Jobs recorded before sbatch whose job id is not known yet (``JobRecord.intent``)."""
+        where = f"backend = ? AND remote IS ? AND state = '{SUBMITTING}' AND job_id = ''"
+        return self._select(where, (backend, remote), (where, (backend, remote)))
+
+    def provisional(self, backend: str, remote: str | None, prefix: str) -> list[JobRecord]:
+        """Unfolded jobs with a run folder whose task id starts with ``prefix`` (a backfill's
+        provisional ids, ``hpcpipe.recorder``)."""
+        where = "backend = ? AND remote IS ? AND run_dir IS NOT NULL"
+        return self._select(f"{where} AND folded = 0 AND substr(task_id, 1, ?) = ?",
+                            (backend, remote, len(prefix), prefix), (where, (backend, remote)),
+                            keep=lambda t: t.startswith(prefix))
 
     def unfolded_runs(self, backend: str, remote: str | None) -> set[str]:
-        """The run folders holding jobs whose result may still bring news."""
-        sql = f"SELECT DISTINCT run_dir FROM jobs WHERE backend = ? AND remote IS ? AND {_UNFOLDED}"
-        return {r[0] for r in self._db.execute(sql, (backend, remote))}
+        """The run folders holding jobs whose result may still bring news (an array row's
+        elements have none folded)."""
+        sql = (f"SELECT run_dir FROM jobs WHERE backend = ? AND remote IS ? AND {_UNFOLDED} UNION "
+               "SELECT run_dir FROM arrays WHERE backend = ? AND remote IS ? AND run_dir IS NOT NULL")
+        return {r[0] for r in self._db.execute(sql, (backend, remote) * 2)}
 
     def unfolded_in(self, backend: str, remote: str | None, run_dir: str, task_ids: Iterable[str]) -> list[JobRecord]:
         """The unfolded jobs of one run folder among ``task_ids`` (those with a result file)."""
-        return self.jobs_of(backend, remote, f"run_dir = ? AND {_UNFOLDED} AND task_id IN (SELECT value FROM "
-                            "json_each(?))", (run_dir, json.dumps(list(task_ids))))
+        wanted = set(task_ids)
+        return self._select(f"backend = ? AND remote IS ? AND run_dir = ? AND {_UNFOLDED} AND task_id IN "
+                            "(SELECT value FROM json_each(?))", (backend, remote, run_dir, json.dumps(sorted(wanted))),
+                            ("backend = ? AND remote IS ? AND run_dir = ?", (backend, remote, run_dir)),
+                            keep=wanted.__contains__)
 
     def watched(self, backend: str, remote: str | None) -> tuple[list[tuple], list[tuple]]:
         """What a refresh asks SLURM about and what it compares the answer with, from one grouped
@@ -303,11 +380,11 @@ class Ledger:
           with the elements it really has;
         * ``(job id, state, reason, quiet)`` per live array and distinct state: an array all of
           whose rows show one state, none doubtful or folded (``quiet``), needs no look per
-          element when SLURM too shows one state for all of it.
+          element when SLURM too shows one state for all of it. An array row is one such group.
         """
+        where = f"backend = ? AND remote IS ? AND {_LIVE} AND job_id != '' AND state != '{EMITTED}'"
         sql = (f"SELECT job_id, run_id, state, reason, max(doubt_since IS NOT NULL OR folded) = 0, "
-               f"group_concat(array_index) FROM jobs WHERE backend = ? AND remote IS ? AND {_LIVE} "
-               f"AND job_id != '' AND state != '{EMITTED}' GROUP BY job_id, run_id, state, reason")
+               f"group_concat(array_index) FROM jobs WHERE {where} GROUP BY job_id, run_id, state, reason")
         jobs: dict[tuple[str, str], list[int] | None] = {}
         groups = []
         for job_id, run_id, state, reason, quiet, indices in self._db.execute(sql, (backend, remote)):
@@ -315,53 +392,86 @@ class Ledger:
             if indices:
                 jobs[job_id, run_id] = (have or []) + list(map(int, indices.split(",")))
                 groups.append((job_id, state, reason, bool(quiet)))
+        for job_id, run_id, state, reason, indices in self._db.execute(
+                f"SELECT job_id, run_id, state, reason, indices FROM arrays JOIN array_members USING (id) WHERE "
+                f"{where}", (backend, remote)):
+            jobs[job_id, run_id] = (jobs.get((job_id, run_id)) or []) + json.loads(indices)
+            groups.append((job_id, state, reason, True))
         return [(job_id, run_id, indices) for (job_id, run_id), indices in jobs.items()], groups
 
     def live_states(self, backend: str, remote: str | None, skip: Iterable[str] = ()) -> list[tuple]:
         """``(rowid, task_id, run_id, backend id, state, reason, doubt_since, folded)`` of every
         submitted live job but those of the ``skip`` job ids, as plain tuples: a refresh compares
         them with SLURM's answer and loads whole records (``by_rowid``) only of the jobs whose
-        news needs handling."""
+        news needs handling. The arrays among them split first: SLURM shows them otherwise than
+        the ledger has them, so their elements' news is coming."""
+        where = (f"backend = ? AND remote IS ? AND {_LIVE} AND job_id != '' AND state != '{EMITTED}' AND job_id NOT "
+                 "IN (SELECT value FROM json_each(?))")
+        args = (backend, remote, json.dumps(sorted(skip)))
+        split = [r[0] for r in self._db.execute(f"SELECT id FROM arrays WHERE {where}", args)]
+        if split:
+            self._write_all([], [], arrays=split)
         sql = (f"SELECT rowid, task_id, run_id, CASE WHEN array_index IS NULL THEN job_id ELSE job_id || '_' || "
-               f"array_index END, state, reason, doubt_since, folded FROM jobs WHERE backend = ? AND remote IS ? AND "
-               f"{_LIVE} AND job_id != '' AND state != '{EMITTED}' AND job_id NOT IN (SELECT value FROM json_each(?))")
+               f"array_index END, state, reason, doubt_since, folded FROM jobs WHERE {where}")
         cursor = self._db.cursor()
         cursor.row_factory = None
-        return cursor.execute(sql, (backend, remote, json.dumps(sorted(skip)))).fetchall()
+        return cursor.execute(sql, args).fetchall()
 
     def by_rowid(self, rowids: Iterable[int]) -> list[JobRecord]:
-        """The records of these rows (``live_states``' first column)."""
+        """The records of these ``jobs`` rows (``live_states``' first column)."""
         rowids = list(rowids)
-        return self._select("rowid IN (SELECT value FROM json_each(?))", (json.dumps(rowids),)) if rowids else []
+        return self._select("rowid IN (SELECT value FROM json_each(?))", (json.dumps(rowids),),
+                            arrays=None) if rowids else []
 
     def remotes(self, backend: str) -> set[str | None]:
         """The ``--remote`` targets (None: this machine) that have open jobs of ``backend``."""
-        sql = f"SELECT DISTINCT remote FROM jobs WHERE backend = ? AND ({_LIVE} OR {_UNFOLDED})"
-        return {r[0] for r in self._db.execute(sql, (backend,))}
+        sql = (f"SELECT remote FROM jobs WHERE backend = ? AND ({_LIVE} OR {_UNFOLDED}) UNION "
+               "SELECT remote FROM arrays WHERE backend = ?")  # an array row is live
+        return {r[0] for r in self._db.execute(sql, (backend, backend))}
 
-    def _select(self, where: str = "", args: tuple = ()) -> list[JobRecord]:
+    def _select(self, where: str = "", args: tuple = (), arrays: tuple[str, tuple] | None = ("", ()),
+                keep: Callable[[str], bool] | None = None) -> list[JobRecord]:
+        """Records of the ``jobs`` rows matching ``where``, then of the elements of the arrays rows
+        matching ``arrays`` (a condition on an array's own columns and its arguments; None: no
+        arrays) whose task id ``keep`` keeps: in the order ``shown`` takes as time's, the rows by
+        submission, then the elements (live, so each its task's most recent job).
+
+        The elements are read by Python's JSON parser: SQLite's (3.40) takes a few microseconds an
+        element, ten times as long."""
         sql = f"SELECT {_COLUMNS} FROM jobs" + (f" WHERE {where}" if where else "") + " ORDER BY submitted, rowid"
         cursor = self._db.cursor()
         cursor.row_factory = None  # plain tuples, in JobRecord's field order
-        return [JobRecord(*row) for row in cursor.execute(sql, args)]
+        out = [JobRecord(*row) for row in cursor.execute(sql, args)]
+        if arrays is not None:
+            for row in self._arrays(*arrays):
+                common = row[:-1]
+                out += [JobRecord(task_id, session, *common[:4], index, *common[4:])
+                        for task_id, session, index in json.loads(row[-1]) if keep is None or keep(task_id)]
+        return out
+
+    def _arrays(self, where: str, args: tuple) -> list[tuple]:
+        """The arrays rows matching ``where``: ``JobRecord``'s values but the task, session and index
+        (in its order), then the elements' JSON text."""
+        sql = ("SELECT task_name, run_id, backend, job_id, state, reason, submitted, updated, run_dir, 0, 0, remote, "
+               "NULL, chunk, script, elements FROM arrays JOIN array_members USING (id)"
+               + (f" WHERE {where}" if where else "") + " ORDER BY submitted, id")
+        cursor = self._db.cursor()
+        cursor.row_factory = None
+        return cursor.execute(sql, args).fetchall()
 
     def history(self, task_ids: Iterable[str] | None = None) -> list[JobRecord]:
         """Every job of these tasks (all tasks when None), oldest first: each attempt."""
         if task_ids is None:
             return self._select()
-        rows = [r for chunk in _chunks(list(task_ids), 500)
-                for r in self._select(f"task_id IN ({','.join('?' * len(chunk))})", tuple(chunk))]
-        return sorted(rows, key=lambda r: r.submitted or "")
+        wanted = set(task_ids)
+        return self._select("task_id IN (SELECT value FROM json_each(?))", (json.dumps(sorted(wanted)),),
+                            keep=wanted.__contains__)
 
     def latest(self, task_ids: Iterable[str] | None = None) -> dict[str, JobRecord]:
-        """The most recent job of each task (all tasks when ``task_ids`` is None). Many ids (a
-        status of a whole backfill) are one scan of the table, not a query per 500 ids."""
-        wanted = None if task_ids is None else set(task_ids)
-        rows = self.history(wanted) if wanted is not None and len(wanted) <= _ID_QUERY_MAX else self._select()
+        """The most recent job of each task (all tasks when ``task_ids`` is None)."""
         out: dict[str, JobRecord] = {}
-        for rec in rows:  # ordered by submission time: the last one wins
-            if wanted is None or rec.task_id in wanted:
-                out[rec.task_id] = rec
+        for rec in self._select() if task_ids is None else self.history(task_ids):
+            out[rec.task_id] = rec  # oldest first: the last one wins
         return out
 
     def shown(self, task_ids: Iterable[str] | None = None) -> dict[str, tuple[str, str, str, str | None]]:
@@ -378,17 +488,24 @@ class Ledger:
         for task_id, backend, job_id, index, state, reason in cursor.execute(sql + " ORDER BY submitted, rowid", args):
             if wanted is None or task_id in wanted:  # ordered by submission time: the last one wins
                 out[task_id] = (backend, job_id if index is None else f"{job_id}_{index}", state, reason)
+        for backend, job_id, state, reason, elements in cursor.execute(
+                "SELECT backend, job_id, state, reason, elements FROM arrays JOIN array_members USING (id) "
+                "ORDER BY submitted, id"):
+            # an element is live, so its task's most recent job (module docstring)
+            for task_id, _, index in json.loads(elements):
+                if wanted is None or task_id in wanted:
+                    out[task_id] = (backend, f"{job_id}_{index}", state, reason)
         return out
 
     def live(self, backend: str | None = None) -> list[JobRecord]:
         """Jobs not yet seen in a final state."""
-        if backend:
-            return self._select(f"{_LIVE} AND backend = ?", (backend,))
+        if backend:  # an array row is live
+            return self._select(f"{_LIVE} AND backend = ?", (backend,), ("backend = ?", (backend,)))
         return self._select(_LIVE)
 
     def run(self, run_id: str) -> list[JobRecord]:
         """Every job of one run."""
-        return self._select("run_id = ?", (run_id,))
+        return self._select("run_id = ?", (run_id,), ("run_id = ?", (run_id,)))
 
     @property
     def locked_here(self) -> bool:
@@ -449,14 +566,11 @@ class Ledger:
 
 #: JobRecord's fields, as the columns a select reads (in that order)
 _COLUMNS = ", ".join(f.name for f in fields(JobRecord))
+#: an array row's elements as ``jobs`` rows (``_COLUMNS``), for the split
+_ELEMENTS = ("SELECT json_extract(e.value, '$[0]'), json_extract(e.value, '$[1]'), a.task_name, a.run_id, a.backend, "
+             "a.job_id, json_extract(e.value, '$[2]'), a.state, a.reason, a.submitted, a.updated, a.run_dir, 0, 0, "
+             "a.remote, NULL, a.chunk, a.script FROM arrays a JOIN array_members m USING (id), json_each(m.elements) e")
 _LIVE = "state NOT IN ({})".format(",".join(f"'{s}'" for s in sorted(FINAL)))
 _UNFOLDED = "(run_dir IS NOT NULL AND folded = 0)"
-#: rows recorded before sbatch whose job id is not known yet (``JobRecord.intent``)
-INTENT = f"state = '{SUBMITTING}' AND job_id = ''"
-#: above this many task ids, ``latest`` scans the table once instead of querying per 500 ids
+#: above this many task ids, ``latest`` reads every job once instead of looking each id up
 _ID_QUERY_MAX = 2000
-
-
-def _chunks(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]

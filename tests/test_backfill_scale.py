@@ -264,7 +264,7 @@ def test_backfill_intents_of_every_call_in_one_transaction_job_ids_without_waiti
     common = {"run_id": "bf-1", "backend": "slurm", "job_id": "", "run_dir": "/r", "state": "SUBMITTING"}
     ledger.record_arrays([(dict(common, task_name=name, script=f"{name}.c0"), [f"{name}{i}" for i in range(100)],
                            [f"s{i}" for i in range(100)], list(range(100))) for name in ("Raw", "Sync", "QC")])
-    assert [s.split()[0] for s in seen] == ["BEGIN", "INSERT", "INSERT", "INSERT", "COMMIT"]
+    assert [s.split()[0] for s in seen] == ["BEGIN", *["INSERT"] * 6, "COMMIT"]  # a row and its members each
     seen.clear()
     ledger.submitted("bf-1", "Sync.c0", "77")
     ledger._db.set_trace_callback(None)
@@ -272,6 +272,60 @@ def test_backfill_intents_of_every_call_in_one_transaction_job_ids_without_waiti
     assert ledger._db.execute("PRAGMA synchronous").fetchone()[0] == 2
     jobs = {j.task_id: j for j in ledger.run("bf-1")}
     assert len(jobs) == 300 and jobs["Sync5"].backend_id == "77_5" and jobs["Raw5"].intent
+    # one row per array, not per element: the job id was written once
+    count = lambda table: ledger._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: E731
+    assert (count("arrays"), count("jobs")) == (3, 0)
+    assert sum(s.startswith("UPDATE arrays SET job_id") for s in seen) == 1
+
+
+def _calls(n: int = 50) -> list[tuple[dict, list[str], list[str], list[int]]]:
+    """Two runs' arrays as a backfill records them (one submitted, one still an intent)."""
+    common = {"backend": "slurm", "run_dir": "/r", "chunk": "c0", "reason": None}
+    return [(dict(common, run_id=run, task_name=name, script=f"{name}.c0", job_id=job, state=state),
+             [f"{run}-{name}{i}" for i in range(n)], [f"s{i}" for i in range(n)], list(range(3, n + 3)))
+            for run, name, job, state in (("bf-1", "Raw", "40", "PENDING"), ("bf-1", "QC", "41", "PENDING"),
+                                          ("bf-2", "Raw", "", "SUBMITTING"))]
+
+
+def _answers(ledger: Ledger) -> dict:
+    """What every reader of the ledger is told (times left out: the two ledgers are written apart;
+    records sorted: the order of different tasks' jobs of one second is not kept by a split)."""
+    plain = lambda recs: sorted((*(v for k, v in vars_(r).items() if k not in ("submitted", "updated")),)  # noqa: E731
+                                for r in recs)
+    vars_ = lambda r: {f: getattr(r, f) for f in r.__slots__}  # noqa: E731
+    ids = ["bf-1-Raw3", "bf-1-QC7", "bf-2-Raw0", "nothing"]
+    watched, groups = ledger.watched("slurm", None)
+    return {"run": plain(ledger.run("bf-1")), "live": plain(ledger.live("slurm")), "all": plain(ledger.history()),
+            "history": plain(ledger.history(ids)), "latest": {k: plain([v]) for k, v in ledger.latest(ids).items()},
+            "shown": ledger.shown(), "shown_some": ledger.shown(ids), "intents": plain(ledger.intents("slurm", None)),
+            "watched": sorted(watched), "groups": sorted(groups), "runs": ledger.unfolded_runs("slurm", None),
+            "unfolded_in": plain(ledger.unfolded_in("slurm", None, "/r", ids)), "remotes": ledger.remotes("slurm"),
+            "provisional": plain(ledger.provisional("slurm", None, "bf-2")), "run_dirs": ledger.run_dirs()}
+
+
+def test_an_array_is_one_row_until_an_element_parts_ways_and_reads_the_same_either_way(tmp_path):
+    """The same calls recorded as arrays rows and as a row per element give every reader the same
+    answer; a write about one element splits its array alone (the others stay one row each),
+    and the answers stay the same as the per-element ledger's after the same write."""
+    arrays, rows = Ledger(tmp_path / "arrays.sqlite"), Ledger(tmp_path / "rows.sqlite")
+    arrays.record_arrays(_calls())
+    rows.record([dict(common, task_id=t, session=s, array_index=i)
+                 for common, tids, sessions, indices in _calls() for t, s, i in zip(tids, sessions, indices)])
+    count = lambda led, table: led._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: E731
+    assert (count(arrays, "arrays"), count(arrays, "jobs")) == (3, 0)
+    assert _answers(arrays) == _answers(rows)
+    for led in (arrays, rows):
+        led.set_state([("bf-1-QC7", "bf-1", "RUNNING", None)])
+        led.set_folded([("bf-1-QC9", "bf-1", 2, False)])
+    assert (count(arrays, "arrays"), count(arrays, "jobs")) == (2, 50)  # QC's array alone was split
+    assert _answers(arrays) == _answers(rows)
+    for led in (arrays, rows):
+        led.set_array_state("slurm", None, "40", ("PENDING", None), ("PENDING", "Priority"))
+        led.forget([(f"bf-2-Raw{i}", "bf-2") for i in range(10)])
+    assert (count(arrays, "arrays"), count(arrays, "jobs")) == (1, 90)
+    assert _answers(arrays) == _answers(rows)
+    with pytest.raises(ValueError):  # a final state is an element's own, never an array row's
+        arrays.set_array_state("slurm", None, "40", ("PENDING", "Priority"), ("CANCELLED", None))
 
 
 def test_limits_read_ahead_on_a_thread_once_and_its_failure_raised_when_asked(tmp_path, monkeypatch):

@@ -62,11 +62,11 @@ def backfilled(tmp_path, monkeypatch):
     store, ledger = SQLiteStore(tmp_path / "tasks.sqlite"), Ledger(tmp_path / "jobs.sqlite")
     run_dir = tmp_path / "runs" / RUN
     (run_dir / "results").mkdir(parents=True)
-    for array in ARRAYS:
-        ledger.record_array({"run_id": RUN, "backend": "slurm", "job_id": array, "task_name": f"T{array}",
-                             "state": "PENDING", "reason": "Priority", "run_dir": str(run_dir), "chunk": "c0",
-                             "script": f"s{array}"},
-                            [f"t{array}-{i}" for i in range(N)], [f"eid-{i}" for i in range(N)], list(range(N)))
+    ledger.record_arrays([({"run_id": RUN, "backend": "slurm", "job_id": array, "task_name": f"T{array}",
+                            "state": "PENDING", "reason": "Priority", "run_dir": str(run_dir), "chunk": "c0",
+                            "script": f"s{array}"},
+                           [f"t{array}-{i}" for i in range(N)], [f"eid-{i}" for i in range(N)], list(range(N)))
+                          for array in ARRAYS])
     cluster = _Cluster()
     cluster.rows = {f"{a}_[0-{N - 1}]": ("PENDING", "Priority") for a in ARRAYS}
     records: list[int] = []
@@ -91,6 +91,8 @@ def test_news_about_one_element_loads_that_element_alone(backfilled):
     backend.refresh()
     assert sum(records) == 1, records
     assert {(j.backend_id, j.state) for j in ledger.live("slurm") if j.state != "PENDING"} == {("500_7", "RUNNING")}
+    # the array with news became a row per element; the two without are still one row each
+    assert [r[0] for r in ledger._db.execute("SELECT job_id FROM arrays ORDER BY job_id")] == ["501", "502"]
     # its result appears: exactly that file is read (the 2,999 others have none)
     result = runfolder.result_path(run_dir, "t500-7")
     Path(result).write_text('{"task_id": "t500-7", "ops": [], "final": false}')
@@ -116,7 +118,8 @@ def test_a_whole_array_moving_to_one_new_state_is_one_statement(backfilled):
     assert sum(records) == 0 and report.checked == len(ARRAYS) * N
     assert {j.reason for j in ledger.live("slurm") if j.job_id == "501"} == {"Resources"}
     assert {j.reason for j in ledger.live("slurm") if j.job_id != "501"} == {"Priority"}
-    assert sum(s.startswith("UPDATE jobs SET state") for s in statements) == 1
+    assert sum(s.startswith("UPDATE arrays SET state") for s in statements) == 1
+    assert not any(s.startswith("INSERT") for s in statements)  # no array was split into rows
     # what keeps a state that needs a record off that path (outcome.pending says so without a read)
     held = JobState(job_id="502_[0-999]", array_job_id="502", array_index=None, name=RUN, state="PENDING",
                     reason="DependencyNeverSatisfied",
@@ -155,14 +158,15 @@ def varied(tmp_path, monkeypatch):
     eids = store.session_ids(paths, create=True)
     specs = [  # name, level, priority, status, ram, elapsed
         ("A", 0, None, "Complete", 1, 4.25), ("B", 1, 50, "Errored", 1.5, 0.125), ("C", 1, 90, "Waiting", 2, None),
-        ("D", None, None, "Held", 4, None), ("E", 2, 10, "Started", 8, 12.5), ("F", 0, 3, "Empty", 1, 0.0)]
+        ("D", None, None, "Held", 4, None), ("E", 2, 10, "Started", 8, 12.5), ("F", 0, 3, "Empty", 1, 0.0),
+        ("G", 1, 20, "Waiting", 1, None)]
     tasks = store.create_tasks([{"session": e, "name": f"{name}", "level": level, "priority": prio, "status": status,
                                  "ram": ram, "cpu": 2, "gpu": 0, "time_elapsed_secs": elapsed, "executable": "x.T"}
                                 for e in eids for name, level, prio, status, ram, elapsed in specs])
     jobs = []
     for k, t in enumerate(tasks):
-        if t["name"] == "F":
-            continue  # never submitted
+        if t["name"] in ("F", "G"):
+            continue  # never submitted; in a live array (below)
         jobs.append({"task_id": t["id"], "session": t["session"], "task_name": t["name"], "run_id": "run-1",
                      "backend": "slurm", "job_id": "700", "array_index": k, "state": "COMPLETED"})
         if t["name"] in ("B", "E"):  # a second attempt, in a later run: the one shown
@@ -176,6 +180,10 @@ def varied(tmp_path, monkeypatch):
     ledger.record([{"task_id": c["id"], "session": c["session"], "task_name": "C", "run_id": "run-3",
                     "backend": "slurm"}])
     ledger._write("UPDATE jobs SET submitted=NULL WHERE run_id=?", [("run-3",)])  # as an old ledger's rows
+    gs = [t for t in tasks if t["name"] == "G"]  # a live array: one ledger row for both elements
+    ledger.record_arrays([({"run_id": "run-4", "backend": "slurm", "job_id": "800", "task_name": "G",
+                            "state": "PENDING", "script": "G.c0"}, [t["id"] for t in gs], [t["session"] for t in gs],
+                           [3, 4])])
     return store, ledger, eids
 
 
@@ -190,12 +198,13 @@ def test_status_json_rendered_by_sqlite_is_the_rows_json_dumps_writes(varied, se
     sid = None if session is None else eids[session]
     rows = cli._json_rows(cli._rows(store, ledger, sid, statuses, reasons=False), local=False, reasons=False)
     expected = json.dumps(rows, separators=(",", ":"))
-    assert jsonview.status_json(store, ledger.path, cli._ROW_FIELDS, sid, statuses) == expected
+    assert jsonview.status_json(store, ledger, cli._ROW_FIELDS, sid, statuses) == expected
     assert rows and {r["job_id"] for r in rows} - {None}  # the comparison saw jobs
     if session is None and not statuses:
         shown = {(r["session"], r["name"]): (r["backend"], r["job_id"]) for r in rows}
         assert shown[eids[0], "E"] == ("local", "94") and shown[eids[0], "F"] == (None, None)
         assert shown[eids[0], "C"] == ("slurm", "700_2")
+        assert (shown[eids[0], "G"], shown[eids[1], "G"]) == (("slurm", "800_3"), ("slurm", "800_4"))
         assert [r["name"] for r in rows[:4]] == ["A", "A", "F", "F"]  # level 0: no priority first, then 3
 
 
@@ -211,7 +220,7 @@ def test_status_json_of_the_embedded_store_builds_no_row_in_python(varied, monke
     rows = cli._rows
     monkeypatch.setattr(cli, "_rows", lambda *a, **k: built.append(1) or rows(*a, **k))
     assert cli.main(["status", "--json"]) == 0
-    assert built == [] and len(json.loads(capsys.readouterr().out)) == 12
+    assert built == [] and len(json.loads(capsys.readouterr().out)) == 14
     assert cli.main(["status", "--json", "--reason"]) == 0
     assert built == [1] and all("reason" in r for r in json.loads(capsys.readouterr().out))
 

@@ -37,7 +37,7 @@ from ..backends import RefreshReport, SubmitReport
 from ..errors import BackendError, BadInput
 from ..jobside import reasons, runfolder
 from ..jobside.outcome import lost, pending, swept, warn_signal
-from ..ledger import INTENT, JobRecord, Ledger
+from ..ledger import JobRecord, Ledger
 from ..pipeline import job_size, time_out_secs
 from ..plan import Plan, StampedPlan
 from ..status import STARTED, WAITING
@@ -497,15 +497,14 @@ class SlurmBackend:
         """
         report = RefreshReport()
         ledger, remote = self.ledger, self.remote
-        self._adopt(ledger.jobs_of(BACKEND, remote, f"state = '{jobstate.EMITTED}'"))
+        self._adopt(ledger.emitted(BACKEND, remote))
         present = self._results_present(ledger.unfolded_runs(BACKEND, remote))
-        self._adopt_records(ledger.jobs_of(BACKEND, remote, f"run_dir IS NOT NULL AND folded = 0 AND task_id LIKE "
-                                                            f"'{recorder.PREFIX}%'"), present)
+        self._adopt_records(ledger.provisional(BACKEND, remote, recorder.PREFIX), present)
         names = {d: [n[:-5] for n in files if n.endswith(".json")] for d, files in present.items()}
         folded_records = [j for d, tids in names.items() if tids for j in ledger.unfolded_in(BACKEND, remote, d, tids)]
         folded = self._fold(folded_records)
         report.folded = len(folded)
-        intents = ledger.jobs_of(BACKEND, remote, INTENT)
+        intents = ledger.intents(BACKEND, remote)
         watcher = self.watcher()
         asked = watcher.queries
         watched, arrays = ledger.watched(BACKEND, remote)
