@@ -7,8 +7,9 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "hpcpipe"
 TRANSPORT_LAYER = [PKG / "transport.py", *sorted((PKG / "ssh").glob("*.py"))]
-#: what a transport may use: errors, atomic files, the configuration, itself
-TRANSPORT_MAY_IMPORT = {"hpcpipe.errors", "hpcpipe.files", "hpcpipe.config", "hpcpipe.transport", "hpcpipe.ssh"}
+#: what a transport may use: errors, atomic files, the configuration and settings, itself
+TRANSPORT_MAY_IMPORT = {"hpcpipe.errors", "hpcpipe.files", "hpcpipe.config", "hpcpipe.settings", "hpcpipe.transport",
+                        "hpcpipe.ssh"}
 SLURM_COMMANDS = {"sbatch", "squeue", "sacct", "scancel", "scontrol", "sinfo", "sstat", "sacctmgr", "srun"}
 
 
