@@ -306,8 +306,10 @@ class Settings:
         out: dict[str, Any] = {"home": str(self.home) if same_machine and self.home else None}
         for name in _SECTION_TYPES:
             section = getattr(self, name)
-            out[name] = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
-                         if f.metadata["job"] and not f.metadata["secret"]}
+            values = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
+                      if f.metadata["job"] and not f.metadata["secret"]}
+            if values:
+                out[name] = values
         return out
 
     @classmethod
