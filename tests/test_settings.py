@@ -113,3 +113,19 @@ def test_settings_are_read_when_built_not_when_used(tmp_path, monkeypatch):
     ledger = Ledger(tmp_path / "jobs.sqlite", settings=Settings.load())
     monkeypatch.setenv("HPCPIPE_SUBMIT_LOCK_WAIT_SECS", "9")
     assert ledger.lock_wait == 3.0
+
+
+def test_a_configured_token_reaches_jobs_through_the_token_cache(monkeypatch):
+    """``[alyx] token`` is a secret run.json never carries: the submitting side puts it in the
+    0600 token cache of the home its jobs use, where their client looks."""
+    from hpcpipe.alyx import params
+
+    monkeypatch.setenv("HPCPIPE_ALYX_URL", "https://alyx.example.org")
+    monkeypatch.setenv("HPCPIPE_ALYX_USERNAME", "alice")
+    monkeypatch.setenv("HPCPIPE_ALYX_TOKEN", "f" * 40)
+    submitting = Settings.load()
+    params.cache_for_jobs(submitting)
+    job = Settings.from_run({"settings": submitting.for_job()})
+    assert "f" * 40 not in json.dumps(submitting.for_job())
+    found = params.resolve(job)
+    assert (found["token"], found["token_source"]) == ("f" * 40, "cache")

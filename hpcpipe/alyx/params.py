@@ -116,6 +116,16 @@ def store_token(settings: Settings, url: str, username: str | None, token: str |
     atomic_write(path, json.dumps(data), mode=0o600, fsync=True)
 
 
+def cache_for_jobs(settings: Settings) -> None:
+    """Put a token the settings give (``[alyx] token``, ``$HPCPIPE_ALYX_TOKEN``) in the token cache
+    of ``settings.home``, where the jobs of this submission look for it: ``run.json`` carries no
+    secret. Needs the username (the cache's key); nothing to do without a token."""
+    url = settings.alyx.url or one_default_url()
+    token, username = settings.alyx.token, settings.alyx.username
+    if token and url and username and cached_token(settings, url, username) != token:
+        store_token(settings, url, username, token)
+
+
 def resolve(settings: Settings, base_url: str | None = None, username: str | None = None,
             password: str | None = None, token: str | None = None) -> dict[str, Any]:
     """Fill in URL and credentials from ``settings`` and ONE (see module doc).

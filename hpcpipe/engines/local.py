@@ -397,6 +397,10 @@ class LocalEngine:
         """
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (run_dir / "sessions").mkdir(exist_ok=True)
+        if getattr(self.store, "kind", "") == "alyx":  # its jobs find a configured token in the cache
+            from ..alyx.params import cache_for_jobs
+
+            cache_for_jobs(self.settings)
         (run_dir / "run.json").write_text(runfolder.run_json(run_id, getattr(self.store, "kind", ""), "server",
                                                              upstream=True, settings=self.settings.for_job()))
         entries = {i: runfolder.session_entry(p.session, str(p.session_path), p.deck) for i, p in enumerate(plans)}

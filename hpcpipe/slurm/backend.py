@@ -221,6 +221,10 @@ class SlurmBackend:
                    extra: dict | None = None) -> None:
         self.transport.makedirs(f"{run_dir}/logs")
         self.transport.makedirs(f"{run_dir}/results")
+        if getattr(self.store, "kind", "") == "alyx" and self.remote is None:  # jobs share this home
+            from ..alyx.params import cache_for_jobs
+
+            cache_for_jobs(self.settings)
         self.transport.write_file(f"{run_dir}/run.json",
                                   runfolder.run_json(run_id, getattr(self.store, "kind", "sqlite"),
                                                      self.profile.location, extra=extra,

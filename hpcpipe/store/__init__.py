@@ -36,7 +36,7 @@ def open_store(one: Any = None, settings: Settings | None = None) -> TaskStore:
                            "with alyx.rest(url, action, ...)")
         from .alyx import AlyxStore
 
-        return AlyxStore(rest_owner)
+        return AlyxStore(rest_owner, settings=settings)
     settings = settings or current()
     kind = settings.store.backend
     if kind == "sqlite":
