@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Protocol
 
 from .errors import BadInput
 from .ledger import JobRecord, Ledger
+from .settings import Settings
 
 BACKENDS = ("local", "slurm")
 
@@ -113,11 +114,12 @@ class Backend(Protocol):
 
 
 def open_backend(name: str | None, store, ledger: Ledger, profile: str | None = None, remote: str | None = None,
-                 accept_new_host_key: bool = False, sessions: Iterable = ()):
+                 accept_new_host_key: bool = False, sessions: Iterable = (), settings: Settings | None = None):
     """The backend named by ``--backend``/``--remote``, checked before anything is recorded or sent.
 
     With ``remote``, every session path must map to a cluster path (``[clusters.NAME] path_map``)
-    before the first connection is made.
+    before the first connection is made. ``settings`` are handed to the backend (None: it takes
+    ``settings.current()``).
     """
     name = "slurm" if remote else (name or "local")
     if name not in BACKENDS:
@@ -125,30 +127,31 @@ def open_backend(name: str | None, store, ledger: Ledger, profile: str | None = 
     if name == "local":
         from .engines.local import LocalEngine
 
-        return LocalEngine(store, ledger)
+        return LocalEngine(store, ledger, settings=settings)
     from .slurm.backend import SlurmBackend
 
     if not remote:
-        return SlurmBackend(store, ledger, profile=profile)
-    return remote_backend(remote, store, ledger, profile, accept_new_host_key, sessions)
+        return SlurmBackend(store, ledger, profile=profile, settings=settings)
+    return remote_backend(remote, store, ledger, profile, accept_new_host_key, sessions, settings)
 
 
 def remote_backend(remote: str, store, ledger: Ledger, profile: str | None = None,
-                   accept_new_host_key: bool = False, sessions: Iterable = ()):
+                   accept_new_host_key: bool = False, sessions: Iterable = (), settings: Settings | None = None):
     """The SLURM backend of a ``[clusters.NAME]`` target, over one SSH connection."""
     from .slurm.backend import SlurmBackend
     from .ssh import resolve_remote
 
-    target = resolve_remote(remote)
+    target = resolve_remote(remote, settings)
     for path in sessions:
         target.path_map.to_remote(str(path))
     transport = target.transport(accept_new_host_key=accept_new_host_key)
     return SlurmBackend(store, ledger, transport=transport, profile=profile or target.profile,
                         run_root=target.remote_run_dir(transport), python=target.python,
-                        map_path=target.path_map.to_remote, remote=remote)
+                        map_path=target.path_map.to_remote, remote=remote, settings=settings)
 
 
-def refresh_all(store, ledger: Ledger, backend=None, remotes: dict | None = None) -> RefreshReport:
+def refresh_all(store, ledger: Ledger, backend=None, remotes: dict | None = None,
+                settings: Settings | None = None) -> RefreshReport:
     """The local engine's refresh, then one per SLURM cluster this machine submitted to (one
     backend, one transport, one batched query each). ``backend``: one already open, reused for
     its cluster; ``remotes``: the SLURM backends kept by the caller across polls, by ``--remote``
@@ -156,28 +159,34 @@ def refresh_all(store, ledger: Ledger, backend=None, remotes: dict | None = None
     watcher and, remotely, one SSH connection for all its polls. Returns a merged ``RefreshReport``."""
     from .engines.local import LocalEngine
 
-    report = LocalEngine(store, ledger).refresh()
+    report = LocalEngine(store, ledger, settings=settings).refresh()
     for remote in sorted(ledger.remotes("slurm"), key=lambda r: r or ""):
-        report.merge(_slurm_for(remote, store, ledger, backend, remotes).refresh())
+        report.merge(_slurm_for(remote, store, ledger, backend, remotes, settings).refresh())
     return report
 
 
-def _slurm_for(remote: str | None, store, ledger: Ledger, backend=None, remotes: dict | None = None):
+def _slurm_for(remote: str | None, store, ledger: Ledger, backend=None, remotes: dict | None = None,
+               settings: Settings | None = None):
     """The SLURM backend of ``remote`` (None: this machine): ``backend`` if it is that one, else
     one from ``remotes`` (opened and kept there, this machine's too), else a new one."""
     from .slurm.backend import SlurmBackend
 
     if getattr(backend, "name", None) == "slurm" and backend.remote == remote:
         return backend
+    def opened():
+        if remote is None:
+            return SlurmBackend(store, ledger, settings=settings)
+        return remote_backend(remote, store, ledger, settings=settings)
+
     if remotes is None:
-        return SlurmBackend(store, ledger) if remote is None else remote_backend(remote, store, ledger)
+        return opened()
     if remote not in remotes:
-        remotes[remote] = SlurmBackend(store, ledger) if remote is None else remote_backend(remote, store, ledger)
+        remotes[remote] = opened()
     return remotes[remote]
 
 
 def cancel(store, ledger: Ledger, session: str | None = None, run: str | None = None,
-           tasks: Iterable[str] | None = None) -> int:
+           tasks: Iterable[str] | None = None, settings: Settings | None = None) -> int:
     """Cancel the live jobs (local processes, SLURM jobs) of a session (store id), a run, or task
     names; with ``run``, also every job SLURM has for that run that the ledger never recorded.
     Returns jobs cancelled."""
@@ -191,13 +200,13 @@ def cancel(store, ledger: Ledger, session: str | None = None, run: str | None = 
     if tasks:
         jobs = [j for j in jobs if j.task_name in set(tasks)]
     runs = [run] if run else []
-    count = LocalEngine(store, ledger).cancel([j for j in jobs if j.backend == "local"], runs)
+    count = LocalEngine(store, ledger, settings=settings).cancel([j for j in jobs if j.backend == "local"], runs)
     slurm = [j for j in jobs if j.backend == "slurm"]
     remotes = {j.remote for j in slurm} | ({j.remote for j in ledger.run(run) if j.backend == "slurm"} if run else set())
     if run and not remotes and not ledger.run(run):
         remotes = {None}  # a run the ledger never recorded: ask this machine's SLURM
     for remote in remotes:
-        backend = _slurm_for(remote, store, ledger)
+        backend = _slurm_for(remote, store, ledger, settings=settings)
         try:
             count += backend.cancel([j for j in slurm if j.remote == remote], runs)
         finally:

@@ -19,8 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, config, jsonview
+from . import __version__, jsonview
 from .errors import BadInput, HpcpipeError, Unreachable
+from .settings import Settings, active
 from .status import DONE, STATUSES, check_statuses
 
 _logger = logging.getLogger("hpcpipe")
@@ -28,20 +29,20 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1,
 
 
 # ---------------------------------------------------------------------- helpers
-def _store():
+def _store(settings: Settings):
     from .store import open_store, outbox
 
-    store = open_store()
+    store = open_store(settings=settings)
     replayed = outbox.sync(store, force=False)
     if replayed:
         _logger.info("replayed %d queued report(s) from the outbox", replayed)
     return store
 
 
-def _ledger():
+def _ledger(settings: Settings):
     from .ledger import Ledger
 
-    return Ledger()
+    return Ledger(settings=settings)
 
 
 def _pipeline_name(args, store, session_path: Path) -> str:
@@ -49,7 +50,7 @@ def _pipeline_name(args, store, session_path: Path) -> str:
     description, recorded graph, the only registered pipeline)."""
     from .resolve import resolve_pipeline
 
-    return resolve_pipeline(session_path, store, getattr(args, "pipeline", None))
+    return resolve_pipeline(session_path, store, args.settings, getattr(args, "pipeline", None))
 
 
 def _pipelines(args, store, sessions) -> dict[str, list[int]]:
@@ -74,7 +75,7 @@ def _plan_each(pipelines: dict[str, list[int]], sessions, store, ledger, **kwarg
     return plans
 
 
-def _alyx_check(store, sessions: list[Path], pipeline: str, create: bool | None = None) -> None:
+def _alyx_check(store, sessions: list[Path], pipeline: str, settings: Settings, create: bool | None = None) -> None:
     """With Alyx: everything the pipeline needs that the server lacks, in one message, before
     anything is recorded (``hpcpipe.alyx.check``). ``create`` (default ``[alyx] create_missing``)
     creates the missing sessions and dataset types."""
@@ -84,7 +85,7 @@ def _alyx_check(store, sessions: list[Path], pipeline: str, create: bool | None 
     from .submission import load_pipeline
 
     tasks = list(load_pipeline(sessions[0], pipeline, store).tasks.values())
-    create = bool(config.get("alyx", "create_missing", False)) if create is None else create
+    create = settings.alyx.create_missing if create is None else create
     check.check(store, sessions, tasks, create=create)
 
 
@@ -92,19 +93,20 @@ def _backend(args, store, ledger, sessions=()):
     """The backend named by --backend/--remote (``backends.open_backend``)."""
     from .backends import open_backend
 
-    return open_backend(getattr(args, "backend", None), store, ledger, getattr(args, "profile", None),
-                        getattr(args, "remote", None), getattr(args, "accept_new_host_key", False), sessions)
+    return open_backend(getattr(args, "backend", None) or args.settings.submit.backend, store, ledger,
+                        getattr(args, "profile", None), getattr(args, "remote", None),
+                        getattr(args, "accept_new_host_key", False), sessions, settings=args.settings)
 
 
 def _say(line: str) -> None:
     print(f"hpcpipe: {line}", file=sys.stderr, flush=True)
 
 
-def _refresh(store, ledger, backend=None, remotes=None):
+def _refresh(store, ledger, settings: Settings, backend=None, remotes=None):
     """Fold, query and sweep every backend (``backends.refresh_all``); notes go to stderr."""
     from .backends import refresh_all
 
-    report = refresh_all(store, ledger, backend, remotes)
+    report = refresh_all(store, ledger, backend, remotes, settings=settings)
     for note in dict.fromkeys(report.notes):
         _say(note)
     return report
@@ -129,15 +131,15 @@ def _lock(ledger, purpose: str):
     return ledger.lock(purpose, on_wait=_say)
 
 
-def _remote_backend(remote: str, store, ledger):
+def _remote_backend(remote: str, store, ledger, settings: Settings):
     from .backends import remote_backend
 
-    return remote_backend(remote, store, ledger)
+    return remote_backend(remote, store, ledger, settings=settings)
 
 
-def _live_states(store, ledger) -> dict:
+def _live_states(store, ledger, settings: Settings) -> dict:
     """Refresh every backend (under the lock unless a submission holds it); SLURM states by task id."""
-    report = _refresh_unless_busy(store, ledger)
+    report = _refresh_unless_busy(store, ledger, settings)
     return report.states if report else {}
 
 
@@ -233,7 +235,8 @@ def _apply_resources(args, plans, store, backend, keep=None) -> None:
     """Resource suggestions the user opted in to, applied to the planned records and printed."""
     from . import resources
 
-    for line in resources.apply(plans, store, _where_for(backend), dry_run=args.dry_run, keep=keep):
+    for line in resources.apply(plans, store, _where_for(backend), dry_run=args.dry_run, keep=keep,
+                                settings=args.settings):
         print(line)
 
 
@@ -254,14 +257,14 @@ def cmd_submit(args) -> int:
     if _packed(args):
         args.backend = "slurm"
         _pack_shape(args)
-    store, ledger = _store(), _ledger()
+    store, ledger = _store(args.settings), _ledger(args.settings)
     pipelines = _pipelines(args, store, sessions)
     for pipeline, ks in pipelines.items():
-        _alyx_check(store, [sessions[k] for k in ks], pipeline)
+        _alyx_check(store, [sessions[k] for k in ks], pipeline, args.settings)
     backend = _checked(args, store, ledger, sessions, pipelines)
     with contextlib.ExitStack() as held:
         held.enter_context(_lock(ledger, "hpcpipe submit"))
-        _refresh(store, ledger, backend)
+        _refresh(store, ledger, args.settings, backend)
         plans = _plan_each(pipelines, sessions, store, ledger, statuses=args.status or ["Waiting"],
                            names=args.task, dry_run=args.dry_run, rerun_statuses=args.rerun,
                            live_backend=backend.name)
@@ -273,6 +276,7 @@ def _execute(args, plans, store, ledger, backend, held) -> int:
     """Submit through any backend inside the submission lock (``held``). A backend that runs in
     the foreground (the local engine) calls back once its intents are recorded: the lock is
     released there, so other submissions go on while the tasks run."""
+    from .engines.local import run_root
     from .submission import Run
 
     for plan in plans:
@@ -283,7 +287,7 @@ def _execute(args, plans, store, ledger, backend, held) -> int:
     if not any(plans):
         print(f"nothing to {backend.verb}")
         return EXIT_OK
-    run = Run.new(prefix="hp")
+    run = Run.new(run_root(args.settings), prefix="hp")
     if _packed(args):
         return _pack(args, backend, plans, run.id)
 
@@ -360,20 +364,21 @@ def cmd_rerun(args) -> int:
     from .submission import plan_sessions
 
     session = parse_session_path(args.session).path
-    store, ledger = _store(), _ledger()
+    store, ledger = _store(args.settings), _ledger(args.settings)
     pipeline = _pipeline_name(args, store, session)
     rerun = check_statuses((args.status or []) + (["Errored"] if args.failed else []) or ["Errored"])
     backend = _checked(args, store, ledger, [session], {pipeline: [0]})
     with contextlib.ExitStack() as held:
         held.enter_context(_lock(ledger, "hpcpipe rerun"))
-        _refresh(store, ledger, backend)
+        _refresh(store, ledger, args.settings, backend)
         escalations = {}
         if args.escalate:  # read before planning: a rerun resets the records to the class's values
             from .jobside import escalate
 
             failed = [t for t in store.list_tasks(session=store.session_id(session), status=rerun)
                       if not args.task or t["name"] in args.task]
-            escalations = escalate.plan(failed, _slurm(backend), floors=_suggested(failed, _slurm(backend)))
+            escalations = escalate.plan(failed, _slurm(backend), floors=_suggested(failed, _slurm(backend), args.settings),
+                                        settings=args.settings)
         plans = plan_sessions([session], pipeline, store, ledger, statuses=["Waiting"] + rerun,
                               names=args.task, dry_run=args.dry_run, rerun_statuses=rerun,
                               live_backend=backend.name)
@@ -385,24 +390,24 @@ def cmd_rerun(args) -> int:
         return _execute(args, plans, store, ledger, backend, held)
 
 
-def _suggested(tasks: list[dict], backend) -> dict[str, dict]:
+def _suggested(tasks: list[dict], backend, settings: Settings) -> dict[str, dict]:
     """The suggestion for each task's class and place, when the user applies suggestions."""
     from . import resources
 
-    if not resources.opted_in():
+    if not resources.opted_in(settings):
         return {}
-    table, where = resources.load(), _where_for(backend)
+    table, where = resources.load(settings=settings), _where_for(backend)
     return {t["id"]: table[(t.get("executable") or "", where(t))] for t in tasks
             if (t.get("executable") or "", where(t)) in table}
 
 
-def _refresh_unless_busy(store, ledger, remotes=None):
+def _refresh_unless_busy(store, ledger, settings: Settings, remotes=None):
     """A refresh under the lock if no submission holds it; else nothing changes (and it says so)."""
     from .ledger import Busy
 
     try:
-        with ledger.lock("hpcpipe status", wait=float(config.get("status", "lock_wait_secs", 5.0))):
-            return _refresh(store, ledger, remotes=remotes)
+        with ledger.lock("hpcpipe status", wait=settings.status.lock_wait_secs):
+            return _refresh(store, ledger, settings, remotes=remotes)
     except Busy as exc:
         _say(f"{exc}; job states not refreshed")
         return None
@@ -410,7 +415,7 @@ def _refresh_unless_busy(store, ledger, remotes=None):
 
 def cmd_status(args) -> int:
     statuses = check_statuses(args.status)
-    store, ledger = _store(), _ledger()
+    store, ledger = _store(args.settings), _ledger(args.settings)
     from .store import health
 
     health.brief(store)  # an unreachable store: local knowledge at once, not the retry budget per read
@@ -424,7 +429,7 @@ def cmd_status(args) -> int:
                     from .session import parse_session_path
 
                     session = store.session_id(parse_session_path(args.session).path)
-                report = _refresh_unless_busy(store, ledger, remotes)
+                report = _refresh_unless_busy(store, ledger, args.settings, remotes)
                 if args.json and not args.reason and jsonview.can_render(store):  # the rows joined by SQLite
                     sys.stdout.write(jsonview.status_json(store, ledger, _ROW_FIELDS, session, statuses) + "\n")
                 else:
@@ -472,8 +477,8 @@ def _local_status(store, ledger, session_arg: str | None, statuses: list[str]) -
 def cmd_sweep(args) -> int:
     """What ``status`` does before printing, alone and quiet (for cron): fold job results and
     record the tasks of jobs that ended without reporting (Errored, Held, or Waiting if requeued)."""
-    store, ledger = _store(), _ledger()
-    report = _refresh_unless_busy(store, ledger)
+    store, ledger = _store(args.settings), _ledger(args.settings)
+    report = _refresh_unless_busy(store, ledger, args.settings)
     if report is None:
         return 0
     print(f"sweep: {report.swept} task(s) recorded; {report.checked} SLURM job(s) checked; "
@@ -486,7 +491,7 @@ def cmd_graph(args) -> int:
     from .session import parse_session_path
     from .submission import load_pipeline
 
-    store = _store()
+    store = _store(args.settings)
     session = parse_session_path(args.session).path
     pipe = load_pipeline(session, _pipeline_name(args, store, session), store)
     print(pipe.make_graph(out_dir=args.out or session))
@@ -496,15 +501,15 @@ def cmd_graph(args) -> int:
 def cmd_sync(args) -> int:
     from .store import open_store, outbox
 
-    store, ledger = open_store(), _ledger()
+    store, ledger = open_store(settings=args.settings), _ledger(args.settings)
     replayed = outbox.sync(store, force=True)
-    _refresh_unless_busy(store, ledger)
+    _refresh_unless_busy(store, ledger, args.settings)
     from . import recorder
 
-    for run_dir, missing in recorder.resume(store, ledger.run_dirs()).items():
+    for run_dir, missing in recorder.resume(store, ledger.run_dirs(), args.settings).items():
         print(f"records of {Path(run_dir).name}: " + ("a recorder is at work on them" if missing is None else
                                                        f"{missing} still missing" if missing else "all made"))
-    _refresh_unless_busy(store, ledger)  # the records just made: the ledger takes their ids
+    _refresh_unless_busy(store, ledger, args.settings)  # the records just made: the ledger takes their ids
     print(f"replayed {replayed} report(s); {len(outbox.pending(store))} still queued")
     return 0
 
@@ -512,12 +517,12 @@ def cmd_sync(args) -> int:
 def cmd_alyx_check(args) -> int:
     from .session import parse_session_path
 
-    store = _store()
+    store = _store(args.settings)
     if getattr(store, "kind", "") != "alyx":
         raise BadInput("the task store is not Alyx: set [store] backend = \"alyx\" (README, With Alyx)")
     sessions = [parse_session_path(s, must_exist=False).path for s in args.session]
     pipeline = _pipeline_name(args, store, None)
-    _alyx_check(store, sessions, pipeline, create=args.create)
+    _alyx_check(store, sessions, pipeline, args.settings, create=args.create)
     print(f"Alyx at {store.base_url} has everything pipeline {pipeline} needs for {len(sessions)} session(s)")
     return 0
 
@@ -533,6 +538,7 @@ def _read_sessions_file(path: str) -> list[str]:
 def cmd_backfill(args) -> int:
     import gc
 
+    from .engines.local import run_root
     from .session import parse_session_paths
     from .submission import Run
 
@@ -540,7 +546,7 @@ def cmd_backfill(args) -> int:
     # default collector thresholds would walk them again and again for no garbage
     gc.set_threshold(200_000, 50, 1000)
 
-    store, ledger = _store(), _ledger()
+    store, ledger = _store(args.settings), _ledger(args.settings)
     ahead = _slurm_ahead(args, store, ledger)
     sessions = list(args.session or [])
     if args.sessions_file:
@@ -560,13 +566,13 @@ def cmd_backfill(args) -> int:
     _pack_shape(args)
     pipelines = _pipelines(args, store, paths)
     for pipeline, ks in pipelines.items():
-        _alyx_check(store, [paths[k] for k in ks], pipeline)
+        _alyx_check(store, [paths[k] for k in ks], pipeline, args.settings)
     args.backend = "slurm"
     statuses = ["Waiting"] + check_statuses(args.rerun)
     backend = _checked(args, store, ledger, refs, pipelines, ahead)
     defer = _defer_records(args, store, backend)
     with _lock(ledger, "hpcpipe backfill"):
-        _refresh(store, ledger, backend)
+        _refresh(store, ledger, args.settings, backend)
         plans = _plan_each(pipelines, refs, store, ledger, statuses=statuses, names=args.task,
                            dry_run=args.dry_run, rerun_statuses=args.rerun, live_backend="slurm",
                            defer_records=defer)
@@ -578,7 +584,7 @@ def cmd_backfill(args) -> int:
                 recorder.record_now(store, [p.deck for p in plans if p is not None])
             print("nothing to submit")
             return 0
-        run = Run.new(prefix="bf")
+        run = Run.new(run_root(args.settings), prefix="bf")
         if _packed(args):
             return _pack(args, backend, plans, run.id)
 
@@ -597,7 +603,7 @@ def cmd_backfill(args) -> int:
         from . import recorder
 
         todo = sum(recorder.is_provisional(t["id"]) for p in plans if p is not None for t in p.deck)
-        if config.get("alyx", "background_recorder", True):
+        if args.settings.alyx.background_recorder:
             pid = recorder.spawn(report.run_dir)
             print(f"recording {todo} task(s) on Alyx in the background (pid {pid}, log {report.run_dir}/logs/"
                   f"recorder.log); jobs that start first make their own; `hpcpipe sync` resumes it if it stops")
@@ -617,7 +623,7 @@ def _slurm_ahead(args, store, ledger):
     from .slurm.backend import SlurmBackend
 
     try:
-        backend = SlurmBackend(store, ledger, profile=getattr(args, "profile", None))
+        backend = SlurmBackend(store, ledger, profile=getattr(args, "profile", None), settings=args.settings)
     except Exception:
         return None
     backend.read_limits_ahead()
@@ -629,7 +635,7 @@ def _defer_records(args, store, backend) -> bool:
     on Alyx (no bulk create, a throttle), submitting from this machine (the recorder and the jobs
     share the run folder), unless ``[alyx] defer_records = false``."""
     return (getattr(store, "kind", "") == "alyx" and not args.dry_run and not _packed(args)
-            and backend.remote is None and bool(config.get("alyx", "defer_records", True)))
+            and backend.remote is None and args.settings.alyx.defer_records)
 
 
 def cmd_cancel(args) -> int:
@@ -638,11 +644,11 @@ def cmd_cancel(args) -> int:
 
     if not (args.session or args.run or args.task):
         raise BadInput("say what to cancel: --session PATH, --run ID or --task NAME")
-    store, ledger = _store(), _ledger()
+    store, ledger = _store(args.settings), _ledger(args.settings)
     session = store.session_id(parse_session_path(args.session).path) if args.session else None
     with _lock(ledger, "hpcpipe cancel"):
-        _refresh(store, ledger)
-        count = cancel(store, ledger, session=session, run=args.run, tasks=args.task)
+        _refresh(store, ledger, args.settings)
+        count = cancel(store, ledger, session=session, run=args.run, tasks=args.task, settings=args.settings)
     print(f"cancelled {count} job(s)" if count else "no live job matches")
     return 0
 
@@ -651,8 +657,8 @@ class _Transports:
     """sacct's way to each cluster, opened on first use: this machine, or the ``--remote``
     target's connection (one per target); closed when the command ends."""
 
-    def __init__(self, store, ledger) -> None:
-        self.store, self.ledger, self.opened = store, ledger, {}
+    def __init__(self, store, ledger, settings: Settings) -> None:
+        self.store, self.ledger, self.settings, self.opened = store, ledger, settings, {}
 
     def __call__(self, remote):
         if remote not in self.opened:
@@ -661,7 +667,7 @@ class _Transports:
 
                 self.opened[remote] = LocalTransport()
             else:
-                self.opened[remote] = _remote_backend(remote, self.store, self.ledger).transport
+                self.opened[remote] = _remote_backend(remote, self.store, self.ledger, self.settings).transport
         return self.opened[remote]
 
     def __enter__(self) -> "_Transports":
@@ -692,10 +698,10 @@ def cmd_report(args) -> int:
         from .report.html import require_extra
 
         require_extra()  # before any work: a missing extra is one line
-    store, ledger = _store(), _ledger()
+    store, ledger = _store(args.settings), _ledger(args.settings)
     selection = _selection(args, store)
-    _live_states(store, ledger)
-    with _Transports(store, ledger) as transports:
+    _live_states(store, ledger, args.settings)
+    with _Transports(store, ledger, args.settings) as transports:
         report = collect(store, ledger, transport_for=transports, history=args.all_attempts, **selection)
     report.title = "hpcpipe report: " + ", ".join(f"{k} {v}" for k, v in
                                                   (("run", args.run), ("session", args.session),
@@ -719,10 +725,10 @@ def cmd_resources(args) -> int:
     from . import resources
     from .report.collect import collect
 
-    store, ledger = _store(), _ledger()
+    store, ledger = _store(args.settings), _ledger(args.settings)
     selection = _selection(args, store)
-    _live_states(store, ledger)
-    with _Transports(store, ledger) as transports:
+    _live_states(store, ledger, args.settings)
+    with _Transports(store, ledger, args.settings) as transports:
         report = collect(store, ledger, transport_for=transports, history=True, **selection)
     limits: dict = {}
 
@@ -740,7 +746,7 @@ def cmd_resources(args) -> int:
                 limits["limits"] = None
         return limits["limits"].caps(where.split(":", 1)[1]) if limits["limits"] else (None, None)
 
-    found = resources.from_rows(report.rows, caps_for)
+    found = resources.from_rows(report.rows, caps_for, settings=args.settings)
     for note in report.notes:
         print(f"note: {note}")
     if not found:
@@ -752,7 +758,7 @@ def cmd_resources(args) -> int:
                    headers=["task class", "where", "runs", "cpu", "ram GB", "time s", "max rss MB", "max elapsed s"],
                    disable_numparse=True))
     if args.write is not None:
-        path = resources.write(found, args.write or None)
+        path = resources.write(found, args.write or None, settings=args.settings)
         print(f"suggestions written to {path}; submissions apply them with [resources] apply = true")
     return 0
 
@@ -762,14 +768,14 @@ def cmd_log(args) -> int:
 
     if not args.id and not (args.session and args.task):
         raise BadInput("say which task: --id TASK_ID, or --session PATH --task NAME")
-    store, ledger = _store(), _ledger()
+    store, ledger = _store(args.settings), _ledger(args.settings)
     session = None
     if args.session:
         from .session import parse_session_path
 
         session = store.session_id(parse_session_path(args.session).path)
-    _live_states(store, ledger)
-    with _Transports(store, ledger) as transports:
+    _live_states(store, ledger, args.settings)
+    with _Transports(store, ledger, args.settings) as transports:
         logs = [task_log(task, ledger, transports) for task in find_tasks(store, args.id, session, args.task)]
     for tl in logs:
         task = tl.task
@@ -824,7 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="record a session's pipeline and run its Waiting tasks")
     p.add_argument("--session", action="append", required=True, metavar="PATH", help="session folder (repeatable)")
     p.add_argument("--pipeline", help="entry-point name or package.module.Class")
-    p.add_argument("--backend", default=config.get("submit", "backend", "local"), help="local (default) or slurm")
+    p.add_argument("--backend", help="local or slurm (default: [submit] backend, local)")
     p.add_argument("--profile", help="SLURM site profile (default: [slurm] profile, or generic)")
     p.add_argument("--status", action="append", metavar="S", help="run tasks in this status (default Waiting)")
     p.add_argument("--rerun", action="append", metavar="S", help="reset tasks in this status to Waiting first")
@@ -839,7 +845,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline")
     p.add_argument("--status", action="append", metavar="S", help=f"one of {', '.join(STATUSES)}")
     p.add_argument("--task", action="append", metavar="NAME")
-    p.add_argument("--backend", default=config.get("submit", "backend", "local"))
+    p.add_argument("--backend", help="local or slurm (default: [submit] backend, local)")
     p.add_argument("--profile")
     _add_remote_args(p)
     p.add_argument("--dry-run", action="store_true")
@@ -941,7 +947,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        # the edge: the configuration is read here, once; jobs get theirs through run.json
+        args.settings = Settings.load()
+        with active(args.settings):
+            return args.func(args)
     except HpcpipeError as exc:
         if args.verbose:
             _logger.exception("failed")

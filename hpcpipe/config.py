@@ -1,7 +1,9 @@
 """Configuration: one TOML file, overridden by environment variables, with built-in defaults.
 
-Every option of every backend falls back to this file (as dask-jobqueue does), so a lab writes
-its cluster settings once. Lookup order for ``get("slurm", "profile")``:
+A lab writes its cluster settings once, here. This module only reads: ``settings.Settings.load()``
+is its one caller (at the edge, the CLI), which holds the defaults and checks every value, and
+hands the settings down; a job gets its own from its ``run.json``, never from this module
+(``tests/test_architecture.py`` pins both). Lookup order for ``get("slurm", "profile")``:
 
 1. environment ``HPCPIPE_SLURM_PROFILE`` (section and key upper-cased, joined by ``_``);
 2. the config file: ``$HPCPIPE_CONFIG`` or ``~/.config/hpcpipe/config.toml``;

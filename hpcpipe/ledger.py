@@ -38,9 +38,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from . import config
 from .errors import HpcpipeError
 from .jobstate import EMITTED, FINAL, SUBMITTING
+from .settings import Settings, current
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -138,8 +138,11 @@ def _now() -> str:
 class Ledger:
     """The jobs table (default ``<hpcpipe home>/jobs.sqlite``)."""
 
-    def __init__(self, path: Path | str | None = None) -> None:
-        self.path = Path(path or config.get("store", "ledger", str(config.home() / "jobs.sqlite")))
+    def __init__(self, path: Path | str | None = None, settings: Settings | None = None) -> None:
+        settings = settings or current()
+        self.path = Path(path) if path else settings.path(settings.store.ledger, "jobs.sqlite")
+        #: ``lock``'s default wait (``[submit] lock_wait_secs``)
+        self.lock_wait = settings.submit.lock_wait_secs
         self._local = threading.local()
         self._db.executescript(_SCHEMA)
         self._migrate()
@@ -526,7 +529,7 @@ class Ledger:
         if key in _HELD:
             yield
             return
-        wait = float(config.get("submit", "lock_wait_secs", 120.0)) if wait is None else wait
+        wait = self.lock_wait if wait is None else wait
         path = self.path.with_name(self.path.name + ".lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -309,16 +309,17 @@ def record_existing(store, sessions: list[tuple[str, list[dict], list[dict]]], r
 
 
 def run_alyx_task(tdict=None, session_path=None, one=None, job_deck=None, max_md5_size=None,
-                  machine=None, clobber=True, location="server", mode="log"):
+                  machine=None, clobber=True, location="server", mode="log", settings=None):
     """Run one task record and register its outputs (ibllib semantics).
 
     Returns ``(tdict, registered_datasets)``. ``one`` is a TaskStore or a ONE-like object (or
     None for the configured store). With ``mode='raise'`` the task's error is re-raised after
-    its status has been saved.
+    its status has been saved. ``settings``: what the task runs with (a job's, from its
+    ``run.json``); None: the active ones (``settings.current()``).
     """
     from .store import open_store, outbox
 
-    store = open_store(one)
+    store = open_store(one, settings=settings)
     # reports go through the outbox: kept on disk when the store cannot be reached
     report = outbox.deliver
     registered: list = []
@@ -343,6 +344,7 @@ def run_alyx_task(tdict=None, session_path=None, one=None, job_deck=None, max_md
                                machine=machine, clobber=clobber, location=location, mode=mode)
     task = classe(session_path, one=store, taskid=tdict["id"], machine=machine, clobber=clobber,
                   location=location, **(tdict.get("arguments") or {}))
+    task.settings = settings
     status = task.run()
     patch: dict[str, Any] = {"time_elapsed_secs": task.time_elapsed_secs, "log": task.log,
                              "version": task.version}

@@ -40,18 +40,16 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from . import config
 from .errors import Conflict, HpcpipeError, StoreError, Unreachable
 from .files import atomic_write
 from .jobside.runfolder import _TYPE_FIELDS, session_entry
+from .settings import Settings, current
 from .store.base import TaskStore
 
 _logger = logging.getLogger(__name__)
 PREFIX = "new-"
 RECORDS = "records"
 DONE_MARK = ".done"
-#: creates a minute the background recorder allows itself (Alyx's default throttle is 550)
-DEFAULT_RATE = 400.0
 
 
 def provisional_id() -> str:
@@ -141,10 +139,11 @@ def create_or_find(store: TaskStore, fields: dict) -> dict:
 class Recorder:
     """Creates the missing records of one run, parents first, paced (``[alyx] record_rate``)."""
 
-    def __init__(self, store: TaskStore, run_dir: Path | str, rate: float | None = None) -> None:
+    def __init__(self, store: TaskStore, run_dir: Path | str, rate: float | None = None,
+                 settings: Settings | None = None) -> None:
         self.store = store
         self.run_dir = Path(run_dir)
-        self.rate = float(rate if rate is not None else config.get("alyx", "record_rate", DEFAULT_RATE))
+        self.rate = float(rate if rate is not None else (settings or current()).alyx.record_rate)
         self._next = 0.0
         self.created = 0
 
@@ -308,21 +307,22 @@ def spawn(run_dir: str) -> int:
     return proc.pid
 
 
-def resume(store: TaskStore, run_dirs: Iterable[str]) -> dict[str, int | None]:
+def resume(store: TaskStore, run_dirs: Iterable[str], settings: Settings | None = None) -> dict[str, int | None]:
     """``hpcpipe sync``: carry on the recorder of every deferred run not done, in this process;
     per run, the records still missing (None: another recorder is at work on it)."""
     out: dict[str, int | None] = {}
     for run_dir in run_dirs:
         if not run_dir or not deferred(run_dir) or done(run_dir):
             continue
-        rec = Recorder(store, run_dir)
+        rec = Recorder(store, run_dir, settings=settings)
         with rec.lock() as mine:
             out[run_dir] = rec.run() if mine else None
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m hpcpipe.recorder RUN_DIR``: the background recorder."""
+    """``python -m hpcpipe.recorder RUN_DIR``: the background recorder, an edge of its own on the
+    submitting machine (started by it, with its environment): it loads the settings once."""
     from .store import open_store
 
     args = sys.argv[1:] if argv is None else argv
@@ -330,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m hpcpipe.recorder RUN_DIR", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s")
-    rec = Recorder(open_store(), args[0])
+    settings = Settings.load()
+    rec = Recorder(open_store(settings=settings), args[0], settings=settings)
     with rec.lock(wait=False) as mine:
         if not mine:
             _logger.info("another recorder is at work on %s", args[0])

@@ -19,9 +19,9 @@ import importlib.util
 from fnmatch import fnmatch
 from pathlib import Path
 
-from . import config
 from .errors import BadInput, NotFound
 from .pipelines import registered
+from .settings import Settings
 
 DESCRIPTION = "_ibl_experiment.description.yaml"
 #: the pipeline an experiment description stands for (a dotted path: no entry point, so it
@@ -32,13 +32,13 @@ DYNAMIC_GRAPH = "Pipeline"
 _OWN = {"demo"}
 
 
-def _rule(session: Path) -> str | None:
-    for rule in config.get("submit", "rules", []) or []:
+def _rule(session: Path, settings: Settings) -> str | None:
+    for rule in settings.submit.rules:
         if not isinstance(rule, dict) or not {"glob", "pipeline"} <= rule.keys():
             raise BadInput(f"[submit] rules: each rule needs glob and pipeline, got {rule!r}")
         if fnmatch(str(session), rule["glob"]):
             return rule["pipeline"]
-    return config.get("submit", "pipeline", None)
+    return settings.submit.pipeline
 
 
 def _description(session: Path) -> str | None:
@@ -77,12 +77,13 @@ def _only_registered() -> str | None:
     return names[0] if len(names) == 1 else None
 
 
-def resolve_pipeline(session: Path, store, given: str | None = None) -> str:
-    """The pipeline name for ``session``: ``given`` (``--pipeline``), else the documented order."""
+def resolve_pipeline(session: Path, store, settings: Settings, given: str | None = None) -> str:
+    """The pipeline name for ``session``: ``given`` (``--pipeline``), else the documented order
+    (the rules of ``settings``)."""
     if given:
         return given
     session = Path(session)
-    for step in (lambda: _rule(session), lambda: _description(session), lambda: _recorded(session, store),
+    for step in (lambda: _rule(session, settings), lambda: _description(session), lambda: _recorded(session, store),
                  _only_registered):
         found = step()
         if found:

@@ -25,8 +25,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config
 from .errors import BadInput
+from .settings import Settings, current
 from .usage import Usage
 
 try:
@@ -60,12 +60,9 @@ class Suggestion:
         return self.executable.rsplit(".", 1)[-1]
 
 
-def setting(key: str, default: float) -> float:
-    value = config.get("resources", key, default)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise BadInput(f"[resources] {key} = {value!r} is not a number") from None
+def setting(settings: Settings | None, key: str) -> float:
+    """``[resources] key`` of ``settings`` (default ``settings.current()``), never negative."""
+    value = getattr((settings or current()).resources, key)
     if value < 0:
         raise BadInput(f"[resources] {key} = {value!r} must not be negative")
     return value
@@ -78,9 +75,9 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def round_ram_mb(mb: float, step: float | None = None) -> int:
+def round_ram_mb(mb: float, step: float | None = None, settings: Settings | None = None) -> int:
     """Up to the next ``ram_step_mb`` (at least one step)."""
-    step = step or setting("ram_step_mb", 256)
+    step = step or setting(settings, "ram_step_mb")
     return int(max(step, math.ceil(mb / step) * step))
 
 
@@ -90,16 +87,18 @@ def round_time_secs(secs: float) -> int:
 
 
 def suggest(executable: str, where: str, runs: list[Usage], caps: tuple[float | None, float | None] = (None, None),
-            ) -> Suggestion | None:
+            settings: Settings | None = None) -> Suggestion | None:
     """The rule above for one class and place; None without enough successful measured runs."""
+    settings = settings or current()
     ok = [u for u in runs if u.state == "COMPLETED" and (u.exit_code or 0) == 0 and u.elapsed_secs is not None]
-    if len(ok) < max(1, int(setting("min_runs", 1))) or not ok:
+    if len(ok) < max(1, int(setting(settings, "min_runs"))) or not ok:
         return None
-    pct = setting("percentile", 95)
+    pct = setting(settings, "percentile")
     rss = [u.max_rss_mb or 0.0 for u in ok]
     elapsed = [u.elapsed_secs or 0.0 for u in ok]
-    ram_mb = round_ram_mb(max(percentile(rss, pct) * (1 + setting("ram_margin", 0.2)), max(rss)))
-    time_s = round_time_secs(max(percentile(elapsed, pct) * (1 + setting("time_margin", 0.5)), max(elapsed)))
+    ram_mb = round_ram_mb(max(percentile(rss, pct) * (1 + setting(settings, "ram_margin")), max(rss)),
+                          settings=settings)
+    time_s = round_time_secs(max(percentile(elapsed, pct) * (1 + setting(settings, "time_margin")), max(elapsed)))
     ram_cap, time_cap = caps
     if ram_cap is not None:
         ram_mb = min(ram_mb, int(ram_cap * 1024))
@@ -108,7 +107,8 @@ def suggest(executable: str, where: str, runs: list[Usage], caps: tuple[float | 
     last = ok[-1]
     busy = [(u.total_cpu_secs or 0) / u.elapsed_secs for u in ok if u.elapsed_secs]
     asked = last.req_cpus or 1
-    cpu = min(asked, max(1, math.ceil(percentile(busy, pct) * (1 + setting("cpu_margin", 0.1))))) if busy else asked
+    cpu = min(asked, max(1, math.ceil(percentile(busy, pct) * (1 + setting(settings, "cpu_margin"))))) if busy \
+        else asked
     return Suggestion(executable, where, len(ok), cpu, round(ram_mb / 1024, 3), time_s,
                       req_cpu=last.req_cpus, req_ram=round(last.req_mem_mb / 1024, 3) if last.req_mem_mb else None,
                       req_time_out_secs=last.timelimit_secs, max_rss_mb=max(rss), max_elapsed_secs=max(elapsed))
@@ -121,7 +121,7 @@ def where_of(row) -> str:
     return f"slurm:{row.usage.partition}" if row.usage and row.usage.partition else "slurm"
 
 
-def from_rows(rows, caps_for=None) -> list[Suggestion]:
+def from_rows(rows, caps_for=None, settings: Settings | None = None) -> list[Suggestion]:
     """Suggestions from report rows with every attempt (``collect(..., history=True)``).
 
     ``caps_for(where)`` gives ``(max ram GB, max time s)`` of that place, or (None, None).
@@ -134,24 +134,25 @@ def from_rows(rows, caps_for=None) -> list[Suggestion]:
     out = []
     for (exe, where), runs in sorted(groups.items()):
         runs.sort(key=lambda u: u.end or 0)
-        s = suggest(exe, where, runs, caps_for(where) if caps_for else (None, None))
+        s = suggest(exe, where, runs, caps_for(where) if caps_for else (None, None), settings)
         if s is not None:
             out.append(s)
     return out
 
 
 # ------------------------------------------------------------------ the suggestions file
-def default_path() -> Path:
-    return Path(config.get("resources", "file", str(config.home() / "resources.toml"))).expanduser()
+def default_path(settings: Settings | None = None) -> Path:
+    settings = settings or current()
+    return settings.path(settings.resources.file, "resources.toml")
 
 
 def _toml_str(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def write(suggestions: list[Suggestion], path: Path | str | None = None) -> Path:
+def write(suggestions: list[Suggestion], path: Path | str | None = None, settings: Settings | None = None) -> Path:
     """Save the suggestions as TOML (one ``[[suggestion]]`` table each), replacing the file."""
-    path = Path(path) if path else default_path()
+    path = Path(path) if path else default_path(settings)
     lines = [f"# written by hpcpipe resources, {_dt.datetime.now().isoformat(timespec='seconds')}",
              "# submissions apply these only with [resources] apply = true in the config", ""]
     for s in suggestions:
@@ -162,9 +163,9 @@ def write(suggestions: list[Suggestion], path: Path | str | None = None) -> Path
     return path
 
 
-def load(path: Path | str | None = None) -> dict[tuple[str, str], dict]:
+def load(path: Path | str | None = None, settings: Settings | None = None) -> dict[tuple[str, str], dict]:
     """``{(executable, where): {cpu, ram, time_out_secs, runs}}`` from a suggestions file."""
-    path = Path(path) if path else default_path()
+    path = Path(path) if path else default_path(settings)
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -180,11 +181,12 @@ def load(path: Path | str | None = None) -> dict[tuple[str, str], dict]:
     return out
 
 
-def opted_in() -> bool:
-    return bool(config.get("resources", "apply", False))
+def opted_in(settings: Settings | None = None) -> bool:
+    return (settings or current()).resources.apply
 
 
-def apply(plans, store, where_for, dry_run: bool = False, keep: dict[str, set[str]] | None = None) -> list[str]:
+def apply(plans, store, where_for, dry_run: bool = False, keep: dict[str, set[str]] | None = None,
+          settings: Settings | None = None) -> list[str]:
     """Set the suggested cpu/ram/time on planned records (what job scripts are rendered from)
     and, unless dry, in the store with a ``[hpcpipe:RESOURCES]`` line in the task's log.
 
@@ -193,11 +195,11 @@ def apply(plans, store, where_for, dry_run: bool = False, keep: dict[str, set[st
     printable line per change; nothing when the user has not opted in (a hint instead, if a
     file exists).
     """
-    path = default_path()
+    path = default_path(settings)
     table = load(path)
     if not table:
         return []
-    if not opted_in():
+    if not opted_in(settings):
         return [f"hint: {len(table)} resource suggestion(s) in {path} not applied "
                 "(set [resources] apply = true to use them)"]
     lines = []

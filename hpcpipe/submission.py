@@ -32,13 +32,10 @@ class Run:
     dir: Path
 
     @classmethod
-    def new(cls, root: Path | None = None, prefix: str = "hp") -> "Run":
+    def new(cls, root: Path, prefix: str = "hp") -> "Run":
         """A fresh run id (sortable by time, unique) and its folder under ``root``."""
         run_id = f"{prefix}-{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-        from .engines.local import run_root
-
-        root = Path(root) if root else run_root()
-        path = root / run_id
+        path = Path(root) / run_id
         return cls(run_id, path)
 
 

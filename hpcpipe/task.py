@@ -12,15 +12,15 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 import traceback
 from pathlib import Path
 
-from . import __version__, config
+from . import __version__
 from . import signature as sig
 from .errors import BadInput
 from .files import atomic_write
+from .settings import Settings, current
 from .status import CODE_COMPLETE, CODE_ERRORED, CODE_LOCKED
 
 _logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ POSITIVE_RESOURCES = ("cpu", "ram", "time_out_secs")
 NON_NEGATIVE_RESOURCES = ("gpu", "io_charge")
 
 
-def gpu_lock_path() -> Path:
+def gpu_lock_path(settings: Settings | None = None) -> Path:
     """Where the GPU lock of this machine lives.
 
     Node-local by default (the temp folder), so there is one lock per machine rather than one
@@ -40,8 +40,9 @@ def gpu_lock_path() -> Path:
     Configurable with ``[gpu] lock_dir`` / ``$HPCPIPE_GPU_LOCK_DIR``. Inside a SLURM job the
     node's name is part of it (``hpcpipe-gpu0.node2.lock``): in a lock folder shared by several
     nodes, GPU 0 of one node is not GPU 0 of another (a pack over two nodes ran into that).
+    ``settings``: a task's own (a job's come from its ``run.json``), default ``settings.current()``.
     """
-    folder = Path(config.get("gpu", "lock_dir", tempfile.gettempdir()))
+    folder = (settings or current()).gpu_lock_dir
     devices = os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(",", "-").strip()
     node = os.environ.get("SLURMD_NODENAME", "").strip()
     return folder / (f"hpcpipe-gpu{devices}" + (f".{node}" if node else "") + ".lock")
@@ -109,6 +110,16 @@ class Task(abc.ABC):
             raise BadInput(f"task {cls.__name__}: priority={cls.priority!r} must be within 0..100")
 
     # ------------------------------------------------------------------ running
+    #: the settings the task runs with (GPU lock folder, data handler settings): a job's, given
+    #: by ``run_alyx_task``; else, for an ibllib user calling ``run()`` directly, the active
+    #: ones (``settings.current()``), taken once when first needed
+    settings: Settings | None = None
+
+    def _settings(self) -> Settings:
+        if self.settings is None:
+            self.settings = current()
+        return self.settings
+
     def run(self, **kwargs) -> int:
         """Run the task: do not overload; implement ``_run``. Returns and sets ``self.status``."""
         store = self._store() if (self.one is not None and self.taskid is not None) else None
@@ -159,7 +170,8 @@ class Task(abc.ABC):
             else:
                 if self.gpu >= 1 and not self._creates_lock():
                     self.status = CODE_LOCKED
-                    _logger.info("Job %s exited as a lock was found at %s", self.__class__, gpu_lock_path())
+                    _logger.info("Job %s exited as a lock was found at %s", self.__class__,
+                                 gpu_lock_path(self._settings()))
                     return
                 outputs = self._run(**kwargs)
                 _logger.info("Job %s complete", self.__class__)
@@ -206,7 +218,7 @@ class Task(abc.ABC):
         if self.gpu >= 1:
             from filelock import FileLock  # only GPU tasks need it (start-up time)
 
-            path = gpu_lock_path()
+            path = gpu_lock_path(self._settings())
             with FileLock(str(path) + ".flock"):
                 record = self._read_lock(path)
                 if record and record.get("pid") == os.getpid():
@@ -268,7 +280,8 @@ class Task(abc.ABC):
         if location == "remote" and self.one is not None:
             store = self._store()
             datasets = store.list_datasets(store.session_id(self.session_path))
-        return get_data_handler(location, self.session_path, self.signature, one=self.one, datasets=datasets)
+        return get_data_handler(location, self.session_path, self.signature, one=self.one, datasets=datasets,
+                                settings=self._settings())
 
     def dataset_payload(self, max_md5_size: int | None = None, **kwargs) -> dict:
         """The ``register_files`` arguments for this task's outputs (sizes, md5s, version).
@@ -319,9 +332,9 @@ class Task(abc.ABC):
 
     # ------------------------------------------------------------------ GPU lock
     @staticmethod
-    def make_lock_file(taskname: str = "", time_out_secs: int = 7200) -> Path:
+    def make_lock_file(taskname: str = "", time_out_secs: int = 7200, settings: Settings | None = None) -> Path:
         """Write the GPU lock record ``{start, name, time_out_secs}`` (stale after the timeout)."""
-        path = gpu_lock_path()
+        path = gpu_lock_path(settings)
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"start": time.time(), "name": taskname, "time_out_secs": time_out_secs,
                   "pid": os.getpid()}
@@ -337,7 +350,7 @@ class Task(abc.ABC):
 
     def is_locked(self) -> bool:
         """Is the GPU lock held by a task whose time-out has not passed?"""
-        record = self._read_lock(gpu_lock_path())
+        record = self._read_lock(gpu_lock_path(self._settings()))
         if record is None:
             return False
         pid = record.get("pid")
@@ -346,13 +359,13 @@ class Task(abc.ABC):
         return time.time() - record.get("start", 0) < record.get("time_out_secs", self.time_out_secs)
 
     def _creates_lock(self) -> bool:
-        path = gpu_lock_path()
+        path = gpu_lock_path(self._settings())
         path.parent.mkdir(parents=True, exist_ok=True)
         from filelock import FileLock
 
         with FileLock(str(path) + ".flock"):
             if self.is_locked():
                 return False
-            self.make_lock_file(self.name, self.time_out_secs)
+            self.make_lock_file(self.name, self.time_out_secs, self._settings())
             _logger.info("GPU lock taken at %s", path)
             return True

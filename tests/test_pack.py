@@ -333,7 +333,7 @@ def test_child_of_a_parent_in_an_ended_pack_is_held(tmp_path):
              {"id": "c1", "name": "Summary", "status": "Waiting", "parents": ["p1"], "executable": "x.Summary",
               "cpu": 1, "gpu": 0, "ram": 1, "time_out_secs": 60, "priority": 0, "level": 1, "graph": "g"}]
     (run / "run.json").write_text(json.dumps({"run_id": "bf-x", "store": "sqlite", "location": "server",
-                                              "upstream": False, "packs": ["gpu0", "cpu0"]}))
+                                              "upstream": False, "packs": ["gpu0", "cpu0"], "settings": {}}))
     (run / "sessions" / "c0.json").write_text(runfolder.sessions_json({0: {"eid": "e", "path": str(tmp_path),
                                                                           "tasks": tasks}}))
     (run / "packs" / "cpu0.json").write_text(json.dumps({

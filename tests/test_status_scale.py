@@ -214,8 +214,8 @@ def test_status_json_of_the_embedded_store_builds_no_row_in_python(varied, monke
     from hpcpipe import cli
 
     store, ledger, _ = varied
-    monkeypatch.setattr(cli, "_store", lambda: store)
-    monkeypatch.setattr(cli, "_ledger", lambda: ledger)
+    monkeypatch.setattr(cli, "_store", lambda settings: store)
+    monkeypatch.setattr(cli, "_ledger", lambda settings: ledger)
     built = []
     rows = cli._rows
     monkeypatch.setattr(cli, "_rows", lambda *a, **k: built.append(1) or rows(*a, **k))

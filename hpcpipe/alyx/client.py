@@ -43,8 +43,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
-from .. import config
 from ..errors import BadInput, Conflict, NotFound, StoreError, Unreachable
+from ..settings import Settings, current
 from . import params as alyx_params
 
 _logger = logging.getLogger("hpcpipe.alyx")
@@ -142,9 +142,12 @@ class AlyxClient:
                  password: str | None = None, token: str | None = None, *,
                  timeout: float | tuple[float, float] | None = None, retries: int | None = None,
                  retry_budget: float | None = None, backoff: float | None = None,
-                 backoff_max: float = 30.0, cache_token: bool = True, use_one_params: bool = True):
+                 backoff_max: float = 30.0, cache_token: bool = True, use_one_params: bool = True,
+                 settings: Settings | None = None):
+        #: what is not given comes from ``settings`` (default ``settings.current()``), read here once
+        self.settings = settings = settings or current()
         if use_one_params:
-            found = alyx_params.resolve(base_url, username, password, token)
+            found = alyx_params.resolve(settings, base_url, username, password, token)
         else:
             found = {"url": base_url.rstrip("/") if base_url else None, "username": username,
                      "password": password, "token": token,
@@ -160,12 +163,11 @@ class AlyxClient:
         self._token: str | None = found["token"]
         self._token_source: str | None = found["token_source"]
         self.cache_token = cache_token
-        t = timeout if timeout is not None else config.get("alyx", "timeout", 60.0)
+        t = timeout if timeout is not None else settings.alyx.timeout
         self.timeout = tuple(t) if isinstance(t, (list, tuple)) else (min(float(t), 10.0), float(t))
-        self.retries = int(retries if retries is not None else config.get("alyx", "retries", 5))
-        self.retry_budget = float(retry_budget if retry_budget is not None
-                                  else config.get("alyx", "retry_budget", 120.0))
-        self.backoff = float(backoff if backoff is not None else config.get("alyx", "backoff", 0.5))
+        self.retries = int(retries if retries is not None else settings.alyx.retries)
+        self.retry_budget = float(retry_budget if retry_budget is not None else settings.alyx.retry_budget)
+        self.backoff = float(backoff if backoff is not None else settings.alyx.backoff)
         self.backoff_max = backoff_max
         self.session = requests.Session()
         self.session.headers.update({"Accept": "application/json",
@@ -179,7 +181,8 @@ class AlyxClient:
 
     @classmethod
     def from_config(cls, **kwargs: Any) -> "AlyxClient":
-        """A client configured from ``[alyx]``/environment/ONE params (see ``hpcpipe.alyx.params``)."""
+        """A client configured from ``settings`` (a keyword, default ``settings.current()``) and
+        ONE's params (see ``hpcpipe.alyx.params``)."""
         return cls(**kwargs)
 
     def __repr__(self) -> str:  # never shows the token or password
@@ -237,13 +240,13 @@ class AlyxClient:
             raise AlyxAuthError(f"Alyx at {self.base_url} answered /auth-token without a token")
         self._token, self._token_source = token, "login"
         if self.cache_token:
-            alyx_params.store_token(self.base_url, self.username, token)
+            alyx_params.store_token(self.settings, self.base_url, self.username, token)
         _logger.info("logged in to Alyx at %s as %s", self.base_url, self.username)
 
     def logout(self) -> None:
         """Forget the token (and its cached copy)."""
         if self.cache_token:
-            alyx_params.store_token(self.base_url, self.username, None)
+            alyx_params.store_token(self.settings, self.base_url, self.username, None)
         self._token = None
 
     # ------------------------------------------------------------------ low level
@@ -353,7 +356,7 @@ class AlyxClient:
                     _logger.warning("Alyx rejected the %s token of %s; logging in again",
                                     self._token_source or "stored", self.username)
                     if self.cache_token:
-                        alyx_params.store_token(self.base_url, self.username, None)
+                        alyx_params.store_token(self.settings, self.base_url, self.username, None)
                     self._token = None
                     self.authenticate()
                     continue

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from .. import config
 from ..errors import BadInput
+from ..settings import Settings
 from . import params as alyx_params
 
 #: the ``[alyx] client`` values
@@ -40,9 +40,9 @@ class Limits:
     budget: float
 
 
-def client_kind() -> str:
+def client_kind(settings: Settings) -> str:
     """``[alyx] client`` ($HPCPIPE_ALYX_CLIENT): ``hpcpipe`` (default) or ``one``."""
-    kind = str(config.get("alyx", "client", "hpcpipe")).lower()
+    kind = settings.alyx.client.lower()
     if kind not in CLIENTS:
         raise BadInput(f"unknown [alyx] client {kind!r}; valid: {', '.join(CLIENTS)}")
     return kind
@@ -114,7 +114,7 @@ def _within(reqfunction: Callable, limits: Limits) -> Callable:
     return send
 
 
-def one_from_config() -> Any:
+def one_from_config(settings: Settings) -> Any:
     """ONE's REST client for the configured Alyx, ``bound`` to hpcpipe's limits. Making it asks
     Alyx nothing: a job started during an outage pays nothing for its client.
 
@@ -132,7 +132,7 @@ def one_from_config() -> Any:
     except ImportError:
         raise BadInput('[alyx] client = "one" needs the ONE-api package (pip install ONE-api)') from None
 
-    found = alyx_params.resolve()
+    found = alyx_params.resolve(settings)
     if not found["url"]:
         raise BadInput("no Alyx URL: set [alyx] url in the hpcpipe config, $HPCPIPE_ALYX_URL, "
                        "or set up ONE (~/.one)")
@@ -142,7 +142,7 @@ def one_from_config() -> Any:
         client.authenticate(username)  # ONE's cached token: no request
     else:
         client.user = username  # who registers files (``created_by``) before the login is made
-        client.hpcpipe_login = functools.partial(_login, client, found)
+        client.hpcpipe_login = functools.partial(_login, client, found, settings)
     return client
 
 
@@ -156,7 +156,7 @@ def ensure_login(client: Any, limits: Limits) -> None:
     client.hpcpipe_login = None
 
 
-def _login(client: Any, found: dict, limits: Limits) -> None:
+def _login(client: Any, found: dict, settings: Settings, limits: Limits) -> None:
     import requests
 
     from .client import AlyxClient, AlyxUnreachable
@@ -165,7 +165,7 @@ def _login(client: Any, found: dict, limits: Limits) -> None:
     username = found["username"]
     if not token and found["password"] and username:
         own = AlyxClient(found["url"], username, found["password"], use_one_params=False, timeout=limits.timeout,
-                         retries=limits.retries, retry_budget=limits.budget)
+                         retries=limits.retries, retry_budget=limits.budget, settings=settings)
         try:
             own.authenticate()
         finally:

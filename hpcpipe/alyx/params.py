@@ -1,4 +1,4 @@
-"""Where Alyx credentials come from: arguments, hpcpipe config/env, ONE's params, a token cache.
+"""Where Alyx credentials come from: arguments, hpcpipe's settings, ONE's params, a token cache.
 
 Lookup (first hit wins, per item):
 
@@ -11,7 +11,9 @@ Lookup (first hit wins, per item):
   ONE's ``TOKEN[<login>]["token"]`` → ``POST /auth-token`` with the password.
 
 The token cache is ``<hpcpipe home>/alyx/tokens.json`` (``{url_key: {username: token}}``),
-written atomically with mode 0600 inside a 0700 folder. Tokens are never logged.
+written atomically with mode 0600 inside a 0700 folder. Tokens are never logged. A job's
+settings carry no password nor token (``run.json`` is no place for secrets): a job finds the
+token its submitter's login cached there, or ONE's.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .. import config
 from ..files import atomic_write
+from ..settings import Settings
 
 _logger = logging.getLogger(__name__)
 
@@ -87,22 +89,22 @@ def one_token(params: dict, username: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------- token cache
-def token_cache_path() -> Path:
-    return config.home() / "alyx" / "tokens.json"
+def token_cache_path(settings: Settings) -> Path:
+    return settings.home_dir() / "alyx" / "tokens.json"
 
 
-def cached_token(url: str, username: str | None) -> str | None:
+def cached_token(settings: Settings, url: str, username: str | None) -> str | None:
     if not username:
         return None
-    data = _read_json(token_cache_path()) or {}
+    data = _read_json(token_cache_path(settings)) or {}
     return (data.get(url_key(url)) or {}).get(username)
 
 
-def store_token(url: str, username: str | None, token: str | None) -> None:
+def store_token(settings: Settings, url: str, username: str | None, token: str | None) -> None:
     """Remember (or with ``token=None`` forget) a token; the file is readable by its owner only."""
     if not username:
         return
-    path = token_cache_path()
+    path = token_cache_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
     data = _read_json(path) or {}
@@ -114,23 +116,33 @@ def store_token(url: str, username: str | None, token: str | None) -> None:
     atomic_write(path, json.dumps(data), mode=0o600, fsync=True)
 
 
-def resolve(base_url: str | None = None, username: str | None = None,
+def cache_for_jobs(settings: Settings) -> None:
+    """Put a token the settings give (``[alyx] token``, ``$HPCPIPE_ALYX_TOKEN``) in the token cache
+    of ``settings.home``, where the jobs of this submission look for it: ``run.json`` carries no
+    secret. Needs the username (the cache's key); nothing to do without a token."""
+    url = settings.alyx.url or one_default_url()
+    token, username = settings.alyx.token, settings.alyx.username
+    if token and url and username and cached_token(settings, url, username) != token:
+        store_token(settings, url, username, token)
+
+
+def resolve(settings: Settings, base_url: str | None = None, username: str | None = None,
             password: str | None = None, token: str | None = None) -> dict[str, Any]:
-    """Fill in URL and credentials from config, environment and ONE (see module doc).
+    """Fill in URL and credentials from ``settings`` and ONE (see module doc).
 
     Returns ``{url, username, password, token, token_source}``; the URL may be None (the
     caller says what to configure).
     """
-    url = base_url or config.get("alyx", "url", None) or one_default_url()
+    url = base_url or settings.alyx.url or one_default_url()
     params = one_params(url) if url else {}
-    username = username or config.get("alyx", "username", None) or params.get("ALYX_LOGIN")
-    password = password or config.get("alyx", "password", None) or params.get("ALYX_PWD")
+    username = username or settings.alyx.username or params.get("ALYX_LOGIN")
+    password = password or settings.alyx.password or params.get("ALYX_PWD")
     source = "argument" if token else None
     if not token:
-        token = config.get("alyx", "token", None)
+        token = settings.alyx.token
         source = "config" if token else None
     if not token and url:
-        token = cached_token(url, username)
+        token = cached_token(settings, url, username)
         source = "cache" if token else None
     if not token:
         token = one_token(params, username)

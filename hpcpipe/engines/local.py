@@ -30,13 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .. import config, usage
+from .. import usage
 from ..backends import RefreshReport, SubmitReport
 from ..errors import BadInput, Unreachable
 from ..jobside import runfolder
 from ..ledger import JobRecord, Ledger
 from ..pipeline import time_out_secs
 from ..plan import Plan, PlanItem
+from ..settings import Settings, current
 from ..status import DONE, ERRORED, HELD, WAITING
 from ..store import health, outbox
 
@@ -50,14 +51,15 @@ CANCEL_WAIT_SECS = KILL_GRACE_SECS + 10.0
 REPLAY_CHECK_SECS = 2.0
 
 
-def machine_budget() -> dict[str, float]:
+def machine_budget(settings: Settings) -> dict[str, float]:
     """CPU count, RAM in GB and GPU count of this machine, each overridable in ``[local]``."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     gpus = len([d for d in visible.split(",") if d.strip()]) if visible else _count_nvidia_gpus()
-    budget = {"cpu": float(config.get("local", "cpus", cpus)), "ram": float(config.get("local", "ram", ram)),
-              "gpu": float(config.get("local", "gpus", gpus))}
+    own = settings.local
+    budget = {"cpu": float(cpus if own.cpus is None else own.cpus), "ram": float(ram if own.ram is None else own.ram),
+              "gpu": float(gpus if own.gpus is None else own.gpus)}
     for key, value in budget.items():
         if value < 0 or (key != "gpu" and value <= 0):
             raise BadInput(f"[local] {key} = {value} must be positive")
@@ -116,9 +118,9 @@ class _Running:
     wall_start: float = 0.0
 
 
-def run_root() -> Path:
+def run_root(settings: Settings) -> Path:
     """Where local runs keep their folders (``[local] run_root``, default ``<home>/runs``)."""
-    return Path(config.get("local", "run_root", str(config.home() / "runs")))
+    return settings.path(settings.local.run_root, "runs")
 
 
 @dataclass
@@ -126,12 +128,14 @@ class LocalEngine:
     """Runs plans to completion in the foreground (the embedded default backend).
 
     ``budget`` (CPUs, RAM, GPUs) is read from the machine when first needed, so a refresh or a
-    cancel, which need none, asks no ``nvidia-smi``.
+    cancel, which need none, asks no ``nvidia-smi``. ``settings`` (default ``settings.current()``)
+    give the budget's overrides, the run folders' root, and what its jobs get in ``run.json``.
     """
 
     store: object
     ledger: Ledger
     budget: dict[str, float] | None = None
+    settings: Settings | None = None
     poll_secs: float = 0.1
     backend: str = "local"
     #: what it does with a plan ("nothing to run")
@@ -146,9 +150,12 @@ class LocalEngine:
         """The backend's name, as every backend has one (``ledger`` rows carry it)."""
         return self.backend
 
+    def __post_init__(self) -> None:
+        self.settings = self.settings or current()
+
     def _budget(self) -> dict[str, float]:
         if self.budget is None:
-            self.budget = machine_budget()
+            self.budget = machine_budget(self.settings)
         return self.budget
 
     # ------------------------------------------------------------------ the Backend interface
@@ -162,7 +169,7 @@ class LocalEngine:
         """
         t0 = time.perf_counter()
         plans = [p for p in plans if p.items]
-        report = SubmitReport(run_id, str(run_root() / run_id), backend=self.name)
+        report = SubmitReport(run_id, str(run_root(self.settings) / run_id), backend=self.name)
         if dry_run:
             for plan in plans:
                 names = {i.id: i.task["name"] for i in plan.items}
@@ -390,8 +397,12 @@ class LocalEngine:
         """
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (run_dir / "sessions").mkdir(exist_ok=True)
+        if getattr(self.store, "kind", "") == "alyx":  # its jobs find a configured token in the cache
+            from ..alyx.params import cache_for_jobs
+
+            cache_for_jobs(self.settings)
         (run_dir / "run.json").write_text(runfolder.run_json(run_id, getattr(self.store, "kind", ""), "server",
-                                                             upstream=True))
+                                                             upstream=True, settings=self.settings.for_job()))
         entries = {i: runfolder.session_entry(p.session, str(p.session_path), p.deck) for i, p in enumerate(plans)}
         (run_dir / "sessions" / "c0.json").write_text(runfolder.sessions_json(entries))
 

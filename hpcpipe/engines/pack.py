@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ..jobside import reasons, runfolder
 from ..plan import Plan, PlanItem
+from ..settings import Settings, active
 from ..slurm.pack import job_path, step_argv, withdrawn
 from ..status import DONE, ERRORED, HELD, STARTED, WAITING
 from .local import KILL_GRACE_SECS, LocalEngine, machine_budget
@@ -341,21 +342,25 @@ def main(argv: list[str] | None = None) -> int:
         _logger.error("%s", why)
         print(f"hpcpipe: {why}", file=sys.stderr)
         return REFUSED
+    settings = Settings.from_run(run)  # the submitting side's, not this node's configuration
     budget = allocation_budget()
     srun = budget is not None
     upstream = None
     if run.get("upstream"):
         from ..store import open_store
 
-        upstream = open_store()
+        upstream = open_store(settings=settings)
+    # $HPCPIPE_BINDS is set by the job script itself: it ends with the scratch folder, which
+    # only the node's shell knows ($SLURM_JOB_ID), so it cannot be written into run.json
     engine = PackEngine(store=PackStore(run_dir, {}, upstream), ledger=_NoLedger(),  # type: ignore[arg-type]
-                        budget=budget or machine_budget(), run_dir=run_dir, pack=pack, srun=srun,
-                        binds=os.environ.get("HPCPIPE_BINDS", ""), mem_given=bool(budget and budget["ram"]),
+                        budget=budget or machine_budget(settings), settings=settings, run_dir=run_dir, pack=pack,
+                        srun=srun, binds=os.environ.get("HPCPIPE_BINDS", ""), mem_given=bool(budget and budget["ram"]),
                         poll_secs=POLL_SECS, withdrawn=gone)
     _logger.info("pack %s of run %s: %d task(s), budget %s, %s", args.pack, run["run_id"], len(pack["items"]),
                  engine.budget, "job steps (srun)" if srun else "local processes")
     try:
-        final = engine.run_pack(run["run_id"], entries)
+        with active(settings):  # the outbox and the store's down mark follow them too
+            final = engine.run_pack(run["run_id"], entries)
     except KeyboardInterrupt as exc:
         _logger.warning("pack %s stopped: %s", args.pack, exc)
         return 143

@@ -22,6 +22,7 @@ import os
 from typing import Any
 
 from ..errors import BadInput
+from ..settings import Settings
 from .base import DataHandler, DataHandlerError, DownloadError, MissingInputs, session_parts, strip_uuid
 
 #: location (lower-case) -> (module, class)
@@ -51,17 +52,19 @@ def handler_class(location: str) -> type[DataHandler]:
 
 
 def get_data_handler(location: str, session_path: str | os.PathLike, signature: dict | None,
-                     one: Any = None, datasets: list[dict] | None = None, **options: Any) -> DataHandler:
+                     one: Any = None, datasets: list[dict] | None = None, settings: Settings | None = None,
+                     **options: Any) -> DataHandler:
     """Build the data handler for ``location`` (ibllib's factory, with hpcpipe's locations).
 
     ``datasets`` (Alyx ``/datasets`` records of the session) is what the ``remote`` handler
     downloads from; the other handlers ignore it. ``options`` override the config file's
-    ``[remote]``, ``[sdsc]`` or ``[aws]`` settings for this handler only.
+    ``[remote]``, ``[sdsc]`` or ``[aws]`` settings (``settings``, default ``settings.current()``)
+    for this handler only.
     """
     cls = handler_class(location)
     if datasets is not None and str(location).lower() == "remote":
         options["datasets"] = datasets
-    return cls(session_path, signature, one=one, **options)
+    return cls(session_path, signature, one=one, settings=settings, **options)
 
 
 def __getattr__(name: str) -> Any:  # lazy access to the handler classes

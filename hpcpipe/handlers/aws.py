@@ -73,18 +73,16 @@ class RemoteAwsDataHandler(DataHandler):
                 import boto3
             except ImportError:
                 raise DataHandlerError("the AWS handler needs boto3: pip install 'hpcpipe[aws]'") from None
-            session = boto3.session.Session(region_name=self.option("aws", "region", None) or None)
-            self._s3 = session.client("s3", endpoint_url=self.option("aws", "endpoint_url", None) or None)
+            session = boto3.session.Session(region_name=self.option("aws", "region") or None)
+            self._s3 = session.client("s3", endpoint_url=self.option("aws", "endpoint_url") or None)
         return self._s3
 
     @property
     def cache_dir(self) -> Path:
-        from .. import config
-
-        return Path(self.option("aws", "cache_dir", None) or config.home() / "cache").expanduser()
+        return Path(self.option("aws", "cache_dir") or self.settings.home_dir() / "cache").expanduser()
 
     def _setting(self, key: str, fallback: str | None = None) -> str:
-        value = self.option("aws", key, None) or (self.option("aws", fallback, None) if fallback else None)
+        value = self.option("aws", key) or (self.option("aws", fallback) if fallback else None)
         if not value:
             raise BadInput(f"the AWS handler needs [aws] {key}" + (f" or {fallback}" if fallback else "")
                            + " (config file, $HPCPIPE_AWS_" + key.upper() + " or handler option)")
@@ -93,12 +91,12 @@ class RemoteAwsDataHandler(DataHandler):
     @property
     def input_prefix(self) -> str:
         """``<prefix>/<subject>/<date>/<number>``: where this session's inputs are."""
-        return _join(self.option("aws", "prefix", "") or "", self.parts.short)
+        return _join(self.option("aws", "prefix") or "", self.parts.short)
 
     @property
     def output_prefix(self) -> str:
-        out = self.option("aws", "output_prefix", None)
-        return _join(out if out is not None else (self.option("aws", "prefix", "") or ""), self.parts.short)
+        out = self.option("aws", "output_prefix")
+        return _join(out if out is not None else (self.option("aws", "prefix") or ""), self.parts.short)
 
     # -------------------------------------------------------------- interface
     def setUp(self, **kwargs: Any) -> bool:

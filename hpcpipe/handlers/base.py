@@ -11,7 +11,7 @@ HTTP data server (``remote``), on a read-only store whose file names carry datas
   gives the session-relative names Alyx's ``register-file`` wants);
 * ``cleanUp()``: remove what ``setUp`` made that must not outlive the task.
 
-Handlers only depend on ``signature``, ``config`` and ``errors`` (never on the Task, store or
+Handlers only depend on ``signature``, ``settings`` and ``errors`` (never on the Task, store or
 Alyx modules): the Task passes what they need (session path, signature, ``one``, datasets).
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Sequence
 
 from ..errors import BadInput, HpcpipeError
+from ..settings import Settings, current
 from ..signature import FileSpec, check, parse
 
 log = logging.getLogger("hpcpipe.handlers")
@@ -143,14 +144,17 @@ class DataHandler:
     """Base class: keeps the session, signature and options, and checks inputs on disk.
 
     ``options`` are handler settings given by the caller; each handler documents the keys it
-    reads and falls back to hpcpipe's config file (``config.get(section, key)``) for each one.
+    reads and falls back to ``settings`` (its section of them) for each one: a job's come from
+    its ``run.json``; without any, the active ones (``settings.current()``), for a handler that
+    an ibllib user builds directly.
     """
 
     #: the name ``get_data_handler`` knows this handler by
     location: str = ""
 
     def __init__(self, session_path: str | os.PathLike, signature: dict | None,
-                 one: Any = None, **options: Any):
+                 one: Any = None, settings: Settings | None = None, **options: Any):
+        self.settings = settings or current()
         self.signature = dict(signature or {})
         self.input_specs: list[FileSpec] = parse(self.signature.get("input_files"))
         self.output_specs: list[FileSpec] = parse(self.signature.get("output_files"))
@@ -211,10 +215,8 @@ class DataHandler:
             out.append(p.parent.resolve().joinpath(p.name).relative_to(root).as_posix())
         return out
 
-    def option(self, section: str, key: str, default: Any = None) -> Any:
-        """An option given to the constructor, else the config file's ``[section] key``."""
-        from .. import config
-
+    def option(self, section: str, key: str) -> Any:
+        """An option given to the constructor, else the setting ``[section] key``."""
         if self.options.get(key) is not None:
             return self.options[key]
-        return config.get(section, key, default)
+        return getattr(getattr(self.settings, section), key)

@@ -101,13 +101,11 @@ class RemoteHttpDataHandler(DataHandler):
     @property
     def cache_dir(self) -> Path:
         """The md5-keyed content cache shared by every session on this machine."""
-        from .. import config
-
-        return Path(self.option("remote", "cache_dir", None) or config.home() / "cache").expanduser()
+        return Path(self.option("remote", "cache_dir") or self.settings.home_dir() / "cache").expanduser()
 
     def _credentials(self) -> tuple[str, str] | None:
-        user = self.option("remote", "http_user", None)
-        password = self.option("remote", "http_password", None)
+        user = self.option("remote", "http_user")
+        password = self.option("remote", "http_password")
         par = getattr(getattr(self.one, "alyx", None), "_par", None)
         if not user and par is not None:  # ONE's own settings (~/.one/.<url key>)
             user = getattr(par, "HTTP_DATA_SERVER_LOGIN", None)
@@ -151,7 +149,7 @@ class RemoteHttpDataHandler(DataHandler):
     def data_server(self) -> str | None:
         """Base URL for records without a ``data_url`` (``[remote] data_server``, else ONE's
         ``HTTP_DATA_SERVER``)."""
-        base = self.option("remote", "data_server", None)
+        base = self.option("remote", "data_server")
         par = getattr(getattr(self.one, "alyx", None), "_par", None)
         if not base and par is not None:
             base = getattr(par, "HTTP_DATA_SERVER", None)
@@ -163,7 +161,7 @@ class RemoteHttpDataHandler(DataHandler):
         ``[lab/Subjects/]subject/date/number`` and the dataset's collection and name (records
         of the embedded store have no file records)."""
         candidates = [fr for fr in record.get("file_records") or [] if fr.get("exists", True)]
-        prefer = self.option("remote", "data_repository", None)
+        prefer = self.option("remote", "data_repository")
         candidates.sort(key=lambda fr: prefer is not None and fr.get("data_repository") != prefer)
         urls = [fr["data_url"] for fr in candidates if fr.get("data_url")]
         urls.sort(key=lambda u: not str(u).startswith(("http://", "https://")))
@@ -220,7 +218,7 @@ class RemoteHttpDataHandler(DataHandler):
     def fetch(self, record: dict, dest: Path) -> Path:
         """Bring one dataset to ``dest``: from the cache if there, else downloaded and verified."""
         size, md5 = record.get("file_size"), (record.get("hash") or "").lower() or None
-        use_cache = bool(self.option("remote", "use_cache", True)) and md5 is not None
+        use_cache = bool(self.option("remote", "use_cache")) and md5 is not None
         from filelock import FileLock
 
         locks = self.cache_dir / "locks"
@@ -266,9 +264,9 @@ class RemoteHttpDataHandler(DataHandler):
 
     def _download(self, url: str, part: Path, size: int | None) -> None:
         """Stream ``url`` into ``part``, resuming what is there, retrying transient failures."""
-        retries = int(self.option("remote", "retries", 3))
-        backoff = float(self.option("remote", "backoff", 1.0))
-        timeout = float(self.option("remote", "timeout", 60.0))
+        retries = int(self.option("remote", "retries"))
+        backoff = float(self.option("remote", "backoff"))
+        timeout = float(self.option("remote", "timeout"))
         attempt = 0
         while True:
             offset = part.stat().st_size if part.exists() else 0

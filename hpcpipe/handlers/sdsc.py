@@ -54,9 +54,7 @@ class SDSCDataHandler(DataHandler):
 
     @property
     def scratch_dir(self) -> Path:
-        from .. import config
-
-        return Path(self.option("sdsc", "scratch_dir", None) or config.home() / "sdsc_scratch").expanduser()
+        return Path(self.option("sdsc", "scratch_dir") or self.settings.home_dir() / "sdsc_scratch").expanduser()
 
     # -------------------------------------------------------------- interface
     def setUp(self, task_id: str | None = None, **kwargs: Any) -> bool:
@@ -100,7 +98,7 @@ class SDSCDataHandler(DataHandler):
     def uploadData(self, outputs: Any, version: str | None = None, **kwargs: Any) -> list[Path]:
         """Return the outputs (in scratch) to register, copied to ``output_dir`` first if set."""
         files = self.outputs_in_session(outputs)
-        output_dir = self.option("sdsc", "output_dir", None)
+        output_dir = self.option("sdsc", "output_dir")
         if output_dir:
             dest_session = Path(output_dir).expanduser() / self.parts.relative
             for file, rel in zip(files, self.relative(files)):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .. import config
+from ..settings import Settings, current
 from ..store.base import SMALLINT_MAX
 from . import reasons
 
@@ -66,8 +66,8 @@ class Escalation:
         return f"[hpcpipe:ESCALATE] attempt {self.attempt}: {text}"
 
 
-def factors() -> tuple[float, float]:
-    return (float(config.get("escalate", "ram_factor", 2.0)), float(config.get("escalate", "time_factor", 2.0)))
+def factors(settings: Settings) -> tuple[float, float]:
+    return settings.escalate.ram_factor, settings.escalate.time_factor
 
 
 def caps(backend, task: dict) -> tuple[float | None, float | None]:
@@ -86,14 +86,16 @@ def _note(kind: str, text: str) -> str:
                                  else "no cause recorded in the task's log")
 
 
-def plan(tasks: list[dict], backend=None, floors: dict[str, dict] | None = None) -> dict[str, Escalation]:
+def plan(tasks: list[dict], backend=None, floors: dict[str, dict] | None = None,
+         settings: Settings | None = None) -> dict[str, Escalation]:
     """What to do for each failed task, by the cause of its last ending.
 
     ``floors`` (task id -> {field: value}): the suggestion for the task's class, a raised value's
-    lower bound.
+    lower bound. ``settings``: the ``[escalate]`` factors and limit (default ``settings.current()``).
     """
-    ram_factor, time_factor = factors()
-    max_attempts = int(config.get("escalate", "max_attempts", 3))
+    settings = settings or current()
+    ram_factor, time_factor = factors(settings)
+    max_attempts = settings.escalate.max_attempts
     out: dict[str, Escalation] = {}
     for task in tasks:
         kind, text = reasons.last_cause(task.get("log"))

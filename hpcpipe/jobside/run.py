@@ -5,10 +5,15 @@ success from failure (so ``afterok`` children run only after real success).
 The task is found from a run folder (see ``runfolder``), written by the local engine and the
 SLURM backend alike: ``--run-dir DIR --chunk C (--index I | --array) --task-name NAME``; an array
 element takes its index from ``SLURM_ARRAY_TASK_ID``. No database query is needed to start.
+
+Its settings are the ones the submitting side wrote into ``run.json`` (``Settings.from_run``):
+a job reads neither hpcpipe's environment variables nor the config file of the node it runs on,
+only SLURM's own variables (job id, array index, node, restart count, ``CUDA_VISIBLE_DEVICES``).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -109,7 +114,11 @@ def _stopped(store, task_id: str, stop, record: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    with contextlib.ExitStack() as stack:  # the job's settings stay active until its last report
+        return _main(parse_args(argv), stack)
+
+
+def _main(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from .signals import JobSignal, SignalGuard
 
     guard = SignalGuard().install()
@@ -120,10 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     task_id = None
     try:
         from ..pipeline import run_alyx_task
+        from ..settings import Settings, active
         from .runfolder import RunFolderStore, load_session_entry
 
         run_dir = Path(args.run_dir)
         run = json.loads((run_dir / "run.json").read_text())
+        settings = stack.enter_context(active(Settings.from_run(run)))
         entry = load_session_entry(run_dir, args.chunk, args.index)
         try:
             tdict = next(t for t in entry["tasks"] if t["name"] == args.task_name)
@@ -136,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             from ..store import open_store
 
             try:
-                upstream = open_store()
+                upstream = open_store(settings=settings)
             except Unreachable as exc:  # every report then waits in the result file
                 _logger.warning("task store unreachable at start: %s", exc)
         if upstream is not None:
@@ -147,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         tdict = store.get_task(task_id)  # a requeued attempt sees what the last one recorded
         session = entry["path"]
         # the profile's location (run.json) decides the data handler
-        location = args.location or run.get("location") or os.environ.get("HPCPIPE_LOCATION") or "server"
+        location = args.location or run["location"]
         tdict, _ = run_alyx_task(tdict=tdict, session_path=session, one=store,
-                                 machine=socket.gethostname(), location=location)
+                                 machine=socket.gethostname(), location=location, settings=settings)
         status = tdict["status"]
         code = exit_code(status)
         guard.settle()  # the task reported its outcome: late signals change nothing

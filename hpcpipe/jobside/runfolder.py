@@ -2,7 +2,7 @@
 
 A run folder lives on a file system the login node and the compute nodes share::
 
-    <run>/run.json                 run id, store settings, data location
+    <run>/run.json                 run id, store kind, data location, the settings jobs use
     <run>/sessions/<chunk>.json    {index: {eid, path, tasks: [records of that session]}}
     <run>/scripts/<job>.sh         the exact scripts submitted
     <run>/logs/                    SLURM stdout/stderr
@@ -58,8 +58,11 @@ def stamped_entry(made: StampedRecords, k: int, path: str) -> dict:
 
 
 def run_json(run_id: str, store_kind: str, location: str, upstream: bool | None = None,
-             extra: dict | None = None) -> str:
+             extra: dict | None = None, *, settings: dict) -> str:
     """The text of ``run.json``.
+
+    ``settings`` (``Settings.for_job``: no secrets) are the only settings a job uses: it reads
+    none of its machine's configuration (``Settings.from_run``).
 
     ``upstream``: jobs write the store directly (and record in their result file only what it
     could not take). Default: only for a store that is not the embedded SQLite file, which
@@ -69,7 +72,7 @@ def run_json(run_id: str, store_kind: str, location: str, upstream: bool | None 
     if upstream is None:
         upstream = store_kind != "sqlite"
     return json.dumps({"run_id": run_id, "store": store_kind, "location": location, "upstream": upstream,
-                       **(extra or {})})
+                       "settings": settings, **(extra or {})})
 
 
 def sessions_json(entries: dict[int, dict]) -> str:

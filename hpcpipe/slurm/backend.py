@@ -25,14 +25,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import sys
 import threading
 import time
 from collections import defaultdict
 from concurrent.futures import Future
 from typing import Callable, Iterable
 
-from .. import config, jobstate, recorder
+from .. import jobstate, recorder
 from ..backends import RefreshReport, SubmitReport
 from ..errors import BackendError, BadInput
 from ..jobside import reasons, runfolder
@@ -40,6 +39,7 @@ from ..jobside.outcome import lost, pending, swept, warn_signal
 from ..ledger import JobRecord, Ledger
 from ..pipeline import job_size, time_out_secs
 from ..plan import Plan, StampedPlan
+from ..settings import Settings, current
 from ..status import STARTED, WAITING
 from ..transport import LocalTransport, Transport
 from . import layout as layouts
@@ -111,21 +111,23 @@ class SlurmBackend:
     def __init__(self, store, ledger: Ledger, transport: Transport | None = None,
                  profile: Profile | str | None = None, run_root: str | None = None,
                  python: str | None = None, map_path: Callable[[str], str] | None = None,
-                 remote: str | None = None) -> None:
+                 remote: str | None = None, settings: Settings | None = None) -> None:
+        #: read here once (default ``settings.current()``); what jobs need goes into ``run.json``
+        self.settings = settings = settings or current()
         self.store = store
         self.ledger = ledger
         self.transport = transport or LocalTransport()
-        self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
+        self.profile = profile if isinstance(profile, Profile) else load_profile(profile, settings=settings)
         #: run folders must be on a file system the compute nodes see
-        self.run_root = run_root or config.get("slurm", "run_root", str(config.home() / "runs"))
+        self.run_root = run_root or str(settings.path(settings.slurm.run_root, "runs"))
         #: the Python that runs the job side on the cluster
-        self.python = python or config.get("slurm", "python", sys.executable)
+        self.python = python or settings.job_python
         #: workstation path -> cluster path (identity unless submitting over SSH)
         self.map_path = map_path or (lambda p: p)
         #: the --remote target this backend submits through (recorded with every job)
         self.remote = remote
         #: seconds a job may stay unknown to SLURM (or NODE_FAIL/PREEMPTED, not requeued) before it is lost
-        self.lost_after = float(config.get("slurm", "lost_after_secs", jobstate.LOST_AFTER_SECS))
+        self.lost_after = settings.slurm.lost_after_secs
         self._limits: ClusterLimits | None = None
         self._limits_ahead: Future | None = None
         self._watcher: JobWatcher | None = None
@@ -182,7 +184,7 @@ class SlurmBackend:
                        aftercorr=list(aftercorr), array=array, array_throttle=throttle,
                        env={"HPCPIPE_RUN_ID": run_id}, task_env=task["name"], binds=self._binds,
                        comment=comment,
-                       signal=warn_signal(time_out_secs(task), config.get("slurm", "signal_secs", 60)))
+                       signal=warn_signal(time_out_secs(task), self.settings.slurm.signal_secs))
 
     def _set_binds(self, plans: list[Plan], run_dir: str) -> None:
         """The folders a wrapper must bind for this submission (none without a wrapper)."""
@@ -219,9 +221,14 @@ class SlurmBackend:
                    extra: dict | None = None) -> None:
         self.transport.makedirs(f"{run_dir}/logs")
         self.transport.makedirs(f"{run_dir}/results")
+        if getattr(self.store, "kind", "") == "alyx" and self.remote is None:  # jobs share this home
+            from ..alyx.params import cache_for_jobs
+
+            cache_for_jobs(self.settings)
         self.transport.write_file(f"{run_dir}/run.json",
                                   runfolder.run_json(run_id, getattr(self.store, "kind", "sqlite"),
-                                                     self.profile.location, extra=extra))
+                                                     self.profile.location, extra=extra,
+                                                     settings=self.settings.for_job(self.remote is None)))
         for chunk, entries in chunks.items():
             self.transport.write_file(f"{run_dir}/sessions/{chunk}.json", runfolder.sessions_json(
                 {i: self._entry(p) for i, p in entries.items()}))
@@ -669,7 +676,7 @@ class SlurmBackend:
 
     def _record_now(self, run_dir: str, ids: list[str]) -> dict[str, str]:
         """Make these tasks' records (and their ancestors') now, unpaced: the sweep needs them."""
-        recorder.Recorder(self.store, run_dir, rate=0).run(only=set(ids))
+        recorder.Recorder(self.store, run_dir, rate=0, settings=self.settings).run(only=set(ids))
         return recorder.known_ids(run_dir, ids)
 
     def _recorded(self, job) -> None:

@@ -21,7 +21,6 @@ sets itself (job name, resources, output, array, dependencies...) are refused in
 """
 from __future__ import annotations
 
-import os
 import string
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -32,8 +31,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from .. import config
 from ..errors import BadInput
+from ..settings import Settings, current
 
 #: where the job side reads its data from (the data handlers of DOMAIN.md)
 LOCATIONS = ("server", "SDSC", "AWS", "remote")
@@ -189,34 +188,33 @@ def builtin_dir() -> Path:
     raise BadInput("hpcpipe's slurm_templates folder is missing (broken installation?)")
 
 
-def profile_dirs() -> list[Path]:
+def profile_dirs(settings: Settings) -> list[Path]:
     """Folders searched for ``<name>.toml``: the user's (config order), then the built-in one."""
-    raw = config.get("slurm", "profile_dirs", [])
-    if isinstance(raw, str):  # from $HPCPIPE_SLURM_PROFILE_DIRS: os.pathsep-separated
-        raw = [p for p in raw.split(os.pathsep) if p]
-    if not isinstance(raw, list):
-        raise BadInput("[slurm] profile_dirs must be a list of folders")
-    return [Path(p).expanduser() for p in raw] + [builtin_dir() / "profiles"]
+    return [Path(p).expanduser() for p in settings.slurm.profile_dirs] + [builtin_dir() / "profiles"]
 
 
-def list_profiles() -> dict[str, Path]:
-    """Every profile name that can be selected, with the file that defines it."""
+def list_profiles(settings: Settings | None = None) -> dict[str, Path]:
+    """Every profile name that can be selected, with the file that defines it (``settings``:
+    default ``settings.current()``)."""
     found: dict[str, Path] = {}
-    for folder in profile_dirs():
+    for folder in profile_dirs(settings or current()):
         if folder.is_dir():
             for path in sorted(folder.glob("*.toml")):
                 found.setdefault(path.stem, path)
     return found
 
 
-def load_profile(name: str | None = None, overrides: dict[str, Any] | None = None) -> Profile:
+def load_profile(name: str | None = None, overrides: dict[str, Any] | None = None,
+                 settings: Settings | None = None) -> Profile:
     """Read a profile by name (default ``[slurm] profile`` or ``generic``).
 
     ``[slurm] partition/account/qos/constraint`` in the config override the profile's values
     when set to a non-empty string; ``overrides`` (e.g. from the command line) win over both.
+    ``settings``: default ``settings.current()``.
     """
-    name = name or config.get("slurm", "profile", "generic")
-    available = list_profiles()
+    settings = settings or current()
+    name = name or settings.slurm.profile
+    available = list_profiles(settings)
     if name not in available:
         raise BadInput(f"unknown SLURM profile {name!r}; available: {', '.join(sorted(available)) or 'none'}")
     path = available[name]
@@ -225,7 +223,7 @@ def load_profile(name: str | None = None, overrides: dict[str, Any] | None = Non
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"profile {path} is not valid TOML: {exc}") from None
     for key in CONFIG_OVERRIDES:
-        value = config.get("slurm", key, "")
+        value = getattr(settings.slurm, key)
         if value:
             data[key] = value
     data.update(overrides or {})

@@ -29,6 +29,7 @@ from typing import Any
 
 from .. import config
 from ..errors import BadInput
+from ..settings import Settings, current
 from .pathmap import PathMap
 from .transport import DEFAULT_CONNECT_TIMEOUT, SSHTransport, _split_user_host_port
 
@@ -79,13 +80,6 @@ class RemoteTarget:
         return posixpath.normpath(posixpath.join(home, rel.removeprefix("~/")))
 
 
-def _clusters() -> dict[str, dict]:
-    table = config.load().get("clusters", {})
-    if not isinstance(table, dict):
-        raise BadInput(f"[clusters] in {config.config_path()} must be a table of tables")
-    return table
-
-
 def _from_table(name: str, t: dict, defaults: dict) -> RemoteTarget:
     if not isinstance(t, dict) or not t.get("host"):
         raise BadInput(f"[clusters.{name}] in {config.config_path()} needs host = \"...\"")
@@ -111,11 +105,6 @@ def _from_table(name: str, t: dict, defaults: dict) -> RemoteTarget:
         python=t.get("python") or None, profile=t.get("profile") or None)
 
 
-def _defaults() -> dict:
-    return {"known_hosts": config.get("ssh", "known_hosts", None),
-            "connect_timeout": config.get("ssh", "connect_timeout", DEFAULT_CONNECT_TIMEOUT)}
-
-
 def parse_spec(spec: str) -> tuple[str | None, str, int | None]:
     """``[ssh://][user@]host[:port]`` -> (user, host, port); ``BadInput`` when malformed."""
     s = spec.strip()
@@ -134,13 +123,14 @@ def parse_spec(spec: str) -> tuple[str | None, str, int | None]:
     return user, host, port
 
 
-def resolve_remote(spec: str) -> RemoteTarget:
+def resolve_remote(spec: str, settings: Settings | None = None) -> RemoteTarget:
     """A configured cluster by name, or ``[user@]host[:port]`` (with the settings of the
-    configured cluster on the same host, if any)."""
+    configured cluster on the same host, if any); ``settings``: default ``settings.current()``."""
     if not spec or not spec.strip():
         raise BadInput("--remote needs a cluster name or [user@]host[:port]")
-    clusters = _clusters()
-    defaults = _defaults()
+    settings = settings or current()
+    clusters = settings.clusters
+    defaults = {"known_hosts": settings.ssh.known_hosts, "connect_timeout": settings.ssh.connect_timeout}
     if spec in clusters:
         return _from_table(spec, clusters[spec], defaults)
     user, host, port = parse_spec(spec)

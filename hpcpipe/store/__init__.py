@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import config
 from ..errors import BadInput
+from ..settings import Settings, current
 from .base import TASK_FIELDS, TaskStore
 
 __all__ = ["TaskStore", "SQLiteStore", "TASK_FIELDS", "open_store", "STORE_KINDS"]
@@ -16,13 +16,14 @@ __all__ = ["TaskStore", "SQLiteStore", "TASK_FIELDS", "open_store", "STORE_KINDS
 STORE_KINDS = ("sqlite", "alyx")
 
 
-def open_store(one: Any = None) -> TaskStore:
+def open_store(one: Any = None, settings: Settings | None = None) -> TaskStore:
     """The task store to use.
 
     ``one`` may be a ``TaskStore`` (used as is), a ONE instance or any object with ONE's
     ``alyx.rest(url, action, **kwargs)`` (wrapped in an Alyx store), or None: then config
     ``[store] backend`` decides (``sqlite`` by default, at ``[store] path`` or
-    ``<hpcpipe home>/tasks.sqlite``).
+    ``<hpcpipe home>/tasks.sqlite``) in ``settings`` (default ``settings.current()``: a library
+    caller's own configuration, or the settings the CLI or a job made active).
     """
     if isinstance(one, TaskStore):
         return one
@@ -35,16 +36,17 @@ def open_store(one: Any = None) -> TaskStore:
                            "with alyx.rest(url, action, ...)")
         from .alyx import AlyxStore
 
-        return AlyxStore(rest_owner)
-    kind = config.get("store", "backend", "sqlite")
+        return AlyxStore(rest_owner, settings=settings)
+    settings = settings or current()
+    kind = settings.store.backend
     if kind == "sqlite":
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(config.get("store", "path", str(config.home() / "tasks.sqlite")))
+        return SQLiteStore(settings.path(settings.store.path, "tasks.sqlite"))
     if kind == "alyx":
         from .alyx import AlyxStore
 
-        return AlyxStore.from_config()
+        return AlyxStore.from_config(settings)
     raise BadInput(f"unknown store backend {kind!r} in config [store] backend; valid: {', '.join(STORE_KINDS)}")
 
 

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Any, ContextManager, Iterable, Iterator, Sequence
 
-from .. import config
 from ..alyx import oneclient
 from ..alyx import register as reg
 from ..alyx.client import PAGE_LIMIT, AlyxClient, AlyxError, AlyxNotFound, AlyxServerError, AlyxUnreachable, error_detail
@@ -35,6 +34,7 @@ from ..alyx.params import url_key
 from ..errors import BadInput, Conflict, NotFound, StoreError, Unreachable
 from ..files import atomic_write
 from ..session import SessionRef, parse_session_path
+from ..settings import Settings, current
 from ..status import ALYX_INT, check_statuses
 from . import health
 from .base import SMALLINT_FIELDS, TASK_FIELDS, TaskStore, check_fields
@@ -46,8 +46,6 @@ CHAR_LIMITS = {"name": 64, "executable": 128, "graph": 64, "version": 64}
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 #: seconds a fetched /dataset-types + /data-formats catalogue is trusted
 CATALOG_TTL = 600.0
-#: seconds a report's request may take (``[alyx] report_timeout``): a hung Alyx costs this once
-REPORT_TIMEOUT = 5.0
 _CATALOGS: dict[str, tuple[float, list[dict], list[dict]]] = {}
 
 
@@ -92,11 +90,11 @@ def _translate(exc: Exception) -> Exception | None:
     return None
 
 
-def configured_client() -> Any:
+def configured_client(settings: Settings) -> Any:
     """hpcpipe's own ``AlyxClient``, or the user's ONE with ``[alyx] client = "one"``."""
-    if oneclient.client_kind() == "one":
-        return oneclient.one_from_config()
-    return AlyxClient.from_config()
+    if oneclient.client_kind(settings) == "one":
+        return oneclient.one_from_config(settings)
+    return AlyxClient.from_config(settings=settings)
 
 
 class AlyxStore(TaskStore):
@@ -104,14 +102,16 @@ class AlyxStore(TaskStore):
 
     kind = "alyx"
 
-    def __init__(self, alyx: Any = None, repository: str | None = None) -> None:
+    def __init__(self, alyx: Any = None, repository: str | None = None, settings: Settings | None = None) -> None:
+        #: its limits, repository and state folder (default ``settings.current()``), read here once
+        self.settings = settings or current()
         if alyx is None:
-            alyx = configured_client()
+            alyx = configured_client(self.settings)
         owner = getattr(alyx, "alyx", alyx)  # a ONE instance → its AlyxClient
         if not callable(getattr(owner, "rest", None)):
             raise BadInput(f"{type(alyx).__name__} has no rest(url, action, ...) method")
         self.alyx = owner
-        self.repository = repository if repository is not None else config.get("alyx", "repository", None)
+        self.repository = repository if repository is not None else self.settings.alyx.repository
         base = getattr(owner, "base_url", None) or "unknown-alyx"
         self.base_url = str(base).rstrip("/")
         self.url_key = url_key(self.base_url)
@@ -124,8 +124,9 @@ class AlyxStore(TaskStore):
         self._catalog_fetches = 0
 
     @classmethod
-    def from_config(cls) -> "AlyxStore":
-        return cls(configured_client())
+    def from_config(cls, settings: Settings | None = None) -> "AlyxStore":
+        settings = settings or current()
+        return cls(configured_client(settings), settings=settings)
 
     def __repr__(self) -> str:
         return f"AlyxStore({self.base_url!r})"
@@ -169,18 +170,15 @@ class AlyxStore(TaskStore):
         may wait, and status must still show the server's records then."""
         self._brief = True
 
-    @staticmethod
-    def _limits(mode: str | None) -> oneclient.Limits:
-        t = config.get("alyx", "timeout", 60.0)
+    def _limits(self, mode: str | None) -> oneclient.Limits:
+        s = self.settings.alyx
+        t = s.timeout
         timeout = tuple(t) if isinstance(t, (list, tuple)) else (min(float(t), 10.0), float(t))
         if mode is None:
-            return oneclient.Limits(timeout, int(config.get("alyx", "retries", 5)),
-                                    float(config.get("alyx", "retry_budget", 120.0)))
-        if mode == "report":
-            short = float(config.get("alyx", "report_timeout", REPORT_TIMEOUT))
-            timeout = (min(timeout[0], short), min(timeout[1], short))
-        return oneclient.Limits(timeout, int(config.get("alyx", "report_retries", 1)),
-                                float(config.get("alyx", "report_budget", 2.0)))
+            return oneclient.Limits(timeout, s.retries, s.retry_budget)
+        if mode == "report":  # a hung Alyx costs a report this once
+            timeout = (min(timeout[0], s.report_timeout), min(timeout[1], s.report_timeout))
+        return oneclient.Limits(timeout, s.report_retries, s.report_budget)
 
     def _within(self, mode: str | None) -> ContextManager[None]:
         """The limits of ``mode`` on this call, whichever client makes it."""
@@ -236,7 +234,7 @@ class AlyxStore(TaskStore):
         return self._catalog(refresh)
 
     def _state_dir(self) -> Path:
-        path = config.home() / "alyx" / self.url_key
+        path = self.settings.home_dir() / "alyx" / self.url_key
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -1,7 +1,7 @@
 """Whether a task store is known to be down, so an outage costs no time.
 
 The first report that cannot reach a store marks it down for ``down_secs`` (``[store]
-down_secs``, default ``DOWN_SECS`` = 30 s). While it is marked, reports go straight to the
+down_secs``, default 30 s). While it is marked, reports go straight to the
 outbox (or a job's result file) without a request, and the local engine schedules from local
 results instead of asking the store. After the interval, the next report tries once more; a
 report that goes through clears the mark.
@@ -25,18 +25,17 @@ import time
 from pathlib import Path
 from typing import Any, ContextManager
 
-from .. import config
 from ..errors import Unreachable
 from ..files import atomic_write
+from ..settings import current
 
 _logger = logging.getLogger(__name__)
-#: seconds a store stays marked down after a report failed to reach it
-DOWN_SECS = 30.0
 _down: dict[str, float] = {}  # store key -> marked down until (time.time())
 
 
 def down_secs() -> float:
-    return float(config.get("store", "down_secs", DOWN_SECS))
+    """Seconds a store stays marked down after a report failed to reach it (the active settings)."""
+    return current().store.down_secs
 
 
 def _mark_file(key: str) -> Path:

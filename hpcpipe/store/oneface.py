@@ -34,8 +34,8 @@ import logging
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .. import config
 from ..errors import BadInput
+from ..settings import current
 from .base import TASK_FIELDS, TaskStore
 
 #: file extensions the embedded store accepts for registration (Alyx's ``data-formats``)
@@ -91,11 +91,11 @@ class AlyxFace:
             kwargs = dict(filters, **({"id": id} if id is not None else {}), **({"data": data} if data else {}))
             return self._alyx.rest(endpoint, action, **kwargs)
         if endpoint == "subjects" and action == "list" and "nickname" in filters:
-            return [{"nickname": filters["nickname"], "lab": config.get("store", "lab", None)}]
+            return [{"nickname": filters["nickname"], "lab": self._face.settings.store.lab}]
         if endpoint == "dataset-types" and action == "list":
             return [{"name": "any", "filename_pattern": "*", "description": "embedded store: every file"}]
         if endpoint == "data-formats" and action == "list":
-            extra = config.get("store", "data_formats", []) or []
+            extra = self._face.settings.store.data_formats
             return [{"name": ext.lstrip("."), "file_extension": ext} for ext in (*DATA_FORMATS, *extra)]
         if endpoint == "data-repository" and action == "list":
             return []
@@ -170,11 +170,15 @@ class OneFace:
     ``create_sessions``: the embedded store registers a session folder the first time
     ``path2eid`` sees it (its sessions come from folders, not from a rig's Alyx); a dry run
     says False, and an unknown session is then None, as ONE answers.
+
+    Made by ibllib's classes' callers deep inside a pipeline or a job, it takes the active
+    settings (``settings.current()``: the CLI's, or the job's from its ``run.json``).
     """
 
     offline = False
 
     def __init__(self, store: TaskStore, create_sessions: bool = True) -> None:
+        self.settings = current()
         self.store = store
         self.create_sessions = create_sessions
         self._sessions: dict[str, Path] = {}  # eid -> session folder, as the store told us
@@ -185,7 +189,7 @@ class OneFace:
 
     @property
     def cache_dir(self) -> Path:
-        return Path(config.get("store", "cache_dir", str(config.home() / "one-cache")))
+        return self.settings.path(self.settings.store.cache_dir, "one-cache")
 
     def path2eid(self, path_obj: str | Path, query_type: str | None = None) -> str | None:
         """The session id of a session folder (None when the store does not know it)."""

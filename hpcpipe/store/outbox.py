@@ -29,9 +29,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .. import config
 from ..errors import Unreachable
 from ..files import atomic_write
+from ..settings import current
 from . import health
 from .held import release_held_children
 
@@ -43,8 +43,12 @@ LOCK_TIMEOUT = 300.0
 
 
 def outbox_dir() -> Path:
-    """Where queued reports live (``[store] outbox`` or ``<hpcpipe home>/outbox``)."""
-    path = Path(config.get("store", "outbox", str(config.home() / "outbox")))
+    """Where queued reports live (``[store] outbox`` or ``<hpcpipe home>/outbox``).
+
+    One folder per machine and process, not per store: it follows the active settings
+    (``settings.current()``: the CLI's, or a job's from its ``run.json``)."""
+    settings = current()
+    path = settings.path(settings.store.outbox, "outbox")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

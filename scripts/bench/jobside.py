@@ -60,12 +60,13 @@ def python_startup(env: dict, runs: int) -> list[float]:
 
 def write_run(run_dir: Path, store, session: Path, kind: str) -> str:
     from hpcpipe.jobside import runfolder
+    from hpcpipe.settings import Settings
 
     eid = store.session_id(session)
     deck = store.list_tasks(session=eid)
     (run_dir / "sessions").mkdir(parents=True, exist_ok=True)
     (run_dir / "results").mkdir(exist_ok=True)
-    (run_dir / "run.json").write_text(runfolder.run_json("bench", kind, "server"))
+    (run_dir / "run.json").write_text(runfolder.run_json("bench", kind, "server", settings=Settings.load().for_job()))
     (run_dir / "sessions" / "c0.json").write_text(runfolder.sessions_json({0: runfolder.session_entry(eid, str(session), deck)}))
     return next(t["id"] for t in deck if t["name"] == "Stamp")
 

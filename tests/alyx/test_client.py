@@ -19,6 +19,7 @@ from hpcpipe.alyx.client import (
     AlyxUnreachable,
 )
 from hpcpipe.errors import BadInput, Conflict, NotFound, Unreachable
+from hpcpipe.settings import Settings
 from tests.alyx_server import PASSWORD, USERNAME
 
 
@@ -38,7 +39,7 @@ def test_login_caches_the_token_0600_and_never_logs_it(alyx_server, caplog):
     assert tasks == []
     token = client._token
     assert len(token) == 40
-    path = alyx_params.token_cache_path()
+    path = alyx_params.token_cache_path(Settings.load())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert json.loads(path.read_text())[alyx_params.url_key(alyx_server.url)][USERNAME] == token

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hpcpipe.jobside import runfolder
+from hpcpipe.settings import Settings
 from hpcpipe.store import health, outbox
 from hpcpipe.store.alyx import AlyxStore
 from tests.alyx_server import PASSWORD, USERNAME, HangingServer
@@ -62,7 +63,11 @@ def test_a_job_started_while_marked_down_opens_no_connection(alyx_fresh_server, 
     run = tmp_path / "home" / "runs" / "r1"
     (run / "logs").mkdir(parents=True)
     (run / "sessions").mkdir()
-    (run / "run.json").write_text(runfolder.run_json("r1", "alyx", "server", upstream=True))
+    with pytest.MonkeyPatch.context() as mp:  # the submitting side's settings: the job's config file and home
+        mp.setenv("HPCPIPE_HOME", env["HPCPIPE_HOME"])
+        mp.setenv("HPCPIPE_CONFIG", env["HPCPIPE_CONFIG"])
+        settings = Settings.load().for_job()
+    (run / "run.json").write_text(runfolder.run_json("r1", "alyx", "server", upstream=True, settings=settings))
     (run / "sessions" / "c0.json").write_text(runfolder.sessions_json({0: runfolder.session_entry(eid, str(session),
                                                                                                    [rec])}))
     server.stop()

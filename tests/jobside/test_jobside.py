@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcpipe.settings import Settings
 from tests.cliutil import run_hpcpipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -258,7 +259,8 @@ def _run_folder(tmp_path: Path, seconds: float) -> tuple[Path, str, Path]:
               "graph": "Sleepy", "version": None, "log": None}
     run = tmp_path / "run"
     (run / "sessions").mkdir(parents=True)
-    (run / "run.json").write_text(runfolder.run_json("r1", "sqlite", "server"))
+    (run / "run.json").write_text(runfolder.run_json("r1", "sqlite", "server",
+                                                     settings=Settings(home=tmp_path / "home").for_job()))
     (run / "sessions" / "c0.json").write_text(runfolder.sessions_json({0: runfolder.session_entry(eid, str(s), [record])}))
     return run, tid, s
 
