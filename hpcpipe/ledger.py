@@ -38,6 +38,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from . import sqlitedb
 from .errors import HpcpipeError
 from .jobstate import EMITTED, FINAL, SUBMITTING
 from .settings import Settings, current
@@ -159,13 +160,9 @@ class Ledger:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
             # each commit on the disk before the next step (an intent before its sbatch);
             # ``_write(durable=False)`` relaxes it for one write
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=60000")
+            db = sqlitedb.connect(self.path, synchronous="FULL")
             self._local.db = db
         return db
 

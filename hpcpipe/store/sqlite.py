@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from .. import sqlitedb
 from ..errors import BadInput, Conflict, NotFound
 from ..session import parse_session_path
 from ..status import check_statuses
@@ -114,14 +115,10 @@ class SQLiteStore(TaskStore):
             # (its POSIX locks belong to the parent), so leave it alone and open a new one
             db = None
         if db is None:
-            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: no fsync per commit, still safe from corruption (a power cut may lose
             # the last commits); task records are re-derivable, and backfills write thousands
-            db.execute("PRAGMA synchronous=NORMAL")
+            db = sqlitedb.connect(self.path, synchronous="NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA busy_timeout=60000")
             self._local.db = db
             self._local.pid = os.getpid()
         return db

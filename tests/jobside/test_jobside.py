@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -72,12 +71,16 @@ hp = partial(run_hpcpipe, timeout=120)
 
 
 def jobs(env) -> list[dict]:
-    db = sqlite3.connect(Path(env["HPCPIPE_HOME"]) / "jobs.sqlite")
-    db.row_factory = sqlite3.Row
+    """Every job the ledger has (an array's elements too, however it stores them)."""
+    from dataclasses import asdict
+
+    from hpcpipe.ledger import Ledger
+
+    ledger = Ledger(Path(env["HPCPIPE_HOME"]) / "jobs.sqlite")
     try:
-        return [dict(r) for r in db.execute("SELECT * FROM jobs ORDER BY rowid")]
+        return [asdict(j) for j in ledger.history()]
     finally:
-        db.close()
+        ledger.close()
 
 
 def tasks(env) -> dict[str, dict]:
