@@ -46,23 +46,19 @@ def status_json(store: SQLiteStore, ledger: Ledger, fields: Sequence[str], sessi
     if wanted_statuses:
         where.append(f"status IN ({','.join('?' * len(wanted_statuses))})")
         args.extend(wanted_statuses)
-    # the order is found on row ids alone (SQLite sorting the rows themselves would move
-    # megabytes of JSON); the rows are read in any order and put in place by their ids, both
-    # reads in one transaction (one snapshot)
+    # one ordered read: sorting the JSON text with its keys costs SQLite less than a second
+    # read for the order and Python putting 60,000 rows in place
     filters = " WHERE " + " AND ".join(where) if where else ""
     db = sqlite3.connect(f"{Path(store.path).resolve().as_uri()}?mode=ro", uri=True, timeout=60,
                          isolation_level=None)
     try:
-        db.execute("BEGIN")
-        order = [r for r, in db.execute(f"SELECT rowid FROM tasks{filters} ORDER BY {TASK_ORDER}", args)]
-        text = {r: (tid, obj) for r, tid, obj in db.execute(
-            f"SELECT rowid, id, json_object({', '.join(pairs)}) FROM tasks{filters}", args)}
-        db.execute("COMMIT")
+        rows = db.execute(f"SELECT id, json_object({', '.join(pairs)}) FROM tasks{filters} ORDER BY {TASK_ORDER}",
+                          args).fetchall()
     finally:
         db.close()
-    jobs = ledger.shown([tid for tid, _ in text.values()] if where else None)
+    jobs = ledger.shown([tid for tid, _ in rows] if where else None)
     # each row's end, its strings in json.dumps' own encoding (C)
     ends = {tid: f',"backend":{encode_basestring_ascii(b)},"job_id":{encode_basestring_ascii(j)},"local":false}}'
             for tid, (b, j, _, _) in jobs.items()}
     end = ends.get
-    return "[" + ",".join([obj[:-1] + end(tid, _NO_JOB) for tid, obj in map(text.__getitem__, order)]) + "]"
+    return "[" + ",".join([obj[:-1] + end(tid, _NO_JOB) for tid, obj in rows]) + "]"
