@@ -90,17 +90,19 @@ def in_process(root: Path, n: int, runs: list[str]) -> dict:
     os.environ.update({k: v for k, v in env_for(root / "home").items() if k.startswith("HPCPIPE")})
     sys.path[:0] = [str(BENCH)]
     from hpcpipe.ledger import Ledger
+    from hpcpipe.settings import Settings
     from hpcpipe.slurm.backend import SlurmBackend
     from hpcpipe.store import open_store
     from hpcpipe.submission import Run, plan_sessions
 
-    store, ledger = open_store(), Ledger()
-    backend = SlurmBackend(store, ledger)
+    settings = Settings.load()  # as the CLI does, once
+    store, ledger = open_store(settings=settings), Ledger(settings=settings)
+    backend = SlurmBackend(store, ledger, settings=settings)
     _ = backend.limits
     sessions = listing.read_text().split()
     t0, c0 = time.perf_counter(), time.process_time()
     plans = plan_sessions(sessions, PIPELINE, store, ledger, live_backend="slurm")
-    run = Run.new(prefix="bf")
+    run = Run.new(backend.run_root, prefix="bf")
     report = backend.backfill(plans, run.id)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     runs.append(run.id)
