@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import sys
 import tempfile
@@ -315,11 +316,19 @@ class Settings:
     @classmethod
     def from_run(cls, run: dict) -> "Settings":
         """A job's settings: the ``settings`` section the submitting side wrote into ``run.json``,
-        defaults for anything it did not write. Nothing of this machine's configuration."""
+        defaults for anything it did not write. Nothing of this machine's configuration.
+
+        A ``run.json`` without one was written by an hpcpipe from before settings reached jobs;
+        its jobs read the configuration of the node they run on, and still do (said once in the
+        job's log), so an upgrade does not fail the jobs it finds queued."""
         data = run.get("settings")
+        if data is None:
+            logging.getLogger("hpcpipe").warning(
+                "run %s: run.json carries no settings (written by an hpcpipe before 0.2); this job reads "
+                "this node's configuration, as jobs of that version did", run.get("run_id"))
+            return cls.load()
         if not isinstance(data, dict):
-            raise BadInput(f"run {run.get('run_id')!r}: run.json has no settings (written by an older hpcpipe? "
-                           "submit it again)")
+            raise BadInput(f"run {run.get('run_id')!r}: run.json's settings are not a table: {data!r}")
         sections = {name: _build(section_cls, data.get(name) or {}, lambda key: "run.json")
                     for name, section_cls in _SECTION_TYPES.items()}
         home = Path(data["home"]) if data.get("home") else None

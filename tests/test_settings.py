@@ -69,9 +69,16 @@ def test_run_json_never_carries_a_secret(monkeypatch):
     assert Settings.from_run({"settings": job}).alyx.password is None
 
 
-def test_a_run_json_without_settings_is_refused_in_one_line():
-    with pytest.raises(BadInput, match="run 'r1': run.json has no settings"):
-        Settings.from_run({"run_id": "r1"})
+def test_a_run_json_of_an_older_hpcpipe_runs_its_job_as_that_version_did(monkeypatch, caplog):
+    """A job queued before an upgrade (no settings in run.json) reads its node's configuration,
+    as jobs then did, and says so; settings that are not a table are refused in one line."""
+    monkeypatch.setenv("HPCPIPE_STORE_PATH", "/node/tasks.sqlite")
+    with caplog.at_level("WARNING", logger="hpcpipe"):
+        assert Settings.from_run({"run_id": "r1"}).store.path == "/node/tasks.sqlite"
+    assert "run r1: run.json carries no settings" in caplog.text
+    assert Settings.from_run({"run_id": "r2", "settings": {}}).store.path is None  # the submitter's: defaults
+    with pytest.raises(BadInput, match="run 'r3': run.json's settings are not a table"):
+        Settings.from_run({"run_id": "r3", "settings": ["x"]})
 
 
 def test_a_job_uses_the_submitting_sides_settings_not_its_nodes(tmp_path, monkeypatch):
