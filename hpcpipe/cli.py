@@ -624,7 +624,7 @@ def _slurm_ahead(args, store, ledger):
 
     try:
         backend = SlurmBackend(store, ledger, profile=getattr(args, "profile", None), settings=args.settings)
-    except Exception:
+    except HpcpipeError:  # a bad profile: refused by ``_checked``, after the path checks
         return None
     backend.read_limits_ahead()
     return backend
