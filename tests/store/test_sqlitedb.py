@@ -27,3 +27,35 @@ def test_processes_opening_one_new_file_together_all_get_it_in_wal(tmp_path):
             p.join(60)
         assert errors.empty(), errors.get()
         assert sqlitedb.connect(path, synchronous="NORMAL").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_large_wal_is_copied_into_the_file_on_a_thread_a_small_one_left_to_sqlite(tmp_path):
+    path = tmp_path / "big.sqlite"
+    db = sqlitedb.connect(path, synchronous="NORMAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")  # as a store's batch: the commit copies nothing
+    db.execute("CREATE TABLE t (x)")
+    assert sqlitedb.checkpoint_behind(path) is None  # a small WAL: SQLite's own checkpoints do
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO t VALUES (?)", [("x" * 1000,) for _ in range(6000)])  # ~6 MB
+    db.execute("COMMIT")
+    thread = sqlitedb.checkpoint_behind(path)
+    assert thread is not None and not thread.daemon  # the process finishes the copy before exiting
+    thread.join(60)
+    busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and frames == copied > 0  # every frame was already in the file
+
+
+def test_a_store_batch_leaves_the_copy_to_the_thread(tmp_path, monkeypatch):
+    from hpcpipe.store.sqlite import SQLiteStore
+
+    calls = []
+    monkeypatch.setattr(sqlitedb, "checkpoint_behind", calls.append)
+    store = SQLiteStore(tmp_path / "tasks.sqlite")
+    seen: list[str] = []
+    store._db.set_trace_callback(seen.append)
+    with store.batch():
+        with store.batch():  # nested: one commit, one hand-over
+            pass
+    assert calls == [store.path]
+    assert seen[:2] == ["PRAGMA wal_autocheckpoint=0", "BEGIN IMMEDIATE"]
+    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
