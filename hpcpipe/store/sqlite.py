@@ -152,25 +152,29 @@ class SQLiteStore(TaskStore):
         the end, or rolled back whole if the block raises.
         """
         depth = getattr(self._local, "batch", 0)
-        if depth == 0:
-            # the commit does not copy the WAL into the file itself: that goes on a thread after
-            # it, when large (``sqlitedb.checkpoint_behind``), while the caller goes on
-            self._db.execute("PRAGMA wal_autocheckpoint=0")
-            self._db.execute("BEGIN IMMEDIATE")
-        self._local.batch = depth + 1
+        if depth > 0:
+            self._local.batch = depth + 1
+            try:
+                yield
+            finally:
+                self._local.batch = depth
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        # the commit does not copy the WAL into the file itself: that goes on a thread after it,
+        # when large (``sqlitedb.checkpoint_behind``), while the caller goes on
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._local.batch = 1
         try:
-            yield
-        except BaseException:
-            self._local.batch = depth
-            if depth == 0:
+            try:
+                yield
+            except BaseException:
                 self._db.execute("ROLLBACK")
-                self._db.execute("PRAGMA wal_autocheckpoint=1000")
-            raise
-        self._local.batch = depth
-        if depth == 0:
+                raise
             self._db.execute("COMMIT")
+        finally:
+            self._local.batch = 0
             self._db.execute("PRAGMA wal_autocheckpoint=1000")
-            sqlitedb.checkpoint_behind(self.path)
+        sqlitedb.checkpoint_behind(self.path)
 
     def _tasks(self, where: str = "", args: Iterable = (), fields: Sequence[str] | None = None) -> Iterator[dict]:
         """Task records (only ``fields`` when given), read as plain tuples (``status`` reads

@@ -57,5 +57,5 @@ def test_a_store_batch_leaves_the_copy_to_the_thread(tmp_path, monkeypatch):
         with store.batch():  # nested: one commit, one hand-over
             pass
     assert calls == [store.path]
-    assert seen[:2] == ["PRAGMA wal_autocheckpoint=0", "BEGIN IMMEDIATE"]
+    assert seen[:2] == ["BEGIN IMMEDIATE", "PRAGMA wal_autocheckpoint=0"]
     assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
