@@ -58,7 +58,7 @@ def status_json(store: SQLiteStore, ledger: Ledger, fields: Sequence[str], sessi
         db.close()
     jobs = ledger.shown([tid for tid, _ in rows] if where else None)
     # each row's end, its strings in json.dumps' own encoding (C)
-    ends = {tid: f',"backend":{encode_basestring_ascii(b)},"job_id":{encode_basestring_ascii(j)},"local":false}}'
-            for tid, (b, j, _, _) in jobs.items()}
+    ends = {tid: f',"backend":{encode_basestring_ascii(b)},"job_id":{"null" if j is None else encode_basestring_ascii(j)},'
+                 '"local":false}' for tid, (b, j, _, _) in jobs.items()}
     end = ends.get
     return "[" + ",".join([obj[:-1] + end(tid, _NO_JOB) for tid, obj in rows]) + "]"

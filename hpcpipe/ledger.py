@@ -124,8 +124,9 @@ class JobRecord:
 
     @property
     def backend_id(self) -> str:
-        """The id the backend knows: ``123`` or ``123_4`` for an array element."""
-        return self.job_id if self.array_index is None else f"{self.job_id}_{self.array_index}"
+        """The id the backend knows: ``123`` or ``123_4`` for an array element; empty for an
+        intent (no job yet, whatever its index)."""
+        return self.job_id if self.array_index is None or not self.job_id else f"{self.job_id}_{self.array_index}"
 
 
 #: ledger paths whose lock this process holds (``Ledger.lock`` is re-entrant)
@@ -475,8 +476,8 @@ class Ledger:
         return out
 
     def shown(self, task_ids: Iterable[str] | None = None) -> dict[str, tuple[str, str, str, str | None]]:
-        """What a status row shows of each task's most recent job: ``(backend, backend id,
-        state, reason)``, as plain tuples (a whole backfill's 60,000 rows: no records built)."""
+        """What a status row shows of each task's most recent job: ``(backend, backend id or None
+        before sbatch answered, state, reason)``, as plain tuples (a whole backfill's 60,000 rows: no records built)."""
         wanted = None if task_ids is None else set(task_ids)
         sql = "SELECT task_id, backend, job_id, array_index, state, reason FROM jobs"
         args: tuple = ()
@@ -487,14 +488,14 @@ class Ledger:
         out = {}
         for task_id, backend, job_id, index, state, reason in cursor.execute(sql + " ORDER BY submitted, rowid", args):
             if wanted is None or task_id in wanted:  # ordered by submission time: the last one wins
-                out[task_id] = (backend, job_id if index is None else f"{job_id}_{index}", state, reason)
+                out[task_id] = (backend, _shown_id(job_id, index), state, reason)
         for backend, job_id, state, reason, elements in cursor.execute(
                 "SELECT backend, job_id, state, reason, elements FROM arrays JOIN array_members USING (id) "
                 "ORDER BY submitted, id"):
             # an element is live, so its task's most recent job (module docstring)
             for task_id, _, index in json.loads(elements):
                 if wanted is None or task_id in wanted:
-                    out[task_id] = (backend, f"{job_id}_{index}", state, reason)
+                    out[task_id] = (backend, _shown_id(job_id, index), state, reason)
         return out
 
     def live(self, backend: str | None = None) -> list[JobRecord]:
@@ -562,6 +563,13 @@ class Ledger:
         if db is not None:
             db.close()
             self._local.db = None
+
+
+def _shown_id(job_id: str, index: int | None) -> str | None:
+    """A status row's job id: ``123``, ``123_4``, or None before sbatch answered (an intent)."""
+    if not job_id:
+        return None
+    return job_id if index is None else f"{job_id}_{index}"
 
 
 #: JobRecord's fields, as the columns a select reads (in that order)

@@ -314,6 +314,9 @@ def test_an_array_is_one_row_until_an_element_parts_ways_and_reads_the_same_eith
     count = lambda led, table: led._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: E731
     assert (count(arrays, "arrays"), count(arrays, "jobs")) == (3, 0)
     assert _answers(arrays) == _answers(rows)
+    # an intent has no job id yet: none shown, whatever its array index
+    assert arrays.shown(["bf-2-Raw0"])["bf-2-Raw0"][:2] == ("slurm", None)
+    assert {j.backend_id for j in arrays.intents("slurm", None)} == {""}
     for led in (arrays, rows):
         led.set_state([("bf-1-QC7", "bf-1", "RUNNING", None)])
         led.set_folded([("bf-1-QC9", "bf-1", 2, False)])
