@@ -255,15 +255,21 @@ class Ledger:
 
     def _split(self, jobs: Iterable[tuple[str, str]]) -> None:
         """Split the arrays holding any of these ``(task_id, run_id)`` elements (inside a write's
-        transaction): one query per run, answered from the run's arrays rows alone."""
-        by_run: dict[str, list[str]] = {}
+        transaction). Jobs that have their row already (the usual case once an array runs: its
+        news split it) cost one indexed lookup per run; only the others are looked for among the
+        run's arrays, whose members Python's JSON parser reads (a run's other arrays, pending on
+        their parents, stay one row each)."""
+        by_run: dict[str, set[str]] = {}
         for task_id, run_id in jobs:
-            by_run.setdefault(run_id, []).append(task_id)
+            by_run.setdefault(run_id, set()).add(task_id)
         for run_id, task_ids in by_run.items():
-            self._split_arrays(r[0] for r in self._db.execute(
-                "SELECT DISTINCT a.id FROM arrays a JOIN array_members m USING (id), json_each(m.elements) e WHERE "
-                "a.run_id = ? AND json_extract(e.value, '$[0]') IN (SELECT value FROM json_each(?))",
-                (run_id, json.dumps(task_ids))))
+            rest = task_ids - {r[0] for r in self._db.execute(
+                "SELECT task_id FROM jobs WHERE run_id = ? AND task_id IN (SELECT value FROM json_each(?))",
+                (run_id, json.dumps(sorted(task_ids))))}
+            if rest:
+                self._split_arrays([k for k, elements in self._db.execute(
+                    "SELECT id, elements FROM arrays JOIN array_members USING (id) WHERE run_id = ?", (run_id,))
+                    if not rest.isdisjoint(t for t, _, _ in json.loads(elements))])
 
     def _split_arrays(self, ids: Iterable[int]) -> None:
         """These arrays rows become a ``jobs`` row per element (module docstring)."""

@@ -329,6 +329,13 @@ def test_an_array_is_one_row_until_an_element_parts_ways_and_reads_the_same_eith
     assert _answers(arrays) == _answers(rows)
     with pytest.raises(ValueError):  # a final state is an element's own, never an array row's
         arrays.set_array_state("slurm", None, "40", ("PENDING", "Priority"), ("CANCELLED", None))
+    # news about elements that have their rows already reads no array's members
+    seen: list[str] = []
+    arrays._db.set_trace_callback(seen.append)
+    arrays.set_state([("bf-1-QC8", "bf-1", "RUNNING", None)])
+    arrays._db.set_trace_callback(None)
+    assert not [q for q in seen if "array_members" in q], seen
+    assert arrays._db.execute("SELECT count(*) FROM arrays").fetchone()[0] == 1  # bf-1's Raw array kept whole
 
 
 def test_limits_read_ahead_on_a_thread_once_and_its_failure_raised_when_asked(tmp_path, monkeypatch):
