@@ -396,15 +396,24 @@ def _settle(env, session, job_id):
     second it revoked the job's (``Killing non-startable batch job: Job credential revoked``, exit
     1), so a release at once makes the next attempt fail for a reason no cluster user meets."""
     seen_pending: list[float] = []
+    last: list = []
 
     def done():
         if _squeue_state(job_id).startswith("PENDING"):
             seen_pending.append(time.monotonic())
             if seen_pending[-1] - seen_pending[0] >= 2:
                 subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
-        rows = json.loads(hp(env, "status", "--json").stdout)
+        out = hp(env, "status", "--json")
+        rows = json.loads(out.stdout)
+        last[:] = [rows, out.stderr]
         return rows if rows and rows[0]["status"] not in ("Waiting", "Started") else None
-    return wait_for(done, timeout=300, interval=3, what="the requeued task to end")
+    try:
+        return wait_for(done, timeout=300, interval=3, what="the requeued task to end")
+    except AssertionError as exc:  # say what status, SLURM and the ledger last showed, and the log
+        sacct = subprocess.run(["sacct", "-D", "-n", "-P", "-j", job_id, "-o", "JobID,State,ExitCode,Restarts"],
+                               capture_output=True, text=True).stdout
+        jobs = [(j.backend_id, j.state, j.reason, j.folded, j.folded_ops) for j in ledger(env).history()]
+        raise AssertionError(f"{exc}; status: {last}; sacct: {sacct!r}; ledger: {jobs}; log: {_log(env)}") from None
 
 
 def _log(env) -> str:
