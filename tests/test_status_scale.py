@@ -258,3 +258,43 @@ def test_a_result_reported_under_a_provisional_id_is_folded_in_the_poll_that_ado
     (task,) = store.list_tasks(session=eid)
     assert task["status"] == "Complete" and report.folded == 1, (task, report)
     assert [j.task_id for j in ledger.history()] == [task["id"]] and ledger.history()[0].folded
+
+
+def test_a_requeued_jobs_earlier_final_report_does_not_close_it(tmp_path, monkeypatch):
+    """A job reopened after its final report (SLURM requeued it): a poll that reads the result
+    before the next attempt writes, and then finds the job COMPLETED, folds the next attempt's
+    report, instead of closing the job on the earlier attempt's final (the task stayed Waiting
+    for good, in CI)."""
+    from hpcpipe.session import parse_session_path
+
+    monkeypatch.setenv("HPCPIPE_HOME", str(tmp_path / "home"))
+    store, ledger = SQLiteStore(tmp_path / "tasks.sqlite"), Ledger(tmp_path / "jobs.sqlite")
+    path = tmp_path / "data" / "lab" / "Subjects" / "S1" / "2026-11-20" / "001"
+    path.mkdir(parents=True)
+    eid = store.session_ids([parse_session_path(path)], create=True)[0]
+    (task,) = store.create_tasks([{"session": eid, "name": "FailFirst", "status": "Waiting", "executable": "x.F"}])
+    tid = task["id"]
+    run_dir = tmp_path / "runs" / RUN
+    (run_dir / "results").mkdir(parents=True)
+    op = lambda status: {"op": "update_task", "payload": {"task_id": tid, "status": status}}  # noqa: E731
+    first = {"task_id": tid, "final": True, "ops": [op("Started"), op("Errored")]}
+    second = dict(first, ops=first["ops"] + [op("Started"), op("Complete")])
+    result = Path(runfolder.result_path(run_dir, tid))
+    result.write_text(json.dumps(first))
+    ledger.record([{"task_id": tid, "session": eid, "task_name": "FailFirst", "run_id": RUN, "backend": "slurm",
+                    "job_id": "700", "state": "PENDING", "run_dir": str(run_dir), "chunk": "c0", "script": "s700"}])
+    ledger.set_folded([(tid, RUN, 2, False)])  # reopened: its first report folded, the job pending again
+
+    class NextAttemptWritesAfterTheFold(_Cluster):
+        def read_file(self, path):
+            text = super().read_file(path)
+            if path == str(result) and len(self.reads) == 1:  # the attempt writes its report now
+                result.write_text(json.dumps(second))
+            return text
+
+    cluster = NextAttemptWritesAfterTheFold()
+    cluster.rows = {"700": ("COMPLETED", "None")}
+    SlurmBackend(store, ledger, transport=cluster).refresh()
+    assert store.get_task(tid)["status"] == "Complete"
+    (job,) = ledger.history([tid])
+    assert (job.state, job.folded, job.folded_ops) == ("COMPLETED", 1, 4)

@@ -93,6 +93,17 @@ class _DryIds:
         return jid
 
 
+def _fresh(job: JobRecord, done: tuple[int, bool] | None) -> tuple[int, bool] | None:
+    """A fold's answer ``(ops applied, final)`` for ``job``, its final dropped when it brings no
+    op to a job reopened after its final report (folded ops kept, ``folded`` 0: SLURM requeued
+    it). That final is the earlier attempt's, read before the next attempt wrote; taken as the
+    job's, it closed the job with the new attempt's report never folded (seen in CI: a requeued
+    task Waiting for good while its job had COMPLETED)."""
+    if done is not None and done[1] and job.folded_ops and not job.folded and done[0] == job.folded_ops:
+        return done[0], False
+    return done
+
+
 def _elapsed(since: str) -> float:
     return (_dt.datetime.now() - _dt.datetime.fromisoformat(since)).total_seconds()
 
@@ -612,7 +623,7 @@ class SlurmBackend:
         out = {}
         for j in jobs:
             text = self.transport.read_file(str(runfolder.result_path(j.run_dir, j.task_id)))
-            done = runfolder.fold(self.store, [(j.task_id, text, j.folded_ops)]).get(j.task_id)
+            done = _fresh(j, runfolder.fold(self.store, [(j.task_id, text, j.folded_ops)]).get(j.task_id))
             if done is not None:
                 out[(j.task_id, j.run_id)] = done
         self.ledger.set_folded([(t, run, *done) for (t, run), done in out.items()])
@@ -742,7 +753,7 @@ class SlurmBackend:
     def _close(self, job: JobRecord, applied: int, outcome: Callable[[dict, str | None], tuple[str, str] | None]) -> int:
         """Fold once more (the job may have written its result meanwhile), else record ``outcome``."""
         text = self.transport.read_file(str(runfolder.result_path(job.run_dir, job.task_id)))
-        done = runfolder.fold(self.store, [(job.task_id, text, applied)]).get(job.task_id)
+        done = _fresh(job, runfolder.fold(self.store, [(job.task_id, text, applied)]).get(job.task_id))
         if done and done[1]:
             self.ledger.set_folded([(job.task_id, job.run_id, done[0], True)])
             return 0
