@@ -57,5 +57,33 @@ def test_a_store_batch_leaves_the_copy_to_the_thread(tmp_path, monkeypatch):
         with store.batch():  # nested: one commit, one hand-over
             pass
     assert calls == [store.path]
-    assert seen[:2] == ["BEGIN IMMEDIATE", "PRAGMA wal_autocheckpoint=0"]
+    begin = seen.index("BEGIN IMMEDIATE")
+    assert seen[begin + 1] == "PRAGMA wal_autocheckpoint=0"
     assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+
+
+def test_a_store_batch_keeps_its_pages_until_the_commit(tmp_path):
+    """A backfill's batch writes MBs of pages, its unique index touched all over once per task
+    type: pages spilled into the WAL mid-transaction are written again at each later touch. The
+    batch's page cache holds them until the commit, and is back to what it was after."""
+    import os
+
+    from hpcpipe.session import SessionRef
+    from hpcpipe.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "tasks.sqlite")
+    default = store._db.execute("PRAGMA cache_size").fetchone()[0]
+    refs = [SessionRef(tmp_path / f"S{k}" / "2026-01-01" / "001", f"S{k}", "2026-01-01", 1, None)
+            for k in range(3000)]
+    template = [{"name": f"T{j}", "status": "Waiting", "executable": f"lab.tasks.Task{j}", "graph": "G",
+                 "parents": [f"T{j - 1}"] if j else [], "level": j, "priority": 100, "cpu": 1, "ram": 4}
+                for j in range(6)]
+    wal = f"{store.path}-wal"
+    with store.batch():
+        eids = store.session_ids(refs, create=True)
+        store.stamp_tasks(template, eids)
+        inside = os.path.getsize(wal)
+    after = os.path.getsize(wal)
+    assert after > 4 << 20  # the records (18,000) are MBs of pages ...
+    assert inside < 1 << 20  # ... none written before the commit
+    assert store._db.execute("PRAGMA cache_size").fetchone()[0] == default
