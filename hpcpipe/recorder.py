@@ -42,7 +42,7 @@ from typing import Iterable, Iterator, Sequence
 
 from .errors import Conflict, HpcpipeError, StoreError, Unreachable
 from .files import atomic_write
-from .jobside.runfolder import _TYPE_FIELDS, session_entry
+from .jobside.runfolder import _TYPE_FIELDS, load_session_entries, session_entry
 from .settings import Settings, current
 from .store.base import TaskStore
 
@@ -110,13 +110,11 @@ def deferred(run_dir: Path | str) -> bool:
 
 
 def _chunk_tasks(run_dir: Path) -> list[tuple[str, list[tuple[dict, str, str, list[str]]]]]:
-    """Every session of the run's chunk files: ``(eid, [(type fields, id, status, parents)])``."""
+    """Every session of the run's chunk files: ``(eid, [(record, id, status, parents)])``."""
     out = []
     for path in sorted((run_dir / "sessions").glob("*.json")):
-        data = json.loads(path.read_text())
-        types = data["types"]
-        for entry in data["sessions"].values():
-            out.append((entry["eid"], [(types[t], tid, status, parents) for t, tid, status, parents in entry["tasks"]]))
+        for entry in load_session_entries(run_dir, path.stem).values():
+            out.append((entry["eid"], [(task, task["id"], task["status"], task["parents"]) for task in entry["tasks"]]))
     return out
 
 

@@ -202,7 +202,8 @@ def test_chunk_file_of_stamped_sessions_works_out_their_types_once(stores, tmp_p
 
 def test_stamped_sessions_reach_the_ledger_and_chunk_file_without_a_record_per_task(stores, tmp_path, monkeypatch):
     """The SLURM path of a backfill (layout, ledger columns, chunk file) reads the store's answer by
-    task type: no session's records or items are made, but one to work out the task types."""
+    task type: no session's records or items are made. A job reads from the chunk file what the
+    full records say."""
     from hpcpipe.plan import StampedPlan
     from hpcpipe.slurm import layout as layouts
     from hpcpipe.store.base import StampedRecords
@@ -216,15 +217,27 @@ def test_stamped_sessions_reach_the_ledger_and_chunk_file_without_a_record_per_t
     columns = [call.columns() for call in layout.calls]
     text = runfolder.sessions_json({i: runfolder.stamped_entry(p.made, p.index, str(p.session_path))
                                     for i, p in layout.chunks["c0"].items()})
-    assert all(type(p) is StampedPlan and not p.built for p in plans) and asked == [0]
+    assert all(type(p) is StampedPlan and not p.built for p in plans) and asked == []
     # the same as the plans' own records and items say, once they are made
     assert [c.task_name for c in layout.calls] == ["Raw", "Sync", "Spikes", "Trials", "QC", "Summary"]
     for call, (indices, task_ids, eids) in zip(layout.calls, columns):
         assert indices == list(range(40)) and len(call.members) == 40
         assert task_ids == [next(i.id for i in p.items if i.task["name"] == call.task_name) for p in plans]
         assert eids == [p.session for p in plans] == [t["session"] for t in (i.task for _, i in call.members)]
-    assert text == runfolder.sessions_json({i: runfolder.session_entry(p.session, str(p.session_path), p.deck)
-                                            for i, p in enumerate(plans)})
+    full = runfolder.sessions_json({i: runfolder.session_entry(p.session, str(p.session_path), p.deck)
+                                    for i, p in enumerate(plans)})
+    assert len(text) < len(full) / 3  # each session's ids follow from its place in the store's answer
+    read = {}
+    for name, chunk in (("stamped", text), ("full", full)):
+        (tmp_path / name / "sessions").mkdir(parents=True)
+        (tmp_path / name / "sessions" / "c0.json").write_text(chunk)
+        read[name] = runfolder.load_session_entries(tmp_path / name, "c0")
+    assert read["stamped"] == read["full"]
+    assert runfolder.load_session_entry(tmp_path / "stamped", "c0", 7) == read["full"]["7"]
+    assert read["full"]["7"] == {"eid": plans[7].session, "path": str(plans[7].session_path),
+                                 "tasks": [{**{k: t[k] for k in runfolder._TYPE_FIELDS}, "id": t["id"],
+                                            "status": t["status"], "parents": t["parents"], "session": t["session"]}
+                                           for t in plans[7].deck]}
     assert {t["id"]: t for p in plans for t in p.deck} == {t["id"]: t for t in store.list_tasks()}
 
 

@@ -3,7 +3,7 @@
 A run folder lives on a file system the login node and the compute nodes share::
 
     <run>/run.json                 run id, store kind, data location, the settings jobs use
-    <run>/sessions/<chunk>.json    {index: {eid, path, tasks: [records of that session]}}
+    <run>/sessions/<chunk>.json    each session's eid, path and task records (``sessions_json``)
     <run>/scripts/<job>.sh         the exact scripts submitted
     <run>/logs/                    SLURM stdout/stderr
     <run>/results/<task id>.json   what the job did: the store operations it made, in order
@@ -80,12 +80,18 @@ def sessions_json(entries: dict[int, dict]) -> str:
 
     A backfill's chunk holds thousands of sessions of one pipeline, whose records differ only in
     id, status and parents: each distinct task type is written once (``types``) and each task as
-    ``[type, id, status, parents]``, so writing (and a job reading) a chunk costs little per task.
+    ``[type, id, status, parents]``. Sessions stamped together by the embedded store (one
+    ``stamp_tasks`` answer) differ only in their session and their place ``k`` in the answer,
+    from which their ids follow (``StampedRecords.id_of``): the answer's task list is written
+    once (``stamps``) and each such session as ``[stamp, k, eid, path]``, so writing a chunk of
+    10,000 sessions, and each job's reading of it, costs about a tenth of a full listing.
     """
     types: dict[tuple, int] = {}
     fields: list[dict] = []
     shapes: dict[int, list[int]] = {}  # the type of each deck position, per template plan
-    sessions: dict[str, str] = {}  # each entry's JSON text
+    stamps: dict[int, int] = {}  # id() of a stamp_tasks answer -> its place in ``stamp_list``
+    stamp_list: list[dict] = []
+    sessions: dict[str, Any] = {}
 
     def type_of(task: dict) -> int:
         # records of one type share their arguments dict (stamped): its id() keys the type
@@ -96,25 +102,19 @@ def sessions_json(entries: dict[int, dict]) -> str:
             fields.append({k: task.get(k) for k in _TYPE_FIELDS})
         return index
 
-    # per stamp_tasks answer: its id columns and the text of one session's entry with the
-    # session's own values left as format fields, so a stamped session costs one str.format
-    answers: dict[int, tuple[list[list[str]], str]] = {}
-
-    def stamped(made: StampedRecords, k: int, eid: str, path: str) -> str:
-        known = answers.get(id(made))
-        if known is None:  # one session's records give the types
-            n = len(made.records)
-            tasks = ", ".join(f"[{type_of(task)}, \"{{{j}}}\", {_braced(json.dumps(task['status']))}, ["
-                              + ", ".join(f'"{{{p}}}"' for p in made.parents[j]) + "]]"
-                              for j, task in enumerate(made[0]))
-            known = answers[id(made)] = ([made.ids(j) for j in range(n)],
-                                         f'{{{{"eid": "{{{n}}}", "path": {{{n + 1}}}, "tasks": [{tasks}]}}}}')
-        columns, text = known
-        return text.format(*[column[k] for column in columns], eid, json.dumps(path))
+    def stamp_of(made: StampedRecords) -> int:
+        index = stamps.get(id(made))
+        if index is None:
+            index = stamps[id(made)] = len(stamp_list)
+            stamp_list.append({"block": made.block, "sessions": len(made.sessions),
+                               "tasks": [[type_of(task), task["status"], parents]
+                                         for task, parents in zip(made.records, made.parents)]})
+        return index
 
     for i, entry in entries.items():
-        if "stamped" in entry:  # ids and session ids are hex and UUIDs: nothing to escape
-            sessions[str(i)] = stamped(*entry["stamped"], entry["eid"], entry["path"])
+        if "stamped" in entry:
+            made, k = entry["stamped"]
+            sessions[str(i)] = [stamp_of(made), k, entry["eid"], entry["path"]]
             continue
         tasks = entry["tasks"]
         # sessions stamped from one template plan (``origin``) have the same types, in order
@@ -128,33 +128,42 @@ def sessions_json(entries: dict[int, dict]) -> str:
                      "tasks": [(k, t["id"], t["status"], t["parents"]) for k, t in zip(kinds, tasks)]}
         if entry.get("elsewhere"):
             entry_out["elsewhere"] = entry["elsewhere"]
-        sessions[str(i)] = json.dumps(entry_out)
-    return "".join(['{"types": ', json.dumps(fields), ', "sessions": {',
-                    ", ".join(f'"{i}": {text}' for i, text in sessions.items()), "}}"])
-
-
-def _braced(text: str) -> str:
-    """``text`` safe inside a ``str.format`` template."""
-    return text.replace("{", "{{").replace("}", "}}")
+        sessions[str(i)] = entry_out
+    return json.dumps({"types": fields, "stamps": stamp_list, "sessions": sessions})
 
 
 def load_session_entry(run_dir: Path, chunk: str, index: int) -> dict:
     """The job side's view of its session (chunk file, element index): ``session_entry``'s
     dict, every task a full record again."""
-    data = json.loads((Path(run_dir) / "sessions" / f"{chunk}.json").read_text())
+    data = _read_chunk(Path(run_dir) / "sessions" / f"{chunk}.json")
     try:
-        return _expand(data["types"], data["sessions"][str(index)])
+        entry = data["sessions"][str(index)]
     except KeyError:
         raise NotFound(f"no session with index {index} in {run_dir}/sessions/{chunk}.json") from None
+    return _expand(data, entry)
 
 
 def load_session_entries(run_dir: Path, chunk: str) -> dict[str, dict]:
-    """Every session entry of a chunk file, by index (what a pack's engine reads once)."""
-    data = json.loads((Path(run_dir) / "sessions" / f"{chunk}.json").read_text())
-    return {i: _expand(data["types"], entry) for i, entry in data["sessions"].items()}
+    """Every session entry of a chunk file, by index (what a pack's engine and the recorder
+    read once)."""
+    data = _read_chunk(Path(run_dir) / "sessions" / f"{chunk}.json")
+    return {i: _expand(data, entry) for i, entry in data["sessions"].items()}
 
 
-def _expand(types: list[dict], entry: dict) -> dict:
+def _read_chunk(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _expand(data: dict, entry: dict | list) -> dict:
+    types = data["types"]
+    if isinstance(entry, list):  # a stamped session: its ids follow from its place in the answer
+        s, k, eid, path = entry
+        stamp = data["stamps"][s]
+        block, n = stamp["block"], stamp["sessions"]
+        ids = [StampedRecords.id_of(block, n, j, k) for j in range(len(stamp["tasks"]))]
+        tasks = [dict(types[t], id=ids[j], status=status, parents=[ids[p] for p in parents], session=eid)
+                 for j, (t, status, parents) in enumerate(stamp["tasks"])]
+        return session_entry(eid, path, tasks)
     tasks = [dict(types[t], id=tid, status=status, parents=parents, session=entry["eid"])
              for t, tid, status, parents in entry["tasks"]]
     return session_entry(entry["eid"], entry["path"], tasks, entry.get("elsewhere"))

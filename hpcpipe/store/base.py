@@ -82,10 +82,16 @@ class StampedRecords(Sequence):
         self.parents = [[index[p] for p in r.get("parents") or []] for r in records]
         self._ids: dict[int, list[str]] = {}
 
+    @staticmethod
+    def id_of(block: str, sessions: int, j: int, k: int) -> str:
+        """The id of task type ``j`` of session ``k`` in an answer of ``sessions`` sessions
+        numbered from ``block`` (what a job works out from its chunk file)."""
+        return f"{block}{j * sessions + k:012x}"
+
     def ids(self, j: int) -> list[str]:
-        """The id of task type ``j`` in every session, in session order."""
+        """The id of task type ``j`` in every session, in session order (``id_of`` for each)."""
         found = self._ids.get(j)
-        if found is None:
+        if found is None:  # ``id_of`` inlined: 60,000 ids for a 10,000-session backfill
             base, block = j * len(self.sessions), self.block
             found = self._ids[j] = [f"{block}{base + k:012x}" for k in range(len(self.sessions))]
         return found
