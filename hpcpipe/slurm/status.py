@@ -26,6 +26,7 @@ may not exceed 128 KiB on Linux; with job arrays a run has few ids, so one query
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass
@@ -115,6 +116,24 @@ def _covered(rows: Iterable[JobState]) -> set:
     for r in rows:
         out |= r.elements
     return out
+
+
+def _whole_array(key: str, rows: list[JobState], expected: set[int]) -> list[JobState]:
+    """``rows`` of watched array ``key``, its final record without an index (``123``) standing
+    for every element no other row lists.
+
+    An array cancelled while pending before slurmdbd learnt its range is accounted as one plain
+    job (on the test cluster: ``scancel`` in the second of the ``sbatch --array``, one time in
+    three): sacct lists ``123 CANCELLED`` and no element, and squeue no longer has the array.
+    Read as a plain job, it covered no element, and all of them stayed UNKNOWN until the lost
+    grace period (a 10,000-element backfill cancelled at once made each ``status`` take 2 s)."""
+    whole = next((r for r in rows if r.job_id == key and r.array_index is None and r.indices is None
+                  and r.final), None)
+    if whole is None:
+        return rows
+    others = [r for r in rows if r is not whole]
+    rest = expected - _covered(others)
+    return others + ([dataclasses.replace(whole, indices=tuple(sorted(rest)))] if rest else [])
 
 
 def _reason(raw: str) -> str:
@@ -504,6 +523,7 @@ class JobWatcher:
                         and (expected is None or r.indices is not None or r.array_index is None
                              or r.array_index in expected)]
             if expected is not None:  # elements that do not exist are not reported
+                key_rows = _whole_array(key, key_rows, expected)
                 if expected <= _covered(key_rows):
                     covered.add(key)
             elif key_rows:

@@ -377,3 +377,30 @@ def test_failed_with_the_requeue_exit_is_final_only_once_the_controller_confirms
     w = JobWatcher(t)
     w.watch(["42"], name="run-a")
     assert w.poll()["42"].state == "FAILED" and w.done()
+
+
+def test_an_array_accounted_as_one_plain_job_ends_every_element_it_does_not_list():
+    """An array cancelled while pending before slurmdbd learnt its range is accounted as one
+    plain job (seen on the test cluster, one time in three: ``sbatch --array=0-99 --hold`` and
+    ``scancel`` in the same second give ``3232 CANCELLED``, no element, and squeue no longer has
+    it). That record ends every element no other row lists; the elements it does list keep theirs."""
+    whole = "3232|3232|CANCELLED by 0|0:0||00:00:00|None assigned|cpu|bf-1\n"
+    t = Recorded([("sacct", (0, whole, "")), ("squeue", (0, "", ""))])
+    w = JobWatcher(t)
+    w.watch("3232", indices=range(100), name="bf-1")
+    states = w.poll()
+    assert w.done() and {s.state for s in w.state_of("3232")} == {"CANCELLED"}
+    assert all(states[f"3232_{i}"].state == "CANCELLED" for i in range(100))
+    # elements split out before the cancel keep their own records
+    split = "3240_0|3241|COMPLETED|0:0||00:00:03|vm|cpu|bf-1\n" + whole.replace("3232", "3240")
+    t.answers = [("sacct", (0, split, "")), ("squeue", (0, "", ""))]
+    w = JobWatcher(t)
+    w.watch("3240", indices=range(3), name="bf-1")
+    states = w.poll()
+    assert w.done() and states["3240_0"].state == "COMPLETED"
+    assert states["3240_1"].state == states["3240_2"].state == "CANCELLED"
+    # a plain job's record is no array's: a watched plain job is followed as before
+    t.answers = [("sacct", (0, "77|77|RUNNING|0:0||00:00:03|vm|cpu|bf-1\n", "")), ("squeue", (0, "", ""))]
+    w = JobWatcher(t)
+    w.watch("77", name="bf-1")
+    assert w.poll()["77"].state == "RUNNING" and not w.done()
