@@ -84,6 +84,28 @@ def test_a_poll_that_learns_nothing_builds_no_record_and_opens_no_result(backfil
     assert cluster.commands == ["sacct", "squeue"]  # one batched query each, not one per array
 
 
+def test_a_poll_that_learns_nothing_parses_no_arrays_elements(backfilled, monkeypatch):
+    """Every refresh looks for jobs with provisional ids (a backfill on Alyx whose records are
+    made later): only arrays whose elements' text holds one are parsed, and here none does."""
+    from hpcpipe import ledger as ledger_module
+    from hpcpipe import recorder
+
+    backend, _, ledger, _, run_dir = backfilled
+    parsed: list[int] = []
+    loads = json.loads
+    monkeypatch.setattr(ledger_module.json, "loads",
+                        lambda text, **k: (parsed.append(len(text)) if text.startswith('[["t') else None)
+                        or loads(text, **k))
+    backend.refresh()
+    assert parsed == []
+    # an array of provisional ids is parsed, and its elements found
+    ledger.record_arrays([({"run_id": RUN, "backend": "slurm", "job_id": "600", "task_name": "P", "state": "PENDING",
+                            "run_dir": str(run_dir), "chunk": "c0", "script": "s600"},
+                           [f"{recorder.PREFIX}{i}" for i in range(3)], ["eid-0"] * 3, [0, 1, 2])])
+    found = ledger.provisional("slurm", None, recorder.PREFIX)
+    assert sorted(j.task_id for j in found) == [f"{recorder.PREFIX}{i}" for i in range(3)]
+
+
 def test_news_about_one_element_loads_that_element_alone(backfilled):
     backend, cluster, ledger, records, run_dir = backfilled
     cluster.rows = {"500_[0-6,8-999]": ("PENDING", "Priority"), "500_7": ("RUNNING", "None"),
