@@ -99,6 +99,18 @@ class Transport(abc.ABC):
         self.close()
 
 
+def timed_out(what: str, timeout: float, stderr: bytes | str | None) -> BackendError:
+    """The error of a command that did not end within ``timeout``, with the last thing it said:
+    sbatch against a controller at its ``MaxJobCount`` (or too busy) retries for good, saying
+    only ``Slurm temporarily unable to accept job, sleeping and retrying``, and that line is
+    what tells the user why."""
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode(errors="replace")
+    said = (stderr or "").strip().splitlines()
+    return BackendError(f"{what} did not answer within {timeout:.0f} s" + (f" (it said: {said[-1].strip()})"
+                                                                          if said else ""))
+
+
 class LocalTransport(Transport):
     """The tools on this machine (for SLURM: a login node): plain subprocesses. Nothing is
     lost between us and a subprocess, so ``repeatable`` changes nothing here."""
@@ -111,8 +123,8 @@ class LocalTransport(Transport):
             proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
         except FileNotFoundError:
             raise BackendError(f"{argv[0]}: command not found (is it installed here?)") from None
-        except subprocess.TimeoutExpired:
-            raise BackendError(f"{argv[0]} did not answer within {timeout:.0f} s") from None
+        except subprocess.TimeoutExpired as exc:
+            raise timed_out(argv[0], timeout, exc.stderr) from None
         return Result(list(argv), proc.returncode, proc.stdout, proc.stderr)
 
     def write_file(self, path: str, content: str, mode: int = 0o644) -> None:

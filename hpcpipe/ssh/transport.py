@@ -37,7 +37,7 @@ from typing import Any
 import paramiko
 
 from ..errors import BackendError
-from ..transport import ConnectionLost, HostUnreachable, Result, Transport
+from ..transport import ConnectionLost, HostUnreachable, Result, Transport, timed_out
 
 log = logging.getLogger("hpcpipe.ssh")
 
@@ -362,7 +362,7 @@ class SSHTransport(Transport):
                 raise ConnectionLost(f"connection to {self.name} lost while {argv[0]} was running",
                                      sent=True)
             if time.monotonic() > deadline:
-                raise BackendError(f"{argv[0]} on {self.name} did not finish within {timeout:.0f} s")
+                raise timed_out(f"{argv[0]} on {self.name}", timeout, b"".join(err))
             select.select([fd], [], [], 0.1)
         rc = chan.recv_exit_status()
         if rc == -1:  # paramiko's value when the channel closed without an exit-status

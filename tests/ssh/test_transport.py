@@ -38,8 +38,8 @@ def test_large_output_both_streams(transport):
 
 def test_timeout(transport):
     t0 = time.monotonic()
-    with pytest.raises(BackendError, match="did not finish within 1 s"):
-        transport.run(["sleep", "5"], timeout=1)
+    with pytest.raises(BackendError, match=r"did not answer within 1 s \(it said: busy, retrying\)"):
+        transport.run(["sh", "-c", "echo starting >&2; echo busy, retrying >&2; sleep 5"], timeout=1)
     assert time.monotonic() - t0 < 4
     assert transport.run(["true"]).returncode == 0  # the connection is still usable
 
