@@ -233,6 +233,10 @@ def test_stamped_sessions_reach_the_ledger_and_chunk_file_without_a_record_per_t
         (tmp_path / name / "sessions" / "c0.json").write_text(chunk)
         read[name] = runfolder.load_session_entries(tmp_path / name, "c0")
     assert read["stamped"] == read["full"]
+    # a chunk file written before stamps were (no "stamps"): a job queued then still reads it
+    (tmp_path / "full" / "sessions" / "c0.json").write_text(json.dumps({k: v for k, v in json.loads(full).items()
+                                                                         if k != "stamps"}))
+    assert runfolder.load_session_entries(tmp_path / "full", "c0") == read["full"]
     assert runfolder.load_session_entry(tmp_path / "stamped", "c0", 7) == read["full"]["7"]
     assert read["full"]["7"] == {"eid": plans[7].session, "path": str(plans[7].session_path),
                                  "tasks": [{**{k: t[k] for k in runfolder._TYPE_FIELDS}, "id": t["id"],
