@@ -53,7 +53,7 @@ def session_entry(eid: str, path: str, deck: list[dict], elsewhere: dict[str, st
 
 def stamped_entry(made: StampedRecords, k: int, path: str) -> dict:
     """``session_entry`` of session ``k`` of a ``stamp_tasks`` answer whose records were never
-    made: ``sessions_json`` writes it from the answer's columns, with no record per task."""
+    made: ``sessions_json`` writes its place in the answer, with no record per task."""
     return {"eid": made.sessions[k], "path": path, "stamped": (made, k)}
 
 
