@@ -49,10 +49,10 @@ def find_pipeline(name: str) -> type:
     if "." in name:
         try:
             cls = str2class(name)
-        except BadInput as exc:
+        except BadInput:
             eps = _entry_points()
             if name not in eps:
-                raise exc from exc.__cause__
+                raise
             cls = eps[name].load()
     else:
         eps = _entry_points()

@@ -135,7 +135,7 @@ def sessions_json(entries: dict[int, dict]) -> str:
 def load_session_entry(run_dir: Path, chunk: str, index: int) -> dict:
     """The job side's view of its session (chunk file, element index): ``session_entry``'s
     dict, every task a full record again."""
-    data = _read_chunk(Path(run_dir) / "sessions" / f"{chunk}.json")
+    data = _read_chunk(run_dir, chunk)
     try:
         entry = data["sessions"][str(index)]
     except KeyError:
@@ -146,12 +146,12 @@ def load_session_entry(run_dir: Path, chunk: str, index: int) -> dict:
 def load_session_entries(run_dir: Path, chunk: str) -> dict[str, dict]:
     """Every session entry of a chunk file, by index (what a pack's engine and the recorder
     read once)."""
-    data = _read_chunk(Path(run_dir) / "sessions" / f"{chunk}.json")
+    data = _read_chunk(run_dir, chunk)
     return {i: _expand(data, entry) for i, entry in data["sessions"].items()}
 
 
-def _read_chunk(path: Path) -> dict:
-    return json.loads(path.read_text())
+def _read_chunk(run_dir: Path | str, chunk: str) -> dict:
+    return json.loads((Path(run_dir) / "sessions" / f"{chunk}.json").read_text())
 
 
 def _expand(data: dict, entry: dict | list) -> dict:
