@@ -7,7 +7,7 @@ import pytest
 
 from hpcpipe.errors import BackendError, BadInput
 from hpcpipe.jobstate import normalise as normalise_state
-from hpcpipe.slurm.cancel import scancel_argv
+from hpcpipe.slurm.cancel import by_array, scancel_argv
 from hpcpipe.slurm.limits import (
     ClusterLimits,
     parse_assoc_limits,
@@ -354,6 +354,12 @@ def test_dry_run_command_line():
 def test_scancel_argv():
     assert scancel_argv(["1", "2_3"]) == ["scancel", "1", "2_3"]
     assert scancel_argv(name="tag", user="me") == ["scancel", "--name=tag", "--user=me"]
+
+
+def test_elements_of_one_array_go_to_scancel_as_one_index_expression():
+    """scancel sends one RPC per argument: a backfill's 60,000 elements are six arguments."""
+    ids = [f"30_{i}" for i in range(10000)] + ["7", "31_5", "31_2", "31_3", "7", "30_4", "8_[1-2]"]
+    assert by_array(ids) == ["7", "8_[1-2]", "30_[0-9999]", "31_[2-3,5]"]
 
 
 def test_failed_with_the_requeue_exit_is_final_only_once_the_controller_confirms_it():
