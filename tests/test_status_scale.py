@@ -320,3 +320,99 @@ def test_a_requeued_jobs_earlier_final_report_does_not_close_it(tmp_path, monkey
     assert store.get_task(tid)["status"] == "Complete"
     (job,) = ledger.history([tid])
     assert (job.state, job.folded, job.folded_ops) == ("COMPLETED", 1, 4)
+
+
+# ---------------------------------------------------------------- a whole backfill ended at once
+@pytest.fixture
+def stored(tmp_path, monkeypatch):
+    """The ``backfilled`` arrays, their elements real task records (Waiting) of the store."""
+    from hpcpipe.session import parse_session_path
+
+    monkeypatch.setenv("HPCPIPE_HOME", str(tmp_path / "home"))
+    store, ledger = SQLiteStore(tmp_path / "tasks.sqlite"), Ledger(tmp_path / "jobs.sqlite")
+    paths = []
+    for i in range(N):
+        p = tmp_path / "data" / "lab" / "Subjects" / f"S{i}" / "2026-11-20" / "001"
+        p.mkdir(parents=True)
+        paths.append(parse_session_path(p))
+    eids = store.session_ids(paths, create=True)
+    run_dir = tmp_path / "runs" / RUN
+    (run_dir / "results").mkdir(parents=True)
+    tasks = {a: store.create_tasks([{"session": e, "name": f"T{a}", "status": "Waiting"} for e in eids]) for a in ARRAYS}
+    ledger.record_arrays([({"run_id": RUN, "backend": "slurm", "job_id": a, "task_name": f"T{a}", "state": "PENDING",
+                            "reason": "Priority", "run_dir": str(run_dir), "chunk": "c0", "script": f"s{a}"},
+                           [t["id"] for t in tasks[a]], eids, list(range(N))) for a in ARRAYS])
+    return store, ledger, run_dir
+
+
+class _Counted:
+    """Statements and store reads of one refresh or cancel."""
+
+    def __init__(self, store, monkeypatch) -> None:
+        self.statements: list[str] = []
+        self.reads: list[str] = []
+        store._db.set_trace_callback(self.statements.append)
+        get_task = store.get_task
+        monkeypatch.setattr(store, "get_task", lambda tid: self.reads.append(tid) or get_task(tid))
+
+    @property
+    def commits(self) -> int:
+        return sum(s == "COMMIT" for s in self.statements)
+
+
+def test_a_backfill_cancelled_outside_hpcpipe_is_closed_in_one_store_transaction(stored, monkeypatch):
+    """``scancel --name RUN``: sacct has each pending array as one CANCELLED record, squeue has
+    nothing. The 3,000 tasks are read in one query per 900 and their log lines written in one
+    transaction (was: two reads and one transaction per task, 40 s for a 60,000-task backfill),
+    and no result file is opened: the run's results folder is listed after SLURM's answer."""
+    store, ledger, run_dir = stored
+
+    class Cancelled(_Cluster):
+        def run(self, argv, input=None, timeout=120.0, *, repeatable=False):
+            if argv[0] == "squeue":
+                self.commands.append(argv[0])
+                return Result(list(argv), 0, "", "")
+            return super().run(argv, input, timeout, repeatable=repeatable)
+
+    cluster = Cancelled()
+    cluster.rows = {f"{a}_[0-{N - 1}]": ("CANCELLED by 0", "None") for a in ARRAYS}
+    counted = _Counted(store, monkeypatch)
+    report = SlurmBackend(store, ledger, transport=cluster).refresh()
+    assert report.swept == len(ARRAYS) * N
+    assert counted.reads == [] and counted.commits == 1, counted.commits
+    assert sum(s.startswith("SELECT") and "FROM tasks WHERE id IN" in s for s in counted.statements) == 4  # 3,000/900
+    assert [r for r in cluster.reads if "/results/" in r] == [] and cluster.listings == [str(run_dir / "results")] * 2
+    tasks = store.list_tasks()
+    assert {t["status"] for t in tasks} == {"Held"} and all(t["log"].count("CANCELLED before it ran") == 1 for t in tasks)
+    # each log line names the task's own element, not the range SLURM's row stood for
+    by_id = {t["id"]: t for t in tasks}
+    assert all(f"SLURM job {j.backend_id} CANCELLED" in by_id[j.task_id]["log"] for j in ledger.history())
+    assert ledger.live("slurm") == [] and all(j.folded for j in ledger.history())
+    # the next poll has nothing to close, and writes nothing
+    counted.statements.clear()
+    assert SlurmBackend(store, ledger, transport=cluster).refresh().swept == 0 and counted.commits == 0
+
+
+def test_hpcpipe_cancel_of_a_run_is_one_scancel_argument_per_array_and_one_store_transaction(stored, monkeypatch):
+    """scancel sends one RPC per argument: 60,000 element ids were 60 calls of 1,000 (41 s on the
+    test cluster; tests/slurm/test_cluster.py cancels elements as one expression for real)."""
+    store, ledger, _ = stored
+    argvs: list[list[str]] = []
+
+    class Recording(_Cluster):
+        def run(self, argv, input=None, timeout=120.0, *, repeatable=False):
+            if argv[0] == "scancel":
+                argvs.append(list(argv))
+                return Result(list(argv), 0, "", "")
+            return super().run(argv, input, timeout, repeatable=repeatable)
+
+    backend = SlurmBackend(store, ledger, transport=Recording())
+    jobs = ledger.live("slurm")
+    for j in jobs[:5]:  # some of them split out already (SLURM started them): plain jobs rows
+        ledger.set_state([(j.task_id, j.run_id, "RUNNING", None)])
+    jobs = ledger.live("slurm")
+    counted = _Counted(store, monkeypatch)
+    assert backend.cancel(jobs) == len(ARRAYS) * N
+    assert argvs == [["scancel", *(f"{a}_[0-{N - 1}]" for a in ARRAYS)]]
+    assert counted.reads == [] and counted.commits == 1
+    assert {t["status"] for t in store.list_tasks()} == {"Errored"} and ledger.live("slurm") == []

@@ -22,6 +22,7 @@ submission holds the lock, so a submitter killed at any point leaves nothing que
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -66,6 +67,19 @@ from .submit import format_command, sbatch_argv, submit
 
 _logger = logging.getLogger(__name__)
 BACKEND = "slurm"
+#: what a task records when a refresh closes or re-reads its job, from its record (``id`` and
+#: ``status`` only: one read for all) and its result file's text: ``(status, log line)``, or None
+Outcome = Callable[[dict, "str | None"], "tuple[str, str] | None"]
+
+
+@dataclasses.dataclass
+class _Record:
+    """A task record a refresh may make: ``outcome`` of the task's record and ``text`` (its
+    result file), written only while the task is Started or Waiting when ``only_live``."""
+    job: JobRecord
+    outcome: Outcome
+    text: str | None = None
+    only_live: bool = False
 
 
 #: the record fields a job's resources come from
@@ -102,6 +116,14 @@ def _fresh(job: JobRecord, done: tuple[int, bool] | None) -> tuple[int, bool] | 
     if done is not None and done[1] and job.folded_ops and not job.folded and done[0] == job.folded_ops:
         return done[0], False
     return done
+
+
+def _element(st: JobState, job: JobRecord) -> JobState:
+    """``st`` as the state of ``job`` alone: where SLURM's row stands for a range of pending
+    elements (``123_[0-9999]``), the task's log line names its own element (``123_17``)."""
+    if st.indices is None:
+        return st
+    return dataclasses.replace(st, job_id=job.backend_id, array_index=job.array_index, indices=None)
 
 
 def _elapsed(since: str) -> float:
@@ -578,45 +600,57 @@ class SlurmBackend:
     def _handle(self, jobs: list[JobRecord], states: dict[str, JobState], folded: dict, watcher: JobWatcher,
                 report: RefreshReport) -> None:
         """What SLURM's news means for these jobs: states written, the sweep of jobs that ended
-        without a result, Waiting for a requeue, Held for a never-satisfied dependency, lost."""
+        without a result, Waiting for a requeue, Held for a never-satisfied dependency, lost.
+
+        The task records go in one store batch and the ledger's rows after it, each kind in one
+        statement: a cancelled backfill is 60,000 jobs to close in one poll (40 s as one
+        transaction per record). Should the process die between the two, the next poll closes
+        the same jobs again, and finds their tasks recorded already (no second line)."""
+        if not jobs:  # the usual poll: no store transaction (it would take the store's write lock)
+            return
         # "unknown" only counts towards "lost" when the answer was complete (accounting asked or absent)
         complete = watcher.use_sacct is False or not watcher.fallback
-        updates, doubts, reopened = [], [], []
-        for j in jobs:
-            st = states[j.backend_id]
-            applied, final = folded.get((j.task_id, j.run_id), (j.folded_ops, False))
-            if st.state in jobstate.DOUBTFUL:
-                since = j.doubt_since or _now()
-                if j.doubt_since is None:
-                    doubts.append((j.task_id, j.run_id, since))
-                if final:  # it ended and reported; SLURM has merely forgotten it since
-                    updates.append((j, jobstate.COMPLETED, "result folded; SLURM forgot the job"))
-                elif complete and _elapsed(since) >= self.lost_after:
-                    report.lost += 1
-                    report.swept += self._lose(j, st, since, applied)
+        updates, doubts, reopened, lost = [], [], [], []
+        closing: list[tuple[JobRecord, int, Outcome]] = []
+        records: list[_Record] = []
+        with self.store.batch():
+            for j in jobs:
+                st = states[j.backend_id]
+                applied, final = folded.get((j.task_id, j.run_id), (j.folded_ops, False))
+                if st.state in jobstate.DOUBTFUL:
+                    since = j.doubt_since or _now()
+                    if j.doubt_since is None:
+                        doubts.append((j.task_id, j.run_id, since))
+                    if final:  # it ended and reported; SLURM has merely forgotten it since
+                        updates.append((j, jobstate.COMPLETED, "result folded; SLURM forgot the job"))
+                    elif complete and _elapsed(since) >= self.lost_after:
+                        report.lost += 1
+                        lost.append((j, self._lost_state(st, since)))
+                        closing.append((j, applied, self._lost_outcome(j, _element(st, j), since)))
+                    else:
+                        updates.append((j, st.state, st.reason or None))
+                        records += self._pending(j, st, applied)
                     continue
-                else:
-                    updates.append((j, st.state, st.reason or None))
-                    report.swept += self._pending(j, st, applied)
-                continue
-            if j.doubt_since:
-                doubts.append((j.task_id, j.run_id, None))
-            # pending again after a final report: SLURM requeued it, its next attempt reports (a
-            # requeued pack does not run again what had ended: engines/pack.py)
-            waiting = st.state == jobstate.PENDING or st.state.startswith("REQUEUE")  # sacct: REQUEUED
-            reported = waiting and bool(j.folded or final) and not self._packed(j.run_dir)
-            if reported:
-                reopened.append((j.task_id, j.run_id, applied, False))
-            updates.append((j, st.state, st.reason or None))
-            if st.final and not final:
-                report.swept += self._sweep_one(j, st, applied)
-            elif not st.final and st.state != jobstate.RUNNING:
-                report.swept += self._pending(j, st, applied, reported)
+                if j.doubt_since:
+                    doubts.append((j.task_id, j.run_id, None))
+                # pending again after a final report: SLURM requeued it, its next attempt reports (a
+                # requeued pack does not run again what had ended: engines/pack.py)
+                waiting = st.state == jobstate.PENDING or st.state.startswith("REQUEUE")  # sacct: REQUEUED
+                reported = waiting and bool(j.folded or final) and not self._packed(j.run_dir)
+                if reported:
+                    reopened.append((j.task_id, j.run_id, applied, False))
+                updates.append((j, st.state, st.reason or None))
+                if st.final and not final:
+                    closing.append((j, applied, self._swept_outcome(j, _element(st, j))))
+                elif not st.final and st.state != jobstate.RUNNING:
+                    records += self._pending(j, st, applied, reported)
+            closes, closed = self._close(closing)
+            report.swept += self._record(records + closes)
         # only what changed is written: a refresh that learns nothing leaves the ledger as it was
-        self.ledger.set_state([(j.task_id, j.run_id, state, reason) for j, state, reason in updates
-                               if (state, reason) != (j.state, j.reason)])
-        self.ledger.set_doubt(doubts)
-        self.ledger.set_folded(reopened)
+        self.ledger.update(states=[(j.task_id, j.run_id, jobstate.LOST, why) for j, why in lost]
+                           + [(j.task_id, j.run_id, state, reason) for j, state, reason in updates
+                              if (state, reason) != (j.state, j.reason)],
+                           doubts=doubts, folded=reopened + [(j.task_id, j.run_id, ops, True) for j, ops in closed])
 
     def _fold(self, jobs: list[JobRecord]) -> dict[tuple[str, str], tuple[int, bool]]:
         """Fold the result files of ``jobs``; ``{(task id, run id): (ops applied, final)}``."""
@@ -750,23 +784,43 @@ class SlurmBackend:
             cache[run_dir] = bool(data.get(RUN_KEY))
         return cache[run_dir]
 
-    def _close(self, job: JobRecord, applied: int, outcome: Callable[[dict, str | None], tuple[str, str] | None]) -> int:
-        """Fold once more (the job may have written its result meanwhile), else record ``outcome``."""
-        text = self.transport.read_file(str(runfolder.result_path(job.run_dir, job.task_id)))
-        done = _fresh(job, runfolder.fold(self.store, [(job.task_id, text, applied)]).get(job.task_id))
-        if done and done[1]:
-            self.ledger.set_folded([(job.task_id, job.run_id, done[0], True)])
-            return 0
-        self._recorded(job)
-        task = self.store.get_task(job.task_id)
-        found = outcome(task, text)
-        if found is not None and task["status"] in (STARTED, WAITING):
-            self.store.append_log(job.task_id, found[1], status=found[0])
-        self.ledger.set_folded([(job.task_id, job.run_id, done[0] if done else applied, True)])
-        return int(found is not None)
+    def _close(self, closing: list[tuple[JobRecord, int, Outcome]]) -> tuple[list[_Record], list[tuple[JobRecord, int]]]:
+        """Close jobs that ended without a final result: fold once more what each wrote meanwhile,
+        else its ``outcome`` is to be recorded. Result files are listed once per run folder,
+        after SLURM's answer, and only those there are read (a cancelled backfill's 60,000 have
+        none). Returns the records to make and each job's ops folded (the ledger's rows)."""
+        present = self._results_present({job.run_dir for job, _, _ in closing})
+        records, folds = [], []
+        for job, applied, outcome in closing:
+            text = None
+            if f"{job.task_id}.json" in present[job.run_dir]:
+                text = self.transport.read_file(str(runfolder.result_path(job.run_dir, job.task_id)))
+            done = _fresh(job, runfolder.fold(self.store, [(job.task_id, text, applied)]).get(job.task_id))
+            folds.append((job, done[0] if done else applied))
+            if not (done and done[1]):
+                records.append(_Record(job, outcome, text, only_live=True))
+        return records, folds
 
-    def _sweep_one(self, job: JobRecord, st: JobState, applied: int) -> int:
-        """A job SLURM ended without a final result: record why, so nothing stays Started."""
+    def _record(self, records: list[_Record]) -> int:
+        """Write what ``records`` find: their tasks read in one query, their log lines written in
+        one bulk call. Returns how many found something to record."""
+        for r in records:
+            self._recorded(r.job)
+        tasks = self.store.get_tasks([r.job.task_id for r in records], fields=("id", "status"))
+        lines, found_any = [], 0
+        for r in records:
+            task = tasks[r.job.task_id]
+            found = r.outcome(task, r.text)
+            if found is None:
+                continue
+            found_any += 1
+            if not r.only_live or task["status"] in (STARTED, WAITING):
+                lines.append((task["id"], found[1], {"status": found[0]}))
+        self.store.append_logs(lines)
+        return found_any
+
+    def _swept_outcome(self, job: JobRecord, st: JobState) -> Outcome:
+        """For a job SLURM ended without a final result: why, so nothing stays Started."""
         def outcome(task: dict, text: str | None) -> tuple[str, str]:
             if self._packed(job.run_dir) and not (runfolder.read_result(text) or {}).get("ops"):
                 # its allocation ended before its turn: nothing ran, nothing is wrong with the task
@@ -775,32 +829,30 @@ class SlurmBackend:
                     "Waiting for the next submission"))
             return swept(st, task["status"], text, self.transport.read_file)
 
-        return self._close(job, applied, outcome)
+        return outcome
 
-    def _lose(self, job: JobRecord, st: JobState, since: str, applied: int) -> int:
-        """A job unknown to SLURM (or NODE_FAIL/PREEMPTED and never requeued) for the grace period."""
+    @staticmethod
+    def _lost_state(st: JobState, since: str) -> str:
+        """The ledger's reason for a job unknown to SLURM (or NODE_FAIL/PREEMPTED and never
+        requeued) for the grace period."""
         if st.state == jobstate.UNKNOWN:
-            why = f"unknown to squeue and sacct since {since}"
-            outcome = lambda task, text: lost(job.backend_id, since, self.lost_after, task["status"], text)  # noqa: E731
-        else:
-            why = f"{st.state} since {since} and not requeued"
-            outcome = lambda task, text: swept(st, task["status"], text, self.transport.read_file)  # noqa: E731
-        self.ledger.set_state([(job.task_id, job.run_id, jobstate.LOST, why)])
-        return self._close(job, applied, outcome)
+            return f"unknown to squeue and sacct since {since}"
+        return f"{st.state} since {since} and not requeued"
 
-    def _pending(self, job: JobRecord, st: JobState, applied: int, reported: bool = False) -> int:
-        """A pending job whose task needs a record: requeued (Waiting) or never startable (Held).
-        ``reported``: its job side had reported a final outcome before SLURM requeued it."""
+    def _lost_outcome(self, job: JobRecord, st: JobState, since: str) -> Outcome:
+        """For a lost job: what its task records."""
+        if st.state == jobstate.UNKNOWN:
+            return lambda task, text: lost(job.backend_id, since, self.lost_after, task["status"], text)
+        return lambda task, text: swept(st, task["status"], text, self.transport.read_file)
+
+    def _pending(self, job: JobRecord, st: JobState, applied: int, reported: bool = False) -> list[_Record]:
+        """A pending job whose task may need a record: requeued (Waiting) or never startable
+        (Held). ``reported``: its job side had reported a final outcome before SLURM requeued it."""
         ran = bool(applied) or job.state not in (jobstate.PENDING, jobstate.SUBMITTING)
         if pending(st, None, reported, ran) is None:
-            return 0
-        self._recorded(job)
-        task = self.store.get_task(job.task_id)
-        found = pending(st, task["status"], reported)
-        if found is None:
-            return 0
-        self.store.append_log(job.task_id, found[1], status=found[0])
-        return 1
+            return []
+        st = _element(st, job)
+        return [_Record(job, lambda task, text: pending(st, task["status"], reported))]
 
     # ------------------------------------------------------------------ cancelling
     def cancel(self, jobs: list[JobRecord], runs: Iterable[str] = ()) -> int:
@@ -820,14 +872,16 @@ class SlurmBackend:
             unrecorded = found - ids - {j.job_id for j in jobs} - known
         if ids | unrecorded:
             cancel(self.transport, sorted(ids | unrecorded))
+        tasks = self.store.get_tasks([j.task_id for j in jobs], fields=("id", "status"))  # one read, one write
+        lines = []
         for j in jobs:
-            task = self.store.get_task(j.task_id)
-            if task["status"] in (WAITING, STARTED):
+            if tasks[j.task_id]["status"] in (WAITING, STARTED):
                 job = started.get((j.run_dir, j.job_id), j.backend_id)
                 note = (f"cancelled by hpcpipe cancel before its emitted script ran (nothing ran; "
                         f"{j.run_dir}.sbatch, if submitted, does not run it)") \
                     if j.state == jobstate.EMITTED and job == j.job_id else f"cancelled by hpcpipe cancel (SLURM job {job})"
-                self.store.append_log(j.task_id, note, status="Errored")
-        self.ledger.set_state([(j.task_id, j.run_id, jobstate.CANCELLED, "hpcpipe cancel") for j in jobs])
-        self.ledger.set_folded([(j.task_id, j.run_id, j.folded_ops, True) for j in jobs])
+                lines.append((j.task_id, note, {"status": "Errored"}))
+        self.store.append_logs(lines)
+        self.ledger.update(states=[(j.task_id, j.run_id, jobstate.CANCELLED, "hpcpipe cancel") for j in jobs],
+                           folded=[(j.task_id, j.run_id, j.folded_ops, True) for j in jobs])
         return len(jobs) + len(unrecorded)

@@ -161,6 +161,12 @@ class TaskStore(abc.ABC):
     def get_task(self, task_id: str) -> dict:
         """One task record; ``NotFound`` if there is none."""
 
+    def get_tasks(self, task_ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict]:
+        """``{id: record}`` of many tasks (the embedded store: one query per 900 ids, where a
+        sweep of a cancelled backfill would read 60,000 one by one); ``NotFound`` if one is
+        missing. ``fields``: those the caller reads, as for ``list_tasks``."""
+        return {tid: self.get_task(tid) for tid in task_ids}
+
     @abc.abstractmethod
     def create_task(self, record: dict) -> dict:
         """Create a task (``session`` key and ``status`` required); returns the stored record."""
@@ -203,6 +209,16 @@ class TaskStore(abc.ABC):
         check_fields(dict(fields, log=""))
         task = self.get_task(task_id)
         return self.update_task(task_id, log=(task.get("log") or "") + f"\n{text}\n", **fields)
+
+    def append_logs(self, entries: Sequence[tuple[str, str, dict]]) -> None:
+        """``append_log(task_id, text, **fields)`` for each ``(task_id, text, fields)``, all or
+        nothing where the store can (the embedded one: one transaction, one statement per set
+        of fields); a REST store sends them one by one (the default), once every entry's fields
+        have passed the checks, so bad input changes nothing there either."""
+        for _, _, fields in entries:
+            check_fields(dict(fields, log=""))
+        for task_id, text, fields in entries:
+            self.append_log(task_id, text, **fields)
 
     @abc.abstractmethod
     def delete_task(self, task_id: str) -> None:

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 import uuid
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS datasets (
 _JSON_FIELDS = ("parents", "arguments")
 #: the page cache of a ``batch()``, in KiB (SQLite's default is 2,000)
 BATCH_CACHE_KIB = 64 * 1024
+#: ids bound per ``IN (...)`` query (SQLite allows 32,766 variables since 3.32; older ones 999)
+_IDS_PER_QUERY = 900
 #: the order of task listings (level, then priority, then creation): also jsonview's
 TASK_ORDER = "level IS NULL, level ASC, priority IS NOT NULL, priority DESC, rowid"
 
@@ -285,6 +288,18 @@ class SQLiteStore(TaskStore):
             return rec
         raise NotFound(f"no task with id {task_id}")
 
+    def get_tasks(self, task_ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        ids = list(dict.fromkeys(task_ids))
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            part = ids[start:start + _IDS_PER_QUERY]
+            out.update((rec["id"], rec) for rec in self._tasks(f"WHERE id IN ({','.join('?' * len(part))})", part,
+                                                               fields))
+        missing = [tid for tid in ids if tid not in out]
+        if missing:
+            raise NotFound(f"no task with id {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        return out
+
     def create_task(self, record: dict) -> dict:
         return self.create_tasks([record])[0]
 
@@ -398,6 +413,33 @@ class SQLiteStore(TaskStore):
             if cur.rowcount == 0:
                 raise NotFound(f"no task with id {task_id}")
         return self.get_task(task_id)
+
+    def append_logs(self, entries: Sequence[tuple[str, str, dict]]) -> None:
+        """One transaction; one ``executemany`` per set of field names (a sweep's 60,000 lines
+        are one or two)."""
+        groups: dict[tuple[str, ...], list[list]] = defaultdict(list)
+        now = _now()  # one moment for the lot, as one transaction
+        checked: set[tuple] = set()
+        for task_id, text, fields in entries:
+            given = tuple(fields.items())
+            try:
+                seen = given in checked  # a sweep's 60,000 lines set one or two statuses
+            except TypeError:  # a list value: checked each time
+                seen = False
+            if not seen:
+                check_fields(dict(fields, log=""))
+                with contextlib.suppress(TypeError):
+                    checked.add(given)
+            keys = tuple(fields) + ("datetime",)
+            groups[keys].append([f"\n{text}\n", *(self._encode(k, v) for k, v in given), now, task_id])
+        if not groups:
+            return
+        with self._tx() as db:
+            for keys, rows in groups.items():
+                sets = "".join(f", {k} = ?" for k in keys)
+                cur = db.executemany(f"UPDATE tasks SET log = COALESCE(log, '') || ?{sets} WHERE id = ?", rows)
+                if cur.rowcount != len(rows):  # NotFound names a missing one; the transaction is undone
+                    self.get_tasks([r[-1] for r in rows])
 
     def delete_task(self, task_id: str) -> None:
         with self._tx() as db:

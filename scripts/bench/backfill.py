@@ -7,6 +7,9 @@
 * the same backfill in-process (``plan_sessions`` + ``SlurmBackend.backfill``), what the CLI adds
   being process start, imports, argument parsing and the session-file read;
 * ``hpcpipe status --json`` over every task of the big backfill;
+* a whole backfill ended at once: ``hpcpipe cancel --run`` of the big backfill, and the first
+  ``hpcpipe status --json`` after ``scancel --name`` of the in-process one (its 60,000 jobs
+  closed by the sweep);
 * the per-job baseline in the same run: a plain shell loop of one ``sbatch`` per task with
   ``--dependency=afterok`` on its parents, over ``--baseline-sessions`` sessions.
 
@@ -115,6 +118,12 @@ def status_json(home: Path) -> dict:
     return {"wall": wall, "tasks": len(json.loads(out)), "peak": peak, "cpu": cpu}
 
 
+def cli_cancel(home: Path, run_id: str) -> dict:
+    argv = [sys.executable, "-m", "hpcpipe.cli", "cancel", "--run", run_id]
+    wall, peak, out, cpu = timed(argv, env_for(home))
+    return {"wall": wall, "peak": peak, "cpu": cpu, "tasks": int(re.search(r"cancelled (\d+)", out).group(1))}
+
+
 def sbatch_loop(root: Path, n: int, name: str) -> dict:
     """One sbatch per task, afterok on its parents: a plain shell loop, timed as a whole."""
     lines = ["set -e"]
@@ -156,7 +165,11 @@ def main() -> int:
         small = cli_backfill(tmp / "small", args.small, runs)
         big = cli_backfill(tmp / "big", args.sessions, runs)
         status = status_json(big["home"])
+        cancelled = cli_cancel(big["home"], runs[-1])
         inproc = in_process(tmp / "inproc", args.sessions, runs)
+        status_json(tmp / "inproc" / "home")  # its first poll, as after any backfill
+        subprocess.run(["scancel", "--name", runs[-1]], check=True)
+        swept = status_json(tmp / "inproc" / "home")
         loop = sbatch_loop(tmp, args.baseline_sessions, loop_name)
     finally:
         for name in runs + [loop_name]:
@@ -173,7 +186,9 @@ def main() -> int:
 
     rows = [row("hpcpipe backfill (process)", small), row("hpcpipe backfill (process)", big),
             row("backfill in-process", inproc), row("sbatch loop, afterok (shell)", loop),
-            row("hpcpipe status --json (process)", dict(status, sessions=big["sessions"]), per_session=False)]
+            row("hpcpipe status --json (process)", dict(status, sessions=big["sessions"]), per_session=False),
+            row("hpcpipe cancel --run (process)", dict(cancelled, sessions=big["sessions"]), per_session=False),
+            row("status --json after scancel --name", dict(swept, sessions=args.sessions), per_session=False)]
     print(tabulate(rows, headers=["what", "sessions", "tasks", "sbatch calls", "wall s", "cpu s", "per session ms",
                                   "peak MB"]))
     print(f"per-session ratio, sbatch loop / hpcpipe backfill of {big['sessions']}: {ms(loop) / ms(big):.0f}x")

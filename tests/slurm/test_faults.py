@@ -333,7 +333,7 @@ def test_a_job_slurm_forgot_is_lost_after_the_grace_period_and_resubmittable(env
     assert "nothing to submit" in hp(env, *submit).stdout
     # the grace period passes: the jobs were first seen unknown 601 s ago
     past = (dt.datetime.now() - dt.timedelta(seconds=601)).isoformat(timespec="seconds")
-    ld.set_doubt([(j.task_id, j.run_id, past) for j in jobs])
+    ld.update(doubts=[(j.task_id, j.run_id, past) for j in jobs])
     hp(env, "status")
     assert ledger(env).live("slurm") == []
     lost = {j.task_name: (j.state, j.reason) for j in ledger(env).run(jobs[0].run_id)}

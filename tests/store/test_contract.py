@@ -392,3 +392,21 @@ def test_session_ids_and_tasks_by_session_answer_for_many(store, tmp_path):
     found = store.store.tasks_by_session([store.eid, other], graph="g")
     assert found[store.eid] == [] and [t["name"] for t in found[other]] == ["A"]
     assert store.store.tasks_by_session([other], graph="nope") == {other: []}
+
+
+def test_get_tasks_and_append_logs_answer_for_many(store):
+    """What a refresh closing a cancelled backfill uses: every task in one read, every log line
+    in one write; a missing id is NotFound and the write changes nothing then."""
+    a, b, c = (new_task(store, name=n) for n in "ABC")
+    got = store.store.get_tasks([a["id"], c["id"], a["id"]], fields=("id", "status"))
+    assert set(got) == {a["id"], c["id"]} and got[c["id"]]["status"] == "Waiting"
+    with pytest.raises(NotFound):
+        store.store.get_tasks([a["id"], str(uuid.uuid4())])
+    store.store.append_logs([(a["id"], "first", {"status": "Held"}), (b["id"], "second", {}),
+                             (a["id"], "third", {"status": "Errored"})])
+    after = {t["id"]: t for t in store.store.list_tasks(session=store.eid)}
+    assert after[a["id"]]["status"] == "Errored" and after[a["id"]]["log"].split() == ["first", "third"]
+    assert after[b["id"]]["status"] == "Waiting" and after[b["id"]]["log"].split() == ["second"]
+    with pytest.raises(BadInput):
+        store.store.append_logs([(c["id"], "x", {"status": "Held"}), (c["id"], "y", {"status": "Finished"})])
+    assert store.store.get_task(c["id"])["log"] in (None, "")
