@@ -81,7 +81,7 @@ def test_a_poll_that_learns_nothing_builds_no_record_and_opens_no_result(backfil
     assert report.checked == len(ARRAYS) * N and report.swept == 0
     assert sum(records) == 0, records  # no JobRecord built for 3,000 unchanged elements
     assert cluster.reads == [] and len(cluster.listings) == 1  # one listing of the run's results
-    assert cluster.commands == ["sacct", "squeue"]  # one batched query each, not one per array
+    assert cluster.commands == ["squeue"]  # one batched query, not one per array; the controller lists them all
 
 
 def test_a_poll_that_learns_nothing_parses_no_arrays_elements(backfilled, monkeypatch):

@@ -3,11 +3,13 @@
 SchedMD discourages polling in a loop per job; sites rate-limit RPCs. A ``JobWatcher``
 asks once per poll for every job it still considers live:
 
-* ``sacct --parsable2 --noheader -X -j <ids> --format=...`` when accounting works. ``-X``
-  keeps allocations only (no ``.batch``/``.extern`` steps). ``--json`` is not used: on
-  22.05 it reports exit code 0 for a job that exited 3.
-* ``squeue --noheader --states=all -j <ids> -O ...`` otherwise (no slurmdbd): it only knows
-  jobs for ``MinJobAge`` after they end.
+* ``squeue --noheader --states=all -j <ids> -O ...``: the controller, authoritative for what it
+  lists (a pending job's reason too, which accounting keeps as of its last update); it knows
+  jobs for ``MinJobAge`` after they end. A backfill's live jobs are one squeue per poll.
+* ``sacct --parsable2 --noheader -X -j <ids> --format=...`` for the ids the controller no
+  longer lists whole, when accounting works. ``-X`` keeps allocations only (no
+  ``.batch``/``.extern`` steps). ``--json`` is not used: on 22.05 it reports exit code 0 for a
+  job that exited 3.
 
 A watched id that neither lists (or that now names another job: a cluster restarted with its
 state wiped gives old ids to new jobs, so each id is watched with the run name it must carry) is
@@ -258,16 +260,13 @@ class JobWatcher:
     """
 
     def __init__(self, transport: Transport, use_sacct: bool | None = None,
-                 max_ids_per_query: int = 5000, pending_reasons: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 max_ids_per_query: int = 5000, clock: Callable[[], float] = time.monotonic) -> None:
         self.transport = transport
         self.clock = clock
         #: accounting that did not answer is asked again only after this many seconds (doubling
         #: from ``SACCT_BACKOFF_SECS`` to ``SACCT_BACKOFF_MAX_SECS``); squeue answers meanwhile
         self.sacct_backoff = 0.0
         self._sacct_again_at = 0.0
-        #: refresh PENDING jobs from squeue (sacct keeps the reason of the last DB update)
-        self.pending_reasons = pending_reasons
         #: None = try sacct, fall back to squeue when accounting is absent
         self.use_sacct = use_sacct
         self.max_ids_per_query = max_ids_per_query
@@ -374,11 +373,12 @@ class JobWatcher:
     def poll(self) -> dict[str, JobState]:
         """One batched query for every live id; returns all known states by job id.
 
-        slurmdbd learns of a job lazily (seconds after sbatch under load) and does not
-        record a pending job's changing reason, so ids that sacct does not list yet, or lists
-        as PENDING, are asked of squeue (the controller, authoritative) in one more call in
-        the same poll: at most two queries per poll, and one once nothing is new or pending.
-        What the controller was asked and does not list, sacct did not list either: UNKNOWN.
+        The controller (squeue) first: it is authoritative for every job it lists, reason and
+        all, and a backfill's pending and running jobs are all listed, so a poll of them is one
+        query. Accounting (sacct) is asked in the same poll only about the ids the controller
+        does not list whole (ended longer than ``MinJobAge`` ago, or forgotten), and the
+        controller's rows are applied again over its answer. What neither lists is UNKNOWN.
+        Without accounting, or while it is backed off, the controller's answer is the poll's.
         """
         before = self.queries
         before_cmd = dict(self.queries_by_command)
@@ -386,22 +386,38 @@ class JobWatcher:
         live = self.live
         for start in range(0, len(live), self.max_ids_per_query):
             chunk = live[start:start + self.max_ids_per_query]
-            rows, source = self._query(chunk)
-            covered = self._update(chunk, rows, authoritative=source == "squeue")
-            if source == "sacct":
-                # not listed yet; pending (the controller has the reason); or ended as a job being
-                # requeued may look in accounting (the controller has the truth)
-                ask = [k for k in chunk if k not in self._done and (
-                    k not in covered
-                    or any((self.pending_reasons and st.state == "PENDING") or st.unconfirmed
-                           for st in self.state_of(k)))]
-                if ask:
-                    self._update(ask, self._run_squeue(ids=ask), authoritative=True, known=covered)
+            rows = self._run_squeue(ids=chunk)
+            covered = self._update(chunk, rows, authoritative=True, known=set(chunk))
+            rest = [k for k in chunk if k not in covered and k not in self._done]
+            if not rest:
+                continue
+            known = self._update(rest, self._accounting(rest), authoritative=False)
+            self._update(rest, rows, authoritative=True, known=known)
         self.polls += 1
         self.last_poll_queries = self.queries - before
         self.last_poll_by_command = {k: v - before_cmd.get(k, 0) for k, v in self.queries_by_command.items()
                                      if v - before_cmd.get(k, 0)}
         return dict(self._states)
+
+    def _accounting(self, ids: list[str]) -> list[JobState]:
+        """sacct's rows for ``ids`` the controller does not list whole; [] without accounting or
+        while it is backed off after not answering (``fallback`` says so)."""
+        if self.use_sacct is False:
+            return []
+        wait = self._sacct_again_at - self.clock()
+        if wait > 0:
+            self.fallback = f"accounting (sacct) did not answer; states from squeue only (sacct asked again in {wait:.0f} s)"
+            return []
+        try:
+            rows = self._run_sacct(ids=ids)
+        except _FallBack as exc:
+            if self.use_sacct is not False:  # accounting exists but did not answer now
+                self.sacct_backoff = min(max(2 * self.sacct_backoff, SACCT_BACKOFF_SECS), SACCT_BACKOFF_MAX_SECS)
+                self._sacct_again_at = self.clock() + self.sacct_backoff
+                self.fallback = f"accounting (sacct) did not answer: {exc}; states from squeue only"
+            return []
+        self.sacct_backoff = 0.0
+        return rows
 
     def states(self) -> dict[str, JobState]:
         """The states known after the last poll (no query)."""
@@ -456,24 +472,6 @@ class JobWatcher:
             time.sleep(interval)
 
     # -- internals
-    def _query(self, ids: list[str]) -> tuple[list[JobState], str]:
-        if self.use_sacct is not False:
-            wait = self._sacct_again_at - self.clock()
-            if wait > 0:
-                self.fallback = (f"accounting (sacct) did not answer; states from squeue only "
-                                 f"(sacct asked again in {wait:.0f} s)")
-                return self._run_squeue(ids=ids), "squeue"
-            try:
-                rows = self._run_sacct(ids=ids)
-                self.sacct_backoff = 0.0
-                return rows, "sacct"
-            except _FallBack as exc:
-                if self.use_sacct is not False:  # accounting exists but did not answer now
-                    self.sacct_backoff = min(max(2 * self.sacct_backoff, SACCT_BACKOFF_SECS), SACCT_BACKOFF_MAX_SECS)
-                    self._sacct_again_at = self.clock() + self.sacct_backoff
-                    self.fallback = f"accounting (sacct) did not answer: {exc}; states from squeue only"
-        return self._run_squeue(ids=ids), "squeue"
-
     def _run_sacct(self, ids: list[str] | None = None, name: str | None = None,
                    since: str | None = None) -> list[JobState]:
         self._count("sacct")

@@ -118,30 +118,51 @@ class Recorded(Transport):
         raise AssertionError
 
 
-def test_watcher_caches_final_jobs_and_falls_back_to_squeue():
-    final_only = "\n".join(l for l in fixture("sacct.txt").splitlines() if l.split("|")[0] in ("198", "199", "201"))
-    t = Recorded([("sacct", (0, final_only + "\n202|202|PENDING|0:0|Dependency|00:00:00|None assigned|cpu|x\n", "")),
-                  ("squeue", (0, fixture("squeue.txt"), ""))])
+def _only(text: str, ids: tuple[str, ...]) -> str:
+    """The lines of recorded output about these job ids (an answer as SLURM gives it for them)."""
+    return "".join(line + "\n" for line in text.splitlines() if line.split("|")[0].split("_")[0] in ids)
+
+
+def test_watcher_asks_the_controller_first_and_caches_final_jobs():
+    """squeue lists every watched job: one query, reasons as the controller has them; final
+    jobs are never asked again."""
+    t = Recorded([("squeue", (0, fixture("squeue.txt"), "")), ("sacct", (0, fixture("sacct.txt"), ""))])
     w = JobWatcher(t)
     w.watch(["198", "199", "201", "202"])
     states = w.poll()
-    assert w.live == ["202"] and w.last_poll_by_command == {"sacct": 1, "squeue": 1}
-    assert t.calls[-1][-1] == "--jobs=202"  # only the pending job is asked of squeue
-    assert states["202"].reason == "DependencyNeverSatisfied"  # sacct's reason was stale
+    assert w.live == ["202"] and w.last_poll_by_command == {"squeue": 1}
+    assert states["202"].reason == "DependencyNeverSatisfied" and states["199"].exit_code == 3
     w.poll()
-    assert t.calls[-2][-1] == "--jobs=202"  # finished ids are never asked again
-    w.pending_reasons = False
+    assert t.calls[-1][-1] == "--jobs=202" and w.last_poll_by_command == {"squeue": 1}  # finished ids are not asked
+
+
+def test_ids_the_controller_no_longer_lists_are_asked_of_accounting_in_the_same_poll():
+    """Ended longer than MinJobAge ago: squeue has no row, sacct has the final state. An array
+    squeue lists only in part goes to sacct too, and squeue's rows win for what they list."""
+    squeue = _only(fixture("squeue.txt"), ("198", "200")).replace("200_1|212|200|COMPLETED", "200_1|212|200|RUNNING")
+    t = Recorded([("squeue", (0, squeue, "")), ("sacct", (0, fixture("sacct.txt"), ""))])
+    w = JobWatcher(t)
+    w.watch(["198", "199"])
+    w.watch("200", indices=[0, 1, 2, 3, 4, 5, 9, 11])
+    states = w.poll()
+    assert w.last_poll_by_command == {"squeue": 1, "sacct": 1}
+    assert t.calls[-1][0] == "sacct" and t.calls[-1][-1] == "--jobs=199,200"  # 198 was listed whole
+    assert states["199"].state == "FAILED" and states["198"].state == "COMPLETED"
+    assert states["200_1"].state == "RUNNING"  # the controller's row, over accounting's COMPLETED
+    assert states["200_11"].state == "UNKNOWN"  # listed by neither
+    assert "199" not in w.live and "200" in w.live
+
+
+def test_a_cluster_without_accounting_is_found_out_once():
+    t = Recorded([("squeue", (0, _only(fixture("squeue.txt"), ("199",)), "")),
+                  ("sacct", (1, "", "sacct: error: Slurm accounting storage is disabled"))])
+    w = JobWatcher(t)
+    w.watch(["199", "300"])
+    states = w.poll()
+    assert w.use_sacct is False and states["199"].exit_code == 3 and states["300"].state == "UNKNOWN"
+    assert w.last_poll_queries == 2 and w.fallback == ""
     w.poll()
-    assert w.last_poll_by_command == {"sacct": 1}
-    # no accounting: sacct's error switches the watcher to squeue for good
-    t2 = Recorded([("sacct", (1, "", "sacct: error: Slurm accounting storage is disabled")),
-                   ("squeue", (0, fixture("squeue.txt"), ""))])
-    w2 = JobWatcher(t2)
-    w2.watch(["199", "200"])
-    states = w2.poll()
-    assert w2.use_sacct is False and states["199"].exit_code == 3 and w2.last_poll_queries == 2
-    w2.poll()
-    assert [c[0] for c in t2.calls] == ["sacct", "squeue", "squeue"]
+    assert [c[0] for c in t.calls] == ["squeue", "sacct", "squeue"]
     # a job squeue no longer lists (MinJobAge passed, or the cluster forgot it) is UNKNOWN, not
     # final: the ledger declares it LOST after its grace period
     t3 = Recorded([("squeue", (1, "", "slurm_load_jobs error: Invalid job id specified"))])
@@ -151,26 +172,27 @@ def test_watcher_caches_final_jobs_and_falls_back_to_squeue():
 
 
 def test_watcher_backs_off_accounting_that_does_not_answer():
-    """slurmdbd down: squeue answers at every poll, sacct is asked again only after a doubling
-    back-off (one watcher serving every poll of ``status --watch``), and says so."""
+    """slurmdbd down: squeue answers at every poll, sacct is asked again (about what squeue does
+    not list) only after a doubling back-off (one watcher serving every poll of ``status
+    --watch``), and says so."""
     now = [0.0]
     down = (1, "", "sacct: error: Problem talking to the database: Connection refused")
-    t = Recorded([("sacct", down), ("squeue", (0, fixture("squeue.txt"), ""))])
+    t = Recorded([("squeue", (0, fixture("squeue.txt"), "")), ("sacct", down)])
     w = JobWatcher(t, clock=lambda: now[0])
-    w.watch(["199", "200"])
+    w.watch(["200", "300"])  # 300: squeue does not list it
     w.poll()
-    assert w.last_poll_by_command == {"sacct": 1, "squeue": 1} and "did not answer" in w.fallback
+    assert w.last_poll_by_command == {"squeue": 1, "sacct": 1} and "did not answer" in w.fallback
     assert w.use_sacct is None and w.sacct_backoff == 10
     now[0] = 9
     w.poll()
     assert w.last_poll_by_command == {"squeue": 1} and "asked again in 1 s" in w.fallback
     now[0] = 10
     w.poll()
-    assert w.last_poll_by_command == {"sacct": 1, "squeue": 1} and w.sacct_backoff == 20
+    assert w.last_poll_by_command == {"squeue": 1, "sacct": 1} and w.sacct_backoff == 20
     now[0] = 29
     w.poll()
     assert w.last_poll_by_command == {"squeue": 1}
-    t.answers[0] = ("sacct", (0, fixture("sacct.txt"), ""))  # accounting is back
+    t.answers[1] = ("sacct", (0, fixture("sacct.txt"), ""))  # accounting is back
     now[0] = 30
     w.poll()
     assert w.fallback == "" and w.sacct_backoff == 0 and w.last_poll_by_command["sacct"] == 1
@@ -202,18 +224,6 @@ def test_unknown_to_both_sources_and_recycled_ids_are_unknown():
     assert states["200_0"].state == "COMPLETED" and states["200_42"].state == "UNKNOWN"
     assert set(w.live) == {"201", "77", "200"}
     assert w.last_poll_by_command == {"sacct": 1, "squeue": 1}
-
-
-def test_ids_sacct_does_not_list_yet_are_asked_of_squeue_in_the_same_poll():
-    t = Recorded([("sacct", (0, fixture("sacct_provisional.txt"), "")),
-                  ("squeue", (0, fixture("squeue.txt"), ""))])
-    w = JobWatcher(t)
-    w.watch(["198", "207"])
-    states = w.poll()
-    assert w.last_poll_by_command == {"sacct": 1, "squeue": 1}
-    assert t.calls[-1][-1] == "--jobs=198,207"
-    assert states["198"].state == "COMPLETED" and states["207_4"].state == "COMPLETED"
-    assert w.done()
 
 
 def test_watcher_expected_indices_filter():
@@ -364,15 +374,15 @@ def test_elements_of_one_array_go_to_scancel_as_one_index_expression():
 
 def test_failed_with_the_requeue_exit_is_final_only_once_the_controller_confirms_it():
     """After a node failure accounting may show the first attempt's record (FAILED, the job
-    side's requeue exit 75) while SLURM queues the job again: squeue is asked in the same poll
-    and its answer wins. Where the controller no longer has the job, the FAILED stands."""
+    side's requeue exit 75) while SLURM queues the job again: the controller's answer wins.
+    Where the controller no longer has the job, the FAILED stands."""
     sacct = "42|42|FAILED|75:0||00:00:09|vm|cpu|run-a\n43|43|FAILED|1:0||00:00:09|vm|cpu|run-a\n"
     requeued = "42|42|42|PENDING|19200|BeginTime|0:00||cpu|(null)|run-a|\n"
     t = Recorded([("sacct", (0, sacct, "")), ("squeue", (0, requeued, ""))])
     w = JobWatcher(t)
     w.watch(["42", "43"], name="run-a")
     states = w.poll()
-    assert t.calls[-1][0] == "squeue" and t.calls[-1][-1] == "--jobs=42"  # a plain failure needs no asking
+    assert t.calls[-1][0] == "sacct" and t.calls[-1][-1] == "--jobs=43"  # the controller has 42
     assert states["42"].state == "PENDING" and states["43"].state == "FAILED"
     assert w.live == ["42"]
     # the requeued attempt is accounted for later: followed as any job
