@@ -207,21 +207,20 @@ def _print_local(rows: list[dict], store, why: str, reasons: bool = False) -> No
 
 def _print_table(rows: list[dict], store, reasons: bool = False) -> None:
     """The status table; sessions in their shortest distinguishing form (``session.short_names``)."""
-    from tabulate import tabulate
-
     from .session import short_names
+    from .texttable import render
 
-    paths = {s: store.session_path(s) if s else None for s in {r["session"] for r in rows}}
-    names = short_names([str(p) for p in paths.values() if p])
+    paths = store.session_paths(s for s in {r["session"] for r in rows} if s)
+    names = short_names([p for p in paths.values() if p])
+    shown = {s: names[p] if p else str(s) for s, p in paths.items()}
     table = []
     for r in rows:
-        p = paths[r["session"]]
         elapsed = "" if r["time_elapsed_secs"] is None else f"{r['time_elapsed_secs']:.1f}s"
-        table.append([names[str(p)] if p else str(r["session"]), r["name"], r["status"], r["level"], r["cpu"],
+        table.append([shown.get(r["session"]) or str(r["session"]), r["name"], r["status"], r["level"], r["cpu"],
                       r["gpu"], r["ram"], elapsed, r["backend"] or "", r["job_id"] or "", r["job_state"] or ""]
                      + ([(r["reason"] or "")[:100]] if reasons else []))
-    print(tabulate(table, headers=["session", "task", "status", "level", "cpu", "gpu", "ram", "elapsed",
-                                   "backend", "job id", "job state"] + (["reason"] if reasons else [])))
+    print(render(table, ["session", "task", "status", "level", "cpu", "gpu", "ram", "elapsed", "backend", "job id",
+                         "job state"] + (["reason"] if reasons else []), right=("level", "cpu", "gpu", "ram")))
 
 
 def _where_for(backend):
@@ -720,10 +719,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_resources(args) -> int:
-    from tabulate import tabulate
-
     from . import resources
     from .report.collect import collect
+    from .texttable import render
 
     store, ledger = _store(args.settings), _ledger(args.settings)
     selection = _selection(args, store)
@@ -752,11 +750,10 @@ def cmd_resources(args) -> int:
     if not found:
         print("no successful measured run to learn from")
         return 0
-    print(tabulate([[s.name, s.where, s.runs, f"{s.req_cpu} -> {s.cpu}", f"{s.req_ram:g} -> {s.ram:g}",
-                     f"{s.req_time_out_secs:g} -> {s.time_out_secs}", f"{s.max_rss_mb:.1f}", f"{s.max_elapsed_secs:.0f}"]
-                    for s in found],
-                   headers=["task class", "where", "runs", "cpu", "ram GB", "time s", "max rss MB", "max elapsed s"],
-                   disable_numparse=True))
+    print(render([[s.name, s.where, s.runs, f"{s.req_cpu} -> {s.cpu}", f"{s.req_ram:g} -> {s.ram:g}",
+                   f"{s.req_time_out_secs:g} -> {s.time_out_secs}", f"{s.max_rss_mb:.1f}", f"{s.max_elapsed_secs:.0f}"]
+                  for s in found],
+                 ["task class", "where", "runs", "cpu", "ram GB", "time s", "max rss MB", "max elapsed s"]))
     if args.write is not None:
         path = resources.write(found, args.write or None, settings=args.settings)
         print(f"suggestions written to {path}; submissions apply them with [resources] apply = true")

@@ -42,10 +42,9 @@ def cells(row: Row) -> dict[str, str]:
 
 def render(report: Report) -> str:
     """The terminal summary: the table, then totals and any notes."""
-    from tabulate import tabulate
+    from ..texttable import render as table
 
-    rows = [[cells(r)[c] for c in COLUMNS] for r in report.rows]
-    text = tabulate(rows, headers=list(COLUMNS), disable_numparse=True)
+    text = table([[cells(r)[c] for c in COLUMNS] for r in report.rows], list(COLUMNS))
     measured = [r for r in report.rows if r.usage]
     used = sum(r.usage.total_cpu_secs or 0 for r in measured)
     booked = sum((r.usage.elapsed_secs or 0) * (r.usage.req_cpus or 1) for r in measured)

@@ -127,6 +127,11 @@ class TaskStore(abc.ABC):
     def session_path(self, session_id: str) -> Path | None:
         """The local folder of a session id, when this store knows it."""
 
+    def session_paths(self, session_ids: Iterable[str]) -> dict[str, str | None]:
+        """``session_path`` of many ids, as text (the embedded store: one query; a status table
+        names 10,000 sessions, and needs their text, not 10,000 ``Path`` objects)."""
+        return {s: (None if (p := self.session_path(s)) is None else str(p)) for s in session_ids}
+
     def session_ids(self, refs: "Sequence[SessionRef]", create: bool = False) -> list[str | None]:
         """``session_id`` of many checked session folders, in order; ``None`` for a session the
         store does not know when ``create`` is False. The embedded store answers in two

@@ -229,6 +229,14 @@ class SQLiteStore(TaskStore):
         row = self._db.execute("SELECT path FROM sessions WHERE id = ?", (session_id,)).fetchone()
         return Path(row["path"]) if row else None
 
+    def session_paths(self, session_ids: Iterable[str]) -> dict[str, str | None]:
+        wanted = set(session_ids)
+        cursor = self._db.cursor()
+        cursor.row_factory = None
+        found = {eid: path for eid, path in cursor.execute(
+            "SELECT id, path FROM sessions WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(sorted(wanted)),))}
+        return {s: found.get(s) for s in wanted}
+
     def session_ids(self, refs, create: bool = False) -> list[str | None]:
         """One query for the known sessions and one insert for the new ones, whatever their number.
 

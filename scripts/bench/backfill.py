@@ -6,7 +6,7 @@
   child's ``ru_maxrss``);
 * the same backfill in-process (``plan_sessions`` + ``SlurmBackend.backfill``), what the CLI adds
   being process start, imports, argument parsing and the session-file read;
-* ``hpcpipe status --json`` over every task of the big backfill;
+* ``hpcpipe status --json`` over every task of the big backfill, and ``hpcpipe status`` (the table);
 * a whole backfill ended at once: ``hpcpipe cancel --run`` of the big backfill, and the first
   ``hpcpipe status --json`` after ``scancel --name`` of the in-process one (its 60,000 jobs
   closed by the sweep);
@@ -118,6 +118,12 @@ def status_json(home: Path) -> dict:
     return {"wall": wall, "tasks": len(json.loads(out)), "peak": peak, "cpu": cpu}
 
 
+def status_table(home: Path) -> dict:
+    """``hpcpipe status``, the table a user reads in the terminal (header and rule, a line a task)."""
+    wall, peak, out, cpu = timed([sys.executable, "-m", "hpcpipe.cli", "status"], env_for(home))
+    return {"wall": wall, "tasks": len(out.splitlines()) - 2, "peak": peak, "cpu": cpu}
+
+
 def cli_cancel(home: Path, run_id: str) -> dict:
     argv = [sys.executable, "-m", "hpcpipe.cli", "cancel", "--run", run_id]
     wall, peak, out, cpu = timed(argv, env_for(home))
@@ -165,6 +171,7 @@ def main() -> int:
         small = cli_backfill(tmp / "small", args.small, runs)
         big = cli_backfill(tmp / "big", args.sessions, runs)
         status = status_json(big["home"])
+        table = status_table(big["home"])
         cancelled = cli_cancel(big["home"], runs[-1])
         inproc = in_process(tmp / "inproc", args.sessions, runs)
         status_json(tmp / "inproc" / "home")  # its first poll, as after any backfill
@@ -176,7 +183,7 @@ def main() -> int:
             subprocess.run(["scancel", "--name", name], check=False)
         scontrol_node("resume")
         shutil.rmtree(tmp, ignore_errors=True)
-    from tabulate import tabulate
+    from hpcpipe.texttable import render
 
     ms = lambda r: 1000 * r["wall"] / r["sessions"]  # noqa: E731
     def row(what, r, tasks=None, per_session=True):
@@ -187,10 +194,11 @@ def main() -> int:
     rows = [row("hpcpipe backfill (process)", small), row("hpcpipe backfill (process)", big),
             row("backfill in-process", inproc), row("sbatch loop, afterok (shell)", loop),
             row("hpcpipe status --json (process)", dict(status, sessions=big["sessions"]), per_session=False),
+            row("hpcpipe status, the table (process)", dict(table, sessions=big["sessions"]), per_session=False),
             row("hpcpipe cancel --run (process)", dict(cancelled, sessions=big["sessions"]), per_session=False),
             row("status --json after scancel --name", dict(swept, sessions=args.sessions), per_session=False)]
-    print(tabulate(rows, headers=["what", "sessions", "tasks", "sbatch calls", "wall s", "cpu s", "per session ms",
-                                  "peak MB"]))
+    print(render(rows, ["what", "sessions", "tasks", "sbatch calls", "wall s", "cpu s", "per session ms", "peak MB"],
+                 right=("sessions", "tasks", "sbatch calls", "wall s", "cpu s", "per session ms", "peak MB")))
     print(f"per-session ratio, sbatch loop / hpcpipe backfill of {big['sessions']}: {ms(loop) / ms(big):.0f}x")
     print(f"growth {small['sessions']} -> {big['sessions']} sessions: time x{big['wall'] / small['wall']:.1f}, "
           f"peak memory x{big['peak'] / small['peak']:.1f} (sessions x{big['sessions'] / small['sessions']:.0f})")

@@ -21,7 +21,7 @@ def test_backfill_bench_prints_every_figure_and_resumes_the_node(slurm_cluster):
                          timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     for row in ("hpcpipe backfill (process)", "backfill in-process", "sbatch loop, afterok (shell)",
-                "hpcpipe status --json (process)", "hpcpipe cancel --run (process)",
+                "hpcpipe status --json (process)", "hpcpipe status, the table (process)", "hpcpipe cancel --run (process)",
                 "status --json after scancel --name", "per-session ratio", "growth 10 -> 20 sessions"):
         assert row in res.stdout, res.stdout
     node = os.environ["HPCPIPE_SLURM_NODE"]

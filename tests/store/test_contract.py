@@ -388,6 +388,9 @@ def test_session_ids_and_tasks_by_session_answer_for_many(store, tmp_path):
 
     refs = parse_session_paths([store.session_path, other_path])
     assert store.store.session_ids(refs) == [store.eid, other]
+    unknown = str(uuid.uuid4())
+    assert store.store.session_paths([store.eid, other, unknown]) == {
+        store.eid: str(store.session_path), other: str(other_path), unknown: None}
     store.store.stamp_tasks(_template()[:1], [other])
     found = store.store.tasks_by_session([store.eid, other], graph="g")
     assert found[store.eid] == [] and [t["name"] for t in found[other]] == ["A"]
