@@ -172,8 +172,8 @@ def main() -> int:
         big = cli_backfill(tmp / "big", args.sessions, runs)
         status = status_json(big["home"])
         table = status_table(big["home"])
-        cancelled = cli_cancel(big["home"], runs[-1])
-        inproc = in_process(tmp / "inproc", args.sessions, runs)
+        inproc = in_process(tmp / "inproc", args.sessions, runs)  # with the big backfill queued, as the CLI's ran
+        cancelled = cli_cancel(big["home"], runs[-2])
         status_json(tmp / "inproc" / "home")  # its first poll, as after any backfill
         subprocess.run(["scancel", "--name", runs[-1]], check=True)
         swept = status_json(tmp / "inproc" / "home")
