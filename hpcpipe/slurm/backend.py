@@ -625,7 +625,7 @@ class SlurmBackend:
                         updates.append((j, jobstate.COMPLETED, "result folded; SLURM forgot the job"))
                     elif complete and _elapsed(since) >= self.lost_after:
                         report.lost += 1
-                        lost.append((j, self._lost_state(st, since)))
+                        lost.append((j, self._lost_reason(st, since)))
                         closing.append((j, applied, self._lost_outcome(j, _element(st, j), since)))
                     else:
                         updates.append((j, st.state, st.reason or None))
@@ -832,7 +832,7 @@ class SlurmBackend:
         return outcome
 
     @staticmethod
-    def _lost_state(st: JobState, since: str) -> str:
+    def _lost_reason(st: JobState, since: str) -> str:
         """The ledger's reason for a job unknown to SLURM (or NODE_FAIL/PREEMPTED and never
         requeued) for the grace period."""
         if st.state == jobstate.UNKNOWN:
