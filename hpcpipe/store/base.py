@@ -167,9 +167,9 @@ class TaskStore(abc.ABC):
         """One task record; ``NotFound`` if there is none."""
 
     def get_tasks(self, task_ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict]:
-        """``{id: record}`` of many tasks (the embedded store: one query per 900 ids, where a
-        sweep of a cancelled backfill would read 60,000 one by one); ``NotFound`` if one is
-        missing. ``fields``: those the caller reads, as for ``list_tasks``."""
+        """``{id: record}`` of many tasks (the embedded store: one query, where a sweep of a
+        cancelled backfill would read 60,000 one by one); ``NotFound`` if one is missing.
+        ``fields``: those the caller reads, as for ``list_tasks``."""
         return {tid: self.get_task(tid) for tid in task_ids}
 
     @abc.abstractmethod

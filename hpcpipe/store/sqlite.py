@@ -44,8 +44,6 @@ CREATE TABLE IF NOT EXISTS datasets (
 _JSON_FIELDS = ("parents", "arguments")
 #: the page cache of a ``batch()``, in KiB (SQLite's default is 2,000)
 BATCH_CACHE_KIB = 64 * 1024
-#: ids bound per ``IN (...)`` query (SQLite allows 32,766 variables since 3.32; older ones 999)
-_IDS_PER_QUERY = 900
 #: the order of task listings (level, then priority, then creation): also jsonview's
 TASK_ORDER = "level IS NULL, level ASC, priority IS NOT NULL, priority DESC, rowid"
 
@@ -297,12 +295,9 @@ class SQLiteStore(TaskStore):
         raise NotFound(f"no task with id {task_id}")
 
     def get_tasks(self, task_ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict]:
-        out: dict[str, dict] = {}
         ids = list(dict.fromkeys(task_ids))
-        for start in range(0, len(ids), _IDS_PER_QUERY):
-            part = ids[start:start + _IDS_PER_QUERY]
-            out.update((rec["id"], rec) for rec in self._tasks(f"WHERE id IN ({','.join('?' * len(part))})", part,
-                                                               fields))
+        out = {rec["id"]: rec for rec in self._tasks("WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(ids),),
+                                                     fields)}
         missing = [tid for tid in ids if tid not in out]
         if missing:
             raise NotFound(f"no task with id {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
