@@ -416,3 +416,35 @@ def test_hpcpipe_cancel_of_a_run_is_one_scancel_argument_per_array_and_one_store
     assert argvs == [["scancel", *(f"{a}_[0-{N - 1}]" for a in ARRAYS)]]
     assert counted.reads == [] and counted.commits == 1
     assert {t["status"] for t in store.list_tasks()} == {"Errored"} and ledger.live("slurm") == []
+
+
+def test_a_refresh_killed_between_the_store_and_the_ledger_records_nothing_twice(stored, monkeypatch):
+    """The sweep commits the task records, then the ledger's news. A process that dies between
+    the two leaves the jobs live in the ledger: the next poll closes them again and finds their
+    tasks recorded already, so each task keeps one line."""
+    store, ledger, _ = stored
+
+    class Cancelled(_Cluster):
+        def run(self, argv, input=None, timeout=120.0, *, repeatable=False):
+            if argv[0] == "squeue":
+                return Result(list(argv), 0, "", "")
+            return super().run(argv, input, timeout, repeatable=repeatable)
+
+    cluster = Cancelled()
+    cluster.rows = {f"{a}_[0-{N - 1}]": ("CANCELLED by 0", "None") for a in ARRAYS}
+
+    update = ledger.update
+
+    def killed(**news):
+        if news.get("states"):  # the sweep's write: the process stops here, its store batch committed
+            raise KeyboardInterrupt
+        update(**news)
+
+    with monkeypatch.context() as m:
+        m.setattr(ledger, "update", killed)
+        with pytest.raises(KeyboardInterrupt):
+            SlurmBackend(store, ledger, transport=cluster).refresh()
+    assert {t["status"] for t in store.list_tasks()} == {"Held"} and len(ledger.live("slurm")) == len(ARRAYS) * N
+    SlurmBackend(store, ledger, transport=cluster).refresh()
+    assert ledger.live("slurm") == []
+    assert all(t["log"].count("CANCELLED before it ran") == 1 for t in store.list_tasks())
